@@ -1,0 +1,275 @@
+"""One place that turns URIs into file systems: ``s3://bucket/key`` and local paths (``/x``, ``file:///x``).
+
+The S3 endpoint and credentials come from the standard AWS environment variables (``AWS_ENDPOINT_URL`` or
+``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``) or from the shared AWS config that boto3 reads; never from code. The same settings are
+handed to pyarrow (Ray Data, Parquet) and boto3 (bucket management, small objects), and can be forwarded to Ray
+workers with :func:`storage_env`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+__all__ = [
+    "StorageError",
+    "S3Settings",
+    "is_s3",
+    "join",
+    "resolve",
+    "exists",
+    "read_bytes",
+    "write_bytes",
+    "read_text",
+    "write_text",
+    "list_files",
+    "delete_tree",
+    "storage_env",
+    "boto3_client",
+    "ensure_bucket",
+    "check_reachable",
+    "ray_storage",
+]
+
+_ENV_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+)
+
+
+class StorageError(OSError):
+    """An object or directory is missing, or the object store is unreachable or refuses us (names the URI)."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """S3 connection settings read from the standard AWS environment variables."""
+
+    endpoint_url: str | None
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None
+    region: str
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        env = os.environ
+        return cls(
+            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            access_key=env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=env.get("AWS_SESSION_TOKEN"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+        )
+
+    def describe(self) -> str:
+        return self.endpoint_url or f"AWS S3 ({self.region})"
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a URI or local path with ``/``."""
+    if is_s3(uri):
+        return "s3://" + posixpath.join(str(uri)[5:].rstrip("/"), *parts)
+    return str(Path(_local_path(uri), *parts))
+
+
+def _local_path(uri: str) -> str:
+    uri = str(uri)
+    if uri.startswith("file://"):
+        return urlparse(uri).path
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
+    kwargs: dict = {
+        "region": settings.region,
+        "connect_timeout": 5.0,
+        "request_timeout": 60.0,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=4),
+    }
+    if settings.access_key:
+        kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
+        if settings.session_token:
+            kwargs["session_token"] = settings.session_token
+    if settings.endpoint_url:
+        parsed = urlparse(settings.endpoint_url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise StorageError(
+                f"AWS_ENDPOINT_URL={settings.endpoint_url!r} is not an http(s)://host:port URL"
+            )
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Return ``(filesystem, path)`` for a URI: ``s3://b/k`` → (S3FileSystem, ``b/k``); else the local path."""
+    if is_s3(uri):
+        path = str(uri)[5:].rstrip("/")
+        if not path or path.startswith("/"):
+            raise StorageError(f"{uri!r} names no bucket")
+        return _s3_filesystem(S3Settings.from_env()), path
+    if "://" in str(uri) and not str(uri).startswith("file://"):
+        raise StorageError(f"{uri!r}: only s3:// URIs and local paths are supported")
+    return pafs.LocalFileSystem(), _local_path(uri)
+
+
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """``(storage_path, storage_filesystem)`` for ``ray.train.RunConfig`` with our S3 settings."""
+    fs, path = resolve(uri)
+    return (path, fs) if is_s3(uri) else (path, None)
+
+
+def _wrap(uri: str, err: Exception) -> StorageError:
+    where = f" at {S3Settings.from_env().describe()}" if is_s3(uri) else ""
+    return StorageError(f"{uri}{where}: {err}")
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as err:
+        raise _wrap(uri, err) from err
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise StorageError(f"{uri}: no such object or file")
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except StorageError:
+        raise
+    except OSError as err:
+        raise _wrap(uri, err) from err
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write an object or file whole. Local writes go through a temp file and a rename (never half-written);
+    an S3 PUT is atomic per object."""
+    fs, path = resolve(uri)
+    try:
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+    except OSError as err:
+        raise _wrap(uri, err) from err
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def list_files(uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
+    """Files below a directory/prefix as URIs of the same kind, sorted; [] when the prefix does not exist."""
+    fs, path = resolve(uri)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+    except OSError as err:
+        raise _wrap(uri, err) from err
+    out = []
+    for info in infos:
+        if info.type == pafs.FileType.File and info.path.endswith(suffix):
+            out.append("s3://" + info.path if is_s3(uri) else info.path)
+    return sorted(out)
+
+
+def delete_tree(uri: str) -> None:
+    fs, path = resolve(uri)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(path)
+    except OSError as err:
+        raise _wrap(uri, err) from err
+
+
+def storage_env() -> dict[str, str]:
+    """The AWS variables of this process, to forward to Ray workers via ``runtime_env={"env_vars": ...}``."""
+    return {k: os.environ[k] for k in _ENV_KEYS if os.environ.get(k)}
+
+
+def boto3_client():
+    """A boto3 S3 client with the same settings as the pyarrow file system."""
+    import boto3
+    from botocore.config import Config
+
+    s = S3Settings.from_env()
+    return boto3.client(
+        "s3",
+        endpoint_url=s.endpoint_url,
+        aws_access_key_id=s.access_key,
+        aws_secret_access_key=s.secret_key,
+        aws_session_token=s.session_token,
+        region_name=s.region,
+        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3}),
+    )
+
+
+def ensure_bucket(bucket: str) -> None:
+    """Create a bucket if it does not exist (idempotent)."""
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    client = boto3_client()
+    try:
+        client.head_bucket(Bucket=bucket)
+        return
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        if code not in ("404", "NoSuchBucket", "NotFound"):
+            raise StorageError(f"s3://{bucket} at {S3Settings.from_env().describe()}: {err}") from err
+    except EndpointConnectionError as err:
+        raise StorageError(f"s3://{bucket}: cannot reach {S3Settings.from_env().describe()}: {err}") from err
+    client.create_bucket(Bucket=bucket)
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, naming the endpoint, if an ``s3://`` URI's bucket cannot be reached or read."""
+    if not is_s3(uri):
+        return
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket = str(uri)[5:].split("/", 1)[0]
+    try:
+        boto3_client().head_bucket(Bucket=bucket)
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        hint = "the bucket does not exist" if code in ("404", "NoSuchBucket", "NotFound") else str(err)
+        raise StorageError(f"{uri}: {hint} (endpoint {S3Settings.from_env().describe()})") from err
+    except BotoCoreError as err:
+        raise StorageError(f"{uri}: cannot reach {S3Settings.from_env().describe()}: {err}") from err
