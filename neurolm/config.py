@@ -200,3 +200,178 @@ def config_hash(cfg: BaseModel) -> str:
     """A short stable hash of a config's content (recorded in checkpoints and manifests)."""
     payload = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training jobs (stages 1-3). Each stage config = model + data + train + optim + deepspeed + scaling + run.
+# ----------------------------------------------------------------------------------------------------------
+
+
+class ModelSection(Section):
+    """Which model to build: a named preset of the model's own config plus field overrides."""
+
+    preset: str = Field(default="tiny", description="Model preset (tiny | debug | base | large | xl).")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Fields of the model config that differ from the preset."
+    )
+
+
+class ScalingSection(Section):
+    """Ray Train workers (one DeepSpeed rank each)."""
+
+    num_workers: int = Field(default=2, ge=1, description="Number of training workers (ranks).")
+    use_gpu: bool = Field(default=False, description="One GPU per worker (NCCL); False = CPU workers (gloo).")
+    cpus_per_worker: float = Field(
+        default=0.5, gt=0, description="CPUs reserved per worker; leave some for Ray Data (STACK.md §4)."
+    )
+    gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs per worker when use_gpu.")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+class DeepSpeedSection(Section):
+    """DeepSpeed engine settings; the rest of the DeepSpeed config is derived (neurolm.train.engine)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(default=2, description="ZeRO stage.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto = bf16 on GPU, fp32 on CPU (fp16 is not supported)."
+    )
+    offload_optimizer: bool = Field(default=False, description="ZeRO-Offload of optimizer states to CPU.")
+    activation_checkpointing: bool = Field(default=False, description="Recompute block activations.")
+    collective_timeout_s: int = Field(
+        default=600, gt=0, description="Timeout of collectives: a hung rank fails the run this fast."
+    )
+    extra: dict[str, Any] = Field(default_factory=dict, description="Merged last into the DeepSpeed config.")
+
+
+class OptimSection(Section):
+    """AdamW with linear warm-up and cosine decay (spec §2.6, §3.5, §4.5)."""
+
+    lr: float = Field(default=6e-4, gt=0)
+    min_lr: float = Field(default=6e-5, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0, description="Applied to parameters with >= 2 dims only.")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = Field(default=1e-8, gt=0)
+    warmup_steps: int | None = Field(default=None, ge=0, description="Warm-up in optimizer steps.")
+    warmup_epochs: float | None = Field(default=None, ge=0, description="Warm-up in epochs (tokenizer: 5).")
+    warmup_ratio: float | None = Field(default=None, ge=0, le=1, description="Warm-up as a share of all steps.")
+    grad_clip: float | None = Field(default=1.0, gt=0, description="Global gradient-norm clip; None = off.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"both betas must be in [0, 1), got {list(v)}")
+        return v
+
+
+class TrainSection(Section):
+    """Loop settings shared by every stage. Steps are optimizer steps (after gradient accumulation)."""
+
+    micro_batch_size: int = Field(default=4, ge=1, description="EEG samples per worker per micro-step.")
+    grad_accum_steps: int = Field(default=1, ge=1)
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (debug).")
+    log_every: int = Field(default=10, ge=1, description="Report metrics every N steps.")
+    eval_every: int | None = Field(default=None, ge=1, description="Validate every N steps (None: per epoch).")
+    eval_batches: int | None = Field(default=None, ge=1, description="Cap on validation batches per worker.")
+    checkpoint_every: int | None = Field(
+        default=None, ge=1, description="Checkpoint every N steps (None: at the end of each epoch)."
+    )
+    seed: int = Field(default=1234, description="The one seed; every other seed derives from it and the rank.")
+    fail_at_step: int | None = Field(
+        default=None, ge=1, description="Fault drill: the rank-1 worker process exits at this step once."
+    )
+
+
+class DataSection(Section):
+    """Where a stage's samples come from (Parquet shards written by `neurolm preprocess`)."""
+
+    train: str | list[str] = Field(description="Training shards: URI(s) of directories of part-*.parquet.")
+    val: str | list[str] | None = Field(default=None, description="Validation shards.")
+    text: str | None = Field(default=None, description="GPT-2 token shards (neurolm text prepare) for the LM loss.")
+    text_batch_size: int = Field(default=2, ge=0, description="Text windows per worker per micro-step.")
+    text_seq_len: int = Field(default=256, ge=8, description="Tokens per text window (official: 1024).")
+    max_tokens: int = Field(default=1024, ge=1, description="EEG tokens per sample after padding (official 1024).")
+    local_shuffle_buffer: int = Field(default=64, ge=0, description="Rows in each worker's shuffle buffer.")
+    prefetch_batches: int = Field(default=2, ge=0)
+    object_store_memory_mb: int | None = Field(
+        default=None, ge=64, description="Cap on Ray Data's object-store use for this stage's ingest."
+    )
+
+
+class RunSection(Section):
+    """Run identity and storage: rerunning with the same name and storage_path resumes."""
+
+    name: str = Field(description="Stable run name; a rerun with the same name resumes from its checkpoint.")
+    storage_path: str = Field(description="Where checkpoints/metrics go: local dir or s3://bucket/prefix.")
+    num_to_keep: int = Field(default=2, ge=1)
+    score_attribute: str | None = Field(default=None, description="Metric ranking checkpoints (e.g. val/loss).")
+    score_order: Literal["min", "max"] = "min"
+    max_failures: int = Field(default=1, ge=-1, description="Worker-group restarts from checkpoint (-1: inf).")
+    wandb: bool = Field(default=True, description="Log to Weights & Biases (offline without API key).")
+    wandb_project: str = "neurolm"
+    ray_address: str | None = Field(default=None, description="None: RAY_ADDRESS or a new local instance.")
+    export: bool = Field(default=True, description="Write consolidated safetensors weights at the end.")
+
+
+class _StageConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection
+    train: TrainSection = Field(default_factory=TrainSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
+    run: RunSection
+
+
+class TokenizerJobConfig(_StageConfig):
+    """Stage 1: the text-aligned VQ tokenizer (spec §2)."""
+
+    stage: Literal["tokenizer"] = "tokenizer"
+    text_embeddings: str | None = Field(
+        default=None,
+        description="HF GPT-2 checkpoint dir (local or s3://) whose token embeddings the domain classifier "
+        "aligns to; None = a GPT-2 of the model's width built from config (no weights offline).",
+    )
+
+
+class PretrainJobConfig(_StageConfig):
+    """Stage 2: multi-channel autoregressive pre-training of GPT-2 on EEG tokens (spec §3)."""
+
+    stage: Literal["pretrain"] = "pretrain"
+    tokenizer: str = Field(description="Exported tokenizer dir (stage 1 export) or an official VQ.pt.")
+    gpt2: str | None = Field(default=None, description="HF GPT-2 checkpoint dir (local or s3://); None = scratch.")
+    text_loss_weight: float = Field(default=1.0, ge=0, description="Weight of the text LM loss (official 1).")
+
+
+class MixtureSection(Section):
+    """How instruction tuning samples tasks (spec §4.4)."""
+
+    kind: Literal["proportional", "explicit", "temperature"] = Field(
+        default="proportional", description="proportional = official (dataset size); explicit; temperature."
+    )
+    weights: dict[str, float] = Field(default_factory=dict, description="Task -> weight (explicit).")
+    temperature: float = Field(default=1.0, gt=0, description="p ~ size^(1/T) (temperature).")
+    block_size: int = Field(default=256, ge=1, description="Samples per deterministic mixture block.")
+
+
+class TaskData(Section):
+    """One instruction task's shards."""
+
+    name: str
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+
+
+class InstructJobConfig(_StageConfig):
+    """Stage 3: multi-task instruction tuning (spec §4)."""
+
+    stage: Literal["instruct"] = "instruct"
+    data: DataSection = Field(default_factory=lambda: DataSection(train=[]))
+    init: str = Field(description="Pre-trained NeuroLM export dir (stage 2) or an official NeuroLM-*.pt.")
+    tasks: list[TaskData] = Field(min_length=1, description="Tasks and their shards.")
+    mixture: MixtureSection = Field(default_factory=MixtureSection)
+    eeg_max_len: int = Field(default=276, ge=1, description="EEG tokens per sample (official 276).")
+    text_max_len: int = Field(default=80, ge=8, description="Text tokens per sample (official 80).")
+    text_loss_weight: float = Field(default=0.0, ge=0, description="Weight of an extra text LM loss.")
