@@ -116,7 +116,6 @@ def build_datasets(cfg: _StageConfig, stage) -> dict[str, Any]:
 
 def fit_stage(cfg: _StageConfig) -> StageResult:
     """Run one training stage on Ray Train + DeepSpeed and export its consolidated weights."""
-    import ray.train
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -205,12 +204,20 @@ def export_checkpoint(stage, checkpoint, export_uri: str) -> None:
 
 def cli(argv: list[str] | None = None) -> int:
     """``neurolm train {tokenizer,pretrain,instruct} --config YAML [key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="neurolm train", description=cli.__doc__)
-    parser.add_argument("stage", choices=sorted(STAGE_CONFIGS))
-    parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/pretrain/debug.yaml")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGE_CONFIGS:
+        print(f"usage: neurolm train {{{','.join(STAGE_CONFIGS)}}} --config YAML [key=value ...]", file=sys.stderr)
+        return 2
+    return job_main(argv[0], argv[1:])
+
+
+def job_main(stage: str, argv: list[str] | None = None) -> int:
+    """Body of ``ray_jobs/<stage>.py`` and ``neurolm train <stage>``: parse, validate, fit, print."""
+    parser = argparse.ArgumentParser(prog=f"{stage}", description=f"Train the {stage} stage on Ray + DeepSpeed.")
+    parser.add_argument("--config", required=True, help=f"YAML preset, e.g. configs/{stage}/debug.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
-    return run_stage_main(args.stage, args.config, args.overrides)
+    return run_stage_main(stage, args.config, args.overrides)
 
 
 def run_stage_main(stage: str, config: str, overrides: list[str]) -> int:

@@ -1,0 +1,11 @@
+"""`ray job submit --working-dir . -- python ray_jobs/instruct.py --config configs/instruct/debug.yaml key=value...`"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir, when not pip-installed
+
+from neurolm.train.launch import job_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(job_main("instruct"))
