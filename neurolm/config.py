@@ -81,6 +81,16 @@ class PreprocessConfig(Section):
     ray_address: str | None = Field(
         default=None, description="Ray cluster to use; None = connect to RAY_ADDRESS or start a local one."
     )
+    pretrain_windows: bool = Field(
+        default=False,
+        description="Generic `edf` reader: windows of min(1024 // C, 64) s (pre-training rule, spec §1.5) "
+        "instead of window_s.",
+    )
+    subject_regex: str | None = Field(
+        default=None,
+        description="Generic `edf` reader: regex whose first group, searched in a file's path relative to input, "
+        "is its subject; None = the parent folder (the file name for files directly in input).",
+    )
 
     @field_validator("split_fractions")
     @classmethod
