@@ -202,16 +202,14 @@ class MixtureSampler:
         self.block_size = int(block_size)
         self.seed = int(seed)
         self.tasks: tuple[str, ...] = tuple(sorted(task for task, w in normalised.items() if w > 0))
-        self.sizes: Mapping[str, int] = MappingProxyType({task: n[task] for task in sorted(n)})
+        self._sizes = {task: n[task] for task in sorted(n)}
 
         # Exact rational weights → per-block base counts and fractional parts (which sum to an integer r).
         snapped = [Fraction(normalised[t]).limit_denominator(_MAX_DENOMINATOR) for t in self.tasks]
         total = sum(snapped, Fraction(0))
         exact = [w / total for w in snapped]
         exact_by_task = dict(zip(self.tasks, exact, strict=True))
-        self.weights: Mapping[str, float] = MappingProxyType(
-            {task: float(exact_by_task.get(task, 0)) for task in self.sizes}
-        )
+        self._weights = {task: float(exact_by_task.get(task, 0)) for task in self._sizes}
         quotas = [self.block_size * w for w in exact]
         self._base = tuple(math.floor(q) for q in quotas)
         self._remainder = self.block_size - sum(self._base)
@@ -225,6 +223,16 @@ class MixtureSampler:
         self._task_keys = tuple(_task_key(t) for t in self.tasks)
         self._perm_cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self._perm_cache_size = 2 * len(self.tasks)
+
+    @property
+    def sizes(self) -> Mapping[str, int]:
+        """Samples per task (read-only, by task name)."""
+        return MappingProxyType(self._sizes)
+
+    @property
+    def weights(self) -> Mapping[str, float]:
+        """The normalised weights the sampler realises (read-only, by task name; 0 for unused tasks)."""
+        return MappingProxyType(self._weights)
 
     def __repr__(self) -> str:
         weights = {t: round(self.weights[t], 6) for t in self.tasks}
@@ -274,7 +282,7 @@ class MixtureSampler:
         perm = self._perm_cache.get(key)
         if perm is None:
             entropy = [self.seed, _STREAM_TASK_EPOCH, self._task_keys[task_id], epoch]
-            perm = _stable_permutation(self.sizes[self.tasks[task_id]], entropy)
+            perm = _stable_permutation(self._sizes[self.tasks[task_id]], entropy)
             self._perm_cache[key] = perm
             while len(self._perm_cache) > self._perm_cache_size:
                 self._perm_cache.popitem(last=False)
@@ -283,7 +291,7 @@ class MixtureSampler:
         return perm
 
     def _sample(self, task_id: int, k: int) -> tuple[str, int]:
-        size = self.sizes[self.tasks[task_id]]
+        size = self._sizes[self.tasks[task_id]]
         epoch, i = divmod(k, size)
         return self.tasks[task_id], int(self._permutation(task_id, epoch)[i])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from collections import Counter
 from fractions import Fraction
 
@@ -170,6 +171,13 @@ def test_proportional_block_of_the_dataset_size_is_one_shuffled_concat_epoch() -
         block = s.block(b)
         assert Counter(t for t, _ in block) == SIZES
         assert sorted(block) == sorted((t, i) for t, n in SIZES.items() for i in range(n))
+
+
+def test_sampler_survives_pickling_for_ray_workers() -> None:
+    s = _sampler()
+    s.indices(0, 50)  # with a warm permutation cache
+    clone = pickle.loads(pickle.dumps(s))
+    assert clone.indices(0, 300) == _sampler().indices(0, 300)
 
 
 def test_zero_weight_tasks_are_never_drawn() -> None:
