@@ -79,7 +79,9 @@ class SignalParams:
 
     def __post_init__(self) -> None:
         if not 0 < self.l_freq < self.h_freq:
-            raise ValueError(f"band-pass edges must satisfy 0 < l_freq < h_freq, got {self.l_freq}, {self.h_freq}")
+            raise ValueError(
+                f"band-pass edges must satisfy 0 < l_freq < h_freq, got {self.l_freq}, {self.h_freq}"
+            )
         if self.h_freq >= self.sfreq / 2:
             raise ValueError(
                 f"h_freq={self.h_freq} Hz must be below the target Nyquist frequency {self.sfreq / 2} Hz"

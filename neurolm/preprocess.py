@@ -1,0 +1,249 @@
+"""``neurolm preprocess``: raw recordings → Parquet sample shards, one Ray task per recording (spec §1).
+
+::
+
+    neurolm preprocess --corpus edf --input S001R02.edf --output s3://bucket/shards [--config YAML] [key=value ...]
+    python ray_jobs/preprocess.py --corpus tuab --input /data/tuab --output s3://bucket/shards split_seed=1
+
+    summary = run_preprocess(load_config(PreprocessConfig, overrides=[...]))   # the pipeline job's API
+
+The driver validates the config and checks that the output store is reachable *before* starting Ray, plans the
+recordings (cheap: file names only), reuses every record committed by an earlier run with the same fingerprint,
+runs the rest as Ray tasks with a progress bar, and finalises the dataset (see :mod:`neurolm.data.pipeline` for
+why a killed and rerun job ends with exactly the shards of a clean run). A bad recording is recorded in the
+manifest and never stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from neurolm import storage
+from neurolm.config import CORPORA, ConfigError, PreprocessConfig, load_config
+from neurolm.data import pipeline
+from neurolm.data.readers.base import RecordingTask
+from neurolm.data.signal import RecordingError
+
+__all__ = ["cli", "run_preprocess", "validate_config", "build_config"]
+
+LOCAL_OBJECT_STORE_BYTES = int(5e8)  # STACK.md §8: always cap the object store on small machines
+
+
+def validate_config(cfg: PreprocessConfig) -> None:
+    """Cross-field checks that must hold before any resource is requested; raise :class:`ConfigError` naming
+    the key, the value and what is allowed."""
+    problems = []
+    if not Path(cfg.input).expanduser().exists():
+        problems.append(f"input = {cfg.input!r}: no such file or directory")
+    if cfg.l_freq >= cfg.h_freq:
+        problems.append(f"l_freq = {cfg.l_freq}: must be below h_freq = {cfg.h_freq}")
+    if cfg.h_freq >= cfg.sfreq / 2:
+        problems.append(
+            f"h_freq = {cfg.h_freq}: must be below the target Nyquist frequency sfreq / 2 = {cfg.sfreq / 2}"
+        )
+    if cfg.sfreq != int(cfg.sfreq):
+        problems.append(
+            f"sfreq = {cfg.sfreq}: must be a whole number of samples per second (one patch = 1 s)"
+        )
+    if cfg.window_s is not None and cfg.window_s != int(cfg.window_s):
+        problems.append(
+            f"window_s = {cfg.window_s}: must be a whole number of seconds (samples are T x 1 s patches)"
+        )
+    if cfg.notch is not None and cfg.notch < 0:
+        problems.append(
+            f"notch = {cfg.notch}: must be a frequency in Hz, 0 to disable, or null for the corpus default"
+        )
+    if cfg.subject_regex is not None:
+        try:
+            re.compile(cfg.subject_regex)
+        except re.error as err:
+            problems.append(f"subject_regex = {cfg.subject_regex!r}: not a regular expression ({err})")
+    try:
+        storage.resolve(cfg.output)
+    except storage.StorageError as err:
+        problems.append(f"output = {cfg.output!r}: {err}")
+    if problems:
+        raise ConfigError("invalid preprocess config:\n  " + "\n  ".join(problems))
+
+
+def _ensure_ray(cfg: PreprocessConfig) -> bool:
+    """Use a running Ray, or connect to ``ray_address``/``RAY_ADDRESS``, or start a local instance.
+
+    Returns True when this call started (and so must stop) Ray.
+    """
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": storage.storage_env()}
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+    else:
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count() or 1,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
+    return True
+
+
+@ray.remote(max_retries=1)
+def _process_remote(task: RecordingTask, cfg: PreprocessConfig, fingerprint: str) -> dict[str, Any]:
+    return pipeline.process_recording(task, cfg, fingerprint)
+
+
+def _run_tasks(
+    tasks: Sequence[tuple[RecordingTask, str]], cfg: PreprocessConfig, progress: bool
+) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    remote = _process_remote.options(num_cpus=cfg.num_cpus_per_task)
+    pending = {remote.remote(task, cfg, fp): (task, fp) for task, fp in tasks}
+    records = []
+    with tqdm(total=len(tasks), desc=f"preprocess {cfg.corpus}", unit="rec", disable=not progress) as bar:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                task, fingerprint = pending.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except (ray.exceptions.RayError, OSError) as err:  # worker died (OOM, killed node)
+                    record = pipeline.failed_record(
+                        task, fingerprint, f"task crashed: {type(err).__name__}: {err}"
+                    )
+                records.append(record)
+                bar.update(1)
+                if record["status"] == "failed":
+                    bar.write(f"failed: {record['reason']}")
+    return records
+
+
+def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a preprocessing job and return its summary.
+
+    Parameters
+    ----------
+    cfg : PreprocessConfig
+        The job; ``output`` may be a local directory or ``s3://bucket/prefix``.
+    progress : bool
+        Show a progress bar (tqdm) on stderr.
+
+    Returns
+    -------
+    dict
+        ``dataset``, ``output`` (the dataset URI), ``manifest`` (its URI), ``recordings``, ``written``,
+        ``skipped``, ``failed``, ``reused`` (records kept from an earlier run), ``samples`` per split,
+        ``shards``, ``source_seconds``, ``cpu_s`` (summed over this run's tasks), ``wall_s``.
+
+    Raises
+    ------
+    ConfigError
+        Invalid config (nothing was started).
+    StorageError
+        The output store is unreachable or refuses us.
+    RecordingError
+        The input does not look like the corpus (no recording found).
+    """
+    start = time.perf_counter()
+    validate_config(cfg)
+    storage.check_reachable(cfg.output)
+    tasks = pipeline.plan(cfg)
+    if not tasks:
+        raise RecordingError(cfg.input, f"no recordings found for corpus {cfg.corpus!r}")
+    dataset = tasks[0].dataset
+    target = pipeline.dataset_uri(cfg, dataset)
+    previous = pipeline.read_records(target)
+    reused, todo = [], []
+    for task in tasks:
+        fingerprint = pipeline.task_fingerprint(task, cfg)
+        old = previous.get(pipeline.shards.recording_key(task.recording))
+        if old and old.get("fingerprint") == fingerprint and old.get("status") in pipeline.FINAL_STATUSES:
+            reused.append(old)
+        else:
+            todo.append((task, fingerprint))
+    fresh: list[dict[str, Any]] = []
+    if todo:
+        started = _ensure_ray(cfg)
+        try:
+            fresh = _run_tasks(todo, cfg, progress)
+        finally:
+            if started:
+                ray.shutdown()
+    wall_s = round(time.perf_counter() - start, 3)
+    cpu_s = round(sum(r.get("cpu_s", 0.0) for r in fresh), 3)
+    manifest = pipeline.finalize(cfg, dataset, reused + fresh)
+    return {
+        "dataset": dataset,
+        "output": target,
+        "manifest": pipeline.shards.manifest_uri(target),
+        **manifest["summary"],
+        "reused": len(reused),
+        "processed": len(fresh),
+        "cpu_s": cpu_s,
+        "wall_s": wall_s,
+    }
+
+
+def _quoted(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a YAML string: paths stay strings whatever they contain
+
+
+def build_config(argv: Sequence[str]) -> tuple[PreprocessConfig, argparse.Namespace]:
+    """Parse ``neurolm preprocess`` arguments into a validated config (flags win over the YAML preset; dotted
+    ``key=value`` overrides win over both)."""
+    parser = argparse.ArgumentParser(
+        prog="neurolm preprocess",
+        description="Raw EEG recordings -> Parquet sample shards (local directory or s3://bucket/prefix).",
+    )
+    parser.add_argument("--corpus", choices=CORPORA, help="corpus reader")
+    parser.add_argument("--input", help="corpus root directory (or one file for --corpus edf)")
+    parser.add_argument("--output", help="output directory or s3://bucket/prefix")
+    parser.add_argument("--dataset", help="dataset name (default: the corpus name)")
+    parser.add_argument("--config", help="YAML preset (PreprocessConfig keys)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--strict", action="store_true", help="exit with status 3 if any recording failed")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. split_seed=1 notch=60")
+    args = parser.parse_args(list(argv))
+    flags = [f"{key}={_quoted(getattr(args, key))}" for key in ("corpus", "input", "output", "dataset")
+             if getattr(args, key) is not None]  # fmt: skip
+    return load_config(PreprocessConfig, args.config, flags + list(args.overrides)), args
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Entry point of ``neurolm preprocess``; returns 0 when the run completed (failed recordings are listed
+    in the manifest; with ``--strict`` they give 3), 1 on a storage or input error, 2 on a config error."""
+    try:
+        cfg, args = build_config(sys.argv[1:] if argv is None else argv)
+        validate_config(cfg)
+    except ConfigError as err:
+        print(f"neurolm preprocess: {err}", file=sys.stderr)
+        return 2
+    try:
+        summary = run_preprocess(cfg, progress=not args.no_progress)
+    except (storage.StorageError, RecordingError) as err:
+        print(f"neurolm preprocess: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1))
+    if summary["failed"]:
+        print(
+            f"neurolm preprocess: {summary['failed']} recording(s) failed; see {summary['manifest']}",
+            file=sys.stderr,
+        )
+        return 3 if args.strict else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
