@@ -13,7 +13,8 @@ that mixture and two others (:func:`mixture_weights`), and a sampler in the styl
   long-run mix by up to ``1 / block_size`` per task (a task whose quota is below one sample, such as TUSL under
   the official mix, would get a sample in every block or never). Instead the remainder slots are dealt by
   systematic sampling along the tasks' fractional parts with an offset that rotates by the golden ratio from
-  block to block, so over many blocks each task gets its exact share (the error stays within a few samples);
+  block to block, so over many blocks each task gets its exact share (the error stays within a few samples).
+  ``remainder="largest"`` keeps plain largest-remainder rounding for whoever wants identical blocks;
 - the order inside a block is a permutation seeded by ``(seed, block)``;
 - the ``k``-th sample drawn from task ``t`` is ``perm(seed, t, k // n_t)[k % n_t]``: every sample of a task
   is seen once per task-epoch, in a new order each epoch.
@@ -181,6 +182,11 @@ class MixtureSampler:
         Positions per block; each block's task composition matches the weights as closely as integers allow.
     seed : int
         The one seed (``>= 0``) from which the block orders, remainder offsets and task-epoch orders derive.
+    remainder : {"rotating", "largest"}
+        How the ``r`` remainder slots of a block are dealt. ``"rotating"`` (default): by systematic sampling
+        with a golden-ratio offset per block, so the long-run mix is exact. ``"largest"``: plain
+        largest-remainder rounding (ties by task name), the same composition in every block; the long-run
+        mix is then off by up to ``1 / block_size`` per task.
 
     Notes
     -----
@@ -188,7 +194,16 @@ class MixtureSampler:
     the last few task-epoch permutations. Task order is by name, so the order of the dicts does not matter.
     """
 
-    def __init__(self, sizes: Mapping[str, int], weights: Mapping[str, float], block_size: int, seed: int):
+    def __init__(
+        self,
+        sizes: Mapping[str, int],
+        weights: Mapping[str, float],
+        block_size: int,
+        seed: int,
+        remainder: Literal["rotating", "largest"] = "rotating",
+    ):
+        if remainder not in ("rotating", "largest"):
+            raise ValueError(f"remainder must be 'rotating' or 'largest', got {remainder!r}")
         n = _check_sizes(sizes)
         if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
             raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
@@ -219,6 +234,10 @@ class MixtureSampler:
             acc += q - base
             bounds.append(math.floor(acc * _UNIT))
         self._bounds = tuple(bounds)
+        self.remainder = remainder
+        fractions = [q - base for q, base in zip(quotas, self._base, strict=True)]
+        by_fraction = sorted(range(len(self.tasks)), key=lambda i: (-fractions[i], i))[: self._remainder]
+        self._largest = tuple(base + (i in by_fraction) for i, base in enumerate(self._base))
         self._offset0 = int(np.random.SeedSequence([self.seed, _STREAM_OFFSET]).generate_state(1)[0])
         self._task_keys = tuple(_task_key(t) for t in self.tasks)
         self._perm_cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
@@ -236,7 +255,10 @@ class MixtureSampler:
 
     def __repr__(self) -> str:
         weights = {t: round(self.weights[t], 6) for t in self.tasks}
-        return f"MixtureSampler(block_size={self.block_size}, seed={self.seed}, weights={weights})"
+        return (
+            f"MixtureSampler(block_size={self.block_size}, seed={self.seed}, remainder={self.remainder!r}, "
+            f"weights={weights})"
+        )
 
     # ----------------------------------------------------------------------------- block composition
 
@@ -244,12 +266,16 @@ class MixtureSampler:
         return (self._offset0 + block * _GOLDEN) % _UNIT
 
     def _counts_array(self, block: int) -> list[int]:
+        if self.remainder == "largest":
+            return list(self._largest)
         offset = self._offset(block)
         # Remainder points sit at offset + j·2^32 (j < r); task i gets one iff a point falls in its segment.
         hits = [-((offset - c) // _UNIT) for c in self._bounds]  # ceil((c - offset) / 2^32)
         return [base + hits[i + 1] - hits[i] for i, base in enumerate(self._base)]
 
     def _counts_before_array(self, block: int) -> list[int]:
+        if self.remainder == "largest":
+            return [block * c for c in self._largest]
         # Σ_{b<block} ceil((c − φ_b)/U) = F(h) − F(h − c) with F(β) = Σ_b floor((b·G + β)/U), so the remainder
         # slots task i got in blocks [0, block) are F(h − c_i) − F(h − c_{i+1}).
         f = [_floor_sum(block, _UNIT, _GOLDEN, self._offset0 - c) for c in self._bounds]

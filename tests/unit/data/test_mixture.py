@@ -173,6 +173,22 @@ def test_proportional_block_of_the_dataset_size_is_one_shuffled_concat_epoch() -
         assert sorted(block) == sorted((t, i) for t, n in SIZES.items() for i in range(n))
 
 
+def test_largest_remainder_gives_every_block_the_same_composition() -> None:
+    weights = mixture_weights("temperature", SIZES, temperature=2.0)
+    s = MixtureSampler(SIZES, weights, block_size=16, seed=3, remainder="largest")
+    first = s.block_counts(0)
+    assert sum(first.values()) == 16
+    # The 16·w_t with the largest fractional parts get the remainder slots; all others get the floor.
+    fractions = {t: 16 * s.weights[t] - math.floor(16 * s.weights[t]) for t in s.tasks}
+    extra = sorted(s.tasks, key=lambda t: -fractions[t])[: 16 - sum(math.floor(16 * s.weights[t]) for t in s.tasks)]
+    assert first == {t: math.floor(16 * s.weights[t]) + (t in extra) for t in s.tasks}
+    assert all(s.block_counts(b) == first for b in range(50))
+    stream = s.indices(0, 16 * 50)
+    assert s.indices(0, 100) + s.indices(100, 16 * 50) == stream
+    assert dict(Counter(t for t, _ in stream)) == {t: 50 * c for t, c in first.items() if c}
+    assert s.task_counts(16 * 50) == {t: 50 * c for t, c in first.items()}
+
+
 def test_sampler_survives_pickling_for_ray_workers() -> None:
     s = _sampler()
     s.indices(0, 50)  # with a warm permutation cache
@@ -195,6 +211,7 @@ def test_zero_weight_tasks_are_never_drawn() -> None:
         ({"sizes": {"tuab": 0, "tusl": 3}, "weights": {"tuab": 1.0}}, "positive weight but no samples"),
         ({"block_size": 0}, "block_size"),
         ({"seed": -1}, "seed"),
+        ({"remainder": "random"}, "remainder"),
     ],
 )
 def test_sampler_rejects_bad_configuration_clearly(kwargs: dict, match: str) -> None:
