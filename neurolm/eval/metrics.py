@@ -322,13 +322,14 @@ def official_binary_metrics(labels: ArrayLike, preds: ArrayLike) -> dict[str, fl
 
     Reproduces, at official snapshot ``a9e8afe``:
 
-    - ``train_instruction.py:evaluate`` appends the parsed int (``-1`` on failure) unchanged for binary tasks,
-      and ``utils.py:get_metrics`` passes that array to ``binary_metrics_fn`` as ``y_prob``;
+    - ``train_instruction.py:get_pred`` (lines 475–489) returns -1 for any unparsable answer, ``evaluate``
+      (lines 511–515) keeps it unchanged for binary tasks, and ``utils.py:get_metrics`` (line 119) passes that
+      array to ``binary_metrics_fn`` as ``y_prob``;
     - ``utils.py:get_metrics`` lines 118–130: when ``roc_auc`` is requested and the labels are all 0 or all 1,
       all four metrics are 0.0;
-    - ``metrics/binary.py:binary_metrics_fn``: ``y_pred = y_prob >= 0.5`` (so -1 → 0) for ``accuracy`` and
-      ``balanced_accuracy``; ``roc_auc_score`` and ``average_precision_score`` on ``y_prob`` itself (so -1 is a
-      third score below 0).
+    - ``metrics/binary.py:binary_metrics_fn`` lines 58–59, ``y_pred = y_prob >= 0.5`` (so -1 → 0), used by
+      ``accuracy`` and ``balanced_accuracy`` (lines 70, 73); lines 64 and 67, ``average_precision_score`` and
+      ``roc_auc_score`` on ``y_prob`` itself (so -1 is a third score below 0).
 
     Parameters
     ----------
@@ -366,9 +367,9 @@ def official_multiclass_metrics(labels: ArrayLike, preds: ArrayLike, num_classes
     - ``train_instruction.py:evaluate`` line 514, ``pred = np.eye(num_classes)[pred]``: negative indexing turns
       a parse failure (-1) into the one-hot of the **last** class (TUEV background, SEED Negative, HMC REM,
       TUSL slowing);
-    - ``metrics/multiclass.py:multiclass_metrics_fn``: ``y_pred = argmax(y_prob)``, then scikit-learn's
-      ``accuracy_score``, ``balanced_accuracy_score``, ``cohen_kappa_score`` and
-      ``f1_score(average="weighted")``.
+    - ``metrics/multiclass.py:multiclass_metrics_fn`` line 94, ``y_pred = argmax(y_prob)``, then scikit-learn's
+      ``accuracy_score`` (line 119), ``balanced_accuracy_score`` (122), ``f1_score(average="weighted")`` (131)
+      and ``cohen_kappa_score`` (149).
 
     Parameters
     ----------
