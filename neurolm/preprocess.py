@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import ray
 
@@ -130,7 +130,13 @@ def _run_tasks(
     return records
 
 
-def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, Any]:
+def _run_inline(tasks: Sequence[tuple[RecordingTask, str]], cfg: PreprocessConfig) -> list[dict[str, Any]]:
+    return [pipeline.process_recording(task, cfg, fingerprint) for task, fingerprint in tasks]
+
+
+def run_preprocess(
+    cfg: PreprocessConfig, progress: bool = True, executor: Literal["ray", "inline"] = "ray"
+) -> dict[str, Any]:
     """Run (or resume) a preprocessing job and return its summary.
 
     Parameters
@@ -139,6 +145,9 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
         The job; ``output`` may be a local directory or ``s3://bucket/prefix``.
     progress : bool
         Show a progress bar (tqdm) on stderr.
+    executor : {"ray", "inline"}
+        ``ray``: one Ray task per recording (default). ``inline``: process in this process, one after the other
+        (debugging, tests without a cluster); the output is identical.
 
     Returns
     -------
@@ -165,16 +174,24 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> dict[str, An
     dataset = tasks[0].dataset
     target = pipeline.dataset_uri(cfg, dataset)
     previous = pipeline.read_records(target)
+    present = set(pipeline.shards.list_shards(target)) if previous else set()
     reused, todo = [], []
     for task in tasks:
         fingerprint = pipeline.task_fingerprint(task, cfg)
         old = previous.get(pipeline.shards.recording_key(task.recording))
-        if old and old.get("fingerprint") == fingerprint and old.get("status") in pipeline.FINAL_STATUSES:
+        if (
+            old
+            and old.get("fingerprint") == fingerprint
+            and old.get("status") in pipeline.FINAL_STATUSES
+            and all(storage.join(target, s["path"]) in present for s in old.get("shards", []))
+        ):
             reused.append(old)
         else:
             todo.append((task, fingerprint))
     fresh: list[dict[str, Any]] = []
-    if todo:
+    if todo and executor == "inline":
+        fresh = _run_inline(todo, cfg)
+    elif todo:
         started = _ensure_ray(cfg)
         try:
             fresh = _run_tasks(todo, cfg, progress)
@@ -227,6 +244,8 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         cfg, args = build_config(sys.argv[1:] if argv is None else argv)
         validate_config(cfg)
+    except SystemExit as err:  # argparse: --help (0) or a usage error (2), already printed
+        return int(err.code or 0)
     except ConfigError as err:
         print(f"neurolm preprocess: {err}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ in the manifest and go on with the next recording.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,18 +148,31 @@ def apply_steps(raw: mne.io.BaseRaw, steps: Sequence[Step]) -> mne.io.BaseRaw:
     return raw
 
 
-def read_raw(path: str | Path) -> mne.io.BaseRaw:
-    """Open any MNE-readable recording lazily; unreadable or truncated files raise :class:`RecordingError`."""
+def read_raw(path: str | Path, notes: list[str] | None = None) -> mne.io.BaseRaw:
+    """Open any MNE-readable recording lazily; unreadable files raise :class:`RecordingError`.
+
+    A file shorter than its header declares (a recording not stopped properly) is read up to its last complete
+    data record, as MNE does; a note saying so is appended to ``notes`` (kept in the manifest).
+    """
     path = Path(path)
     if not path.is_file():
         raise RecordingError(path, "file does not exist")
-    try:
-        if path.suffix.lower() == ".cnt":
-            # Neuroscan CNT as in the official SEED maker (32-bit samples); MNE cannot always infer the width.
-            return mne.io.read_raw_cnt(path, preload=False, data_format="int32", verbose="error")
-        return mne.io.read_raw(path, preload=False, verbose="error")
-    except Exception as err:  # MNE raises many types for corrupt headers
-        raise RecordingError(path, f"cannot read the recording ({type(err).__name__}: {err})") from err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if path.suffix.lower() == ".cnt":
+                # Neuroscan CNT as in the official SEED maker (32-bit samples); MNE cannot always infer the width.
+                raw = mne.io.read_raw_cnt(path, preload=False, data_format="int32", verbose="warning")
+            else:
+                raw = mne.io.read_raw(path, preload=False, verbose="warning")
+        except Exception as err:  # MNE raises many types for corrupt headers
+            raise RecordingError(path, f"cannot read the recording ({type(err).__name__}: {err})") from err
+    if any("file size" in str(w.message) for w in caught) and notes is not None:
+        notes.append(
+            f"{path.name}: truncated (the header declares more data than the file holds); "
+            f"read its {raw.n_times / raw.info['sfreq']:.1f} s of complete records"
+        )
+    return raw
 
 
 def pick_and_rename(raw: mne.io.BaseRaw, selection: ChannelSelection) -> mne.io.BaseRaw:
@@ -211,6 +225,7 @@ class ProcessedRecording:
     sfreq: float
     source_sfreq: float
     flat_channels: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -266,7 +281,8 @@ def load_recording(
     RecordingError
         Unreadable file, no usable or missing required channels, sampling rate too low, NaN/inf, flat channels.
     """
-    raw = read_raw(path)
+    notes: list[str] = []
+    raw = read_raw(path, notes)
     if inspect is not None:
         inspect(raw)
     selection = select_channels(raw.ch_names, required=required, exclude=exclude)
@@ -283,7 +299,7 @@ def load_recording(
     except Exception as err:  # truncated data blocks surface here, not at header reading
         raise RecordingError(path, f"cannot load the samples ({type(err).__name__}: {err})") from err
     if raw.n_times < 2:
-        raise RecordingError(path, f"recording has {raw.n_times} sample(s)")
+        raise RecordingError(path, f"recording has {raw.n_times} sample(s) (truncated?)")
     keep, flat = check_values(path, raw.get_data(units="uV"), selection.names, drop_flat)
     flat_names = tuple(selection.names[i] for i in flat)
     if flat:
@@ -297,6 +313,7 @@ def load_recording(
         sfreq=float(raw.info["sfreq"]),
         source_sfreq=source_sfreq,
         flat_channels=flat_names,
+        notes=tuple(notes),
     )
 
 

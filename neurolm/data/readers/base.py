@@ -196,7 +196,7 @@ def samples_from_windows(
         source_seconds=rec.duration_s,
         unknown_channels=rec.channels.unknown + rec.channels.duplicates,
         flat_channels=rec.flat_channels,
-        warnings=list(warnings or []),
+        warnings=list(rec.notes) + list(warnings or []),
     )
 
 

@@ -1,0 +1,100 @@
+"""The preprocessing job without a cluster (executor="inline"): outcomes of bad input, idempotence, resume,
+and the CLI's config and storage errors. The Ray path is covered in tests/integration/test_preprocess.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+from neurolm.config import PreprocessConfig
+from neurolm.data import synthetic
+from neurolm.data.samples import fetch_sample
+from neurolm.preprocess import cli, run_preprocess
+
+
+def shard_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("part-*.parquet"))}
+
+
+def test_bad_inputs_are_recorded_and_never_stop_the_run(tmp_path):
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    shutil.copy(fetch_sample("S001R02.edf"), corpus / "S001R02.edf")  # real, good
+    shutil.copy(fetch_sample("eeg_acoustic_a.edf"), corpus / "eeg_acoustic_a.edf")  # real, no 10-20 channel
+    synthetic.write_edf(corpus / "short.edf", ["Fp1", "Fp2"], synthetic.eeg_like(2, 5, 250.0), 250.0)
+    synthetic.write_edf(corpus / "slow.edf", ["Fp1", "Fp2"], synthetic.eeg_like(2, 20, 100.0), 100.0)
+    (corpus / "corrupt.edf").write_bytes(b"0       garbage" * 40)
+    (corpus / "header_only.edf").write_bytes((corpus / "short.edf").read_bytes()[:600])
+    cfg = PreprocessConfig(corpus="edf", input=str(corpus), output=str(tmp_path / "out"))
+    summary = run_preprocess(cfg, executor="inline")
+    assert (summary["written"], summary["skipped"], summary["failed"]) == (1, 1, 4)
+    assert sum(summary["samples"].values()) == 6  # S001R02: 61 s -> six 10-s windows
+    manifest = json.loads((tmp_path / "out" / "edf" / "_manifest.json").read_text())
+    reasons = {Path(r["sources"][0]["path"]).name: (r["status"], r["reason"]) for r in manifest["recordings"]}
+    assert reasons["S001R02.edf"] == ("written", None)
+    assert (
+        reasons["eeg_acoustic_a.edf"][0] == "failed"
+        and "eeg_acoustic_a.edf: no usable channels" in reasons["eeg_acoustic_a.edf"][1]
+    )
+    assert reasons["short.edf"][0] == "skipped" and "shorter than one 10 s window" in reasons["short.edf"][1]
+    assert "slow.edf: sampling rate 100 Hz is too low" in reasons["slow.edf"][1]
+    assert "corrupt.edf: cannot read" in reasons["corrupt.edf"][1]
+    assert reasons["header_only.edf"][0] == "failed"
+    good = next(r for r in manifest["recordings"] if r["status"] == "written")
+    assert len(good["sources"][0]["sha256"]) == 64 and good["channels"][0] == "FC5"
+    assert [s["path"] for s in manifest["shards"]] == [s["path"] for s in good["shards"]]
+    # A rerun reuses what finished, retries only the failures, and writes the same shards.
+    before = shard_bytes(tmp_path / "out")
+    again = run_preprocess(cfg, executor="inline")
+    assert (again["reused"], again["processed"]) == (2, 4)
+    assert shard_bytes(tmp_path / "out") == before
+
+
+def test_interrupted_run_resumes_to_exactly_the_clean_shards(tmp_path):
+    tree = synthetic.make_tuab_tree(tmp_path / "tuab", subjects_per_folder=2, seconds=21.0)
+    clean = PreprocessConfig(
+        corpus="tuab", input=str(tree), output=str(tmp_path / "clean"), samples_per_shard=1
+    )
+    run_preprocess(clean, executor="inline")
+    resumed = clean.model_copy(update={"output": str(tmp_path / "resumed")})
+    # An interrupted run: only some recordings committed, plus debris a crash can leave behind (a shard of an
+    # uncommitted recording, a record of a recording no longer planned).
+    partial = run_preprocess(resumed.model_copy(update={"max_files": 3}), executor="inline")
+    assert partial["recordings"] == 3
+    dataset = tmp_path / "resumed" / "tuab"
+    (dataset / "train" / "part-crashed-00000.parquet").write_bytes(b"half a shard")
+    (dataset / "_records" / "gone-1234abcd.json").write_text('{"key": "gone-1234abcd", "status": "written"}')
+    summary = run_preprocess(resumed, executor="inline")
+    assert (summary["reused"], summary["processed"]) == (3, 5)
+    assert shard_bytes(dataset) == shard_bytes(tmp_path / "clean" / "tuab")
+    assert len(shard_bytes(dataset)) == 16  # 8 recordings x 2 windows, one row per shard
+    assert not (dataset / "_records" / "gone-1234abcd.json").exists()
+    # Changing a processing setting redoes every recording and replaces its shards.
+    renotched = run_preprocess(resumed.model_copy(update={"notch": 60.0}), executor="inline")
+    assert renotched["processed"] == 8 and shard_bytes(dataset) != shard_bytes(tmp_path / "clean" / "tuab")
+
+
+def test_cli_rejects_bad_configs_before_starting_anything(tmp_path, capsys):
+    assert cli(["--corpus", "edf", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert "input = " in capsys.readouterr().err
+    edf = synthetic.write_edf(tmp_path / "a.edf", ["Fp1"], synthetic.eeg_like(1, 12, 250.0), 250.0)
+    assert cli(["--corpus", "edf", "--input", str(edf), "--output", str(tmp_path / "o"), "h_freq=120"]) == 2
+    assert "h_freq = 120.0: must be below the target Nyquist frequency" in capsys.readouterr().err
+    assert cli(["--corpus", "edf", "--input", str(edf), "--output", str(tmp_path / "o"), "window_s=2.5"]) == 2
+    assert cli(["--corpus", "nope", "--input", str(edf), "--output", "x"]) == 2  # argparse usage error
+    assert cli(["--corpus", "edf", "--input", str(edf), "--output", "gs://bucket/x"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_s3_endpoint_fails_fast_with_the_endpoint_named(tmp_path, monkeypatch, capsys):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    edf = synthetic.write_edf(tmp_path / "a.edf", ["Fp1"], synthetic.eeg_like(1, 12, 250.0), 250.0)
+    assert cli(["--corpus", "edf", "--input", str(edf), "--output", "s3://neurolm/x", "--no-progress"]) == 1
+    assert f"127.0.0.1:{port}" in capsys.readouterr().err
