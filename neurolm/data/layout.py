@@ -1,0 +1,257 @@
+"""Token layout and training targets: pure functions on numpy batches (Ray Data ``map_batches`` steps).
+
+Layout (spec §1.2): a sample ``(C, T·200)`` in units of 100 µV becomes ``T·C`` patches of 200 samples,
+**time-major** (all channels of second 0, then second 1, …), padded with zero patches to ``max_tokens``:
+
+- ``x`` (N, L, 200) float32 patches;
+- ``input_chans`` (N, L) int64: 10-20 vocabulary index of each token's channel, ``PAD_INDEX`` (136) for padding;
+- ``input_time`` (N, L) int64: second index, 0 for padding;
+- ``input_mask`` (N, L) bool: True for real tokens;
+- ``num_chans`` / ``num_tokens`` (N,) int64: C and C·T per sample.
+
+Tokenizer targets (spec §2.3), zero on padding rows:
+
+- :func:`fourier_amplitude_target`: ``|FFT|`` of each patch, z-scored with one mean and one (unbiased) std over
+  all real tokens × 200 bins of the sample, first 100 bins kept;
+- :func:`raw_signal_target`: the patches z-scored the same way.
+
+Pre-training targets (spec §3.2): :func:`next_code_targets` (numpy or torch: the codes come from the model).
+Instruction tuning (spec §4.1): :func:`instruction_text_batch` / :func:`prompt_batch` build
+``[SEP] Question: … Answer: <answer> <|endoftext|>`` rows, padded with ``<|endoftext|>``, with targets on the
+answer tokens only. Attention masks are *not* built here: the model builds them on the device
+(:mod:`neurolm.models.masks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from neurolm.channels import PAD_INDEX
+
+__all__ = [
+    "PATCH_SIZE",
+    "FREQ_BINS",
+    "patchify",
+    "fourier_amplitude_target",
+    "raw_signal_target",
+    "layout_batch",
+    "make_layout_fn",
+    "next_code_targets",
+    "instruction_text_batch",
+    "prompt_batch",
+    "layout_instruction_batch",
+]
+
+PATCH_SIZE = 200
+"""Samples per patch: 1 s at 200 Hz."""
+FREQ_BINS = 100
+"""Fourier-amplitude bins kept as the frequency target."""
+TEXT_PAD_ID = 50256
+"""Instruction text is padded with ``<|endoftext|>`` (official)."""
+
+
+def patchify(signal: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
+    """``(C, T·P)`` → ``(T·C, P)``, time-major: row ``t·C + c`` is second ``t`` of channel ``c``."""
+    C, n = signal.shape
+    if n % patch_size:
+        raise ValueError(f"signal length {n} is not a whole number of {patch_size}-sample patches")
+    T = n // patch_size
+    return signal.reshape(C, T, patch_size).transpose(1, 0, 2).reshape(T * C, patch_size)  # (T*C, P)
+
+
+def _zscore(values: np.ndarray) -> np.ndarray:
+    """One mean and one unbiased std over all values of a sample (official ``std_norm``)."""
+    return (values - values.mean()) / values.std(ddof=1)
+
+
+def fourier_amplitude_target(patches: np.ndarray, n_bins: int = FREQ_BINS) -> np.ndarray:
+    """``(n, P)`` real patches of one sample → ``(n, n_bins)`` z-scored ``|FFT|`` (spec §2.3)."""
+    amplitude = np.abs(np.fft.fft(patches.astype(np.float64), axis=-1))  # (n, P)
+    return _zscore(amplitude)[:, :n_bins].astype(np.float32)
+
+
+def raw_signal_target(patches: np.ndarray) -> np.ndarray:
+    """``(n, P)`` real patches of one sample → the same z-scored per sample (spec §2.3)."""
+    return _zscore(patches.astype(np.float64)).astype(np.float32)
+
+
+def _as_samples(
+    signal: Any, channels: Any, n_channels: Any, n_seconds: Any, patch_size: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Normalise the accepted input forms to a list of ((C, T·P) float32, (C,) int64)."""
+    out = []
+    for i in range(len(signal)):
+        sig = np.asarray(signal[i], dtype=np.float32)
+        chans = np.asarray(channels[i]).astype(np.int64).reshape(-1)
+        C = int(n_channels[i]) if n_channels is not None else (sig.shape[0] if sig.ndim == 2 else len(chans))
+        if sig.ndim == 1:
+            sig = sig.reshape(C, -1)  # flat row-major (C·T·P,) storage
+        sig = sig[:C]
+        chans = chans[:C]
+        if n_seconds is not None:
+            sig = sig[:, : int(n_seconds[i]) * patch_size]
+        if sig.shape[0] != len(chans):
+            raise ValueError(f"sample {i}: {sig.shape[0]} signal rows but {len(chans)} channel indices")
+        out.append((sig, chans))
+    return out
+
+
+def layout_batch(
+    signal: Sequence[np.ndarray] | np.ndarray,
+    channels: Sequence[np.ndarray] | np.ndarray,
+    max_tokens: int,
+    *,
+    n_channels: Sequence[int] | np.ndarray | None = None,
+    n_seconds: Sequence[int] | np.ndarray | None = None,
+    targets: bool = True,
+    max_seconds: int | None = None,
+    truncate: bool = False,
+    patch_size: int = PATCH_SIZE,
+) -> dict[str, np.ndarray]:
+    """Lay out a batch of samples as padded token sequences (spec §1.2), with tokenizer targets.
+
+    ``signal``: per sample ``(C_i, T_i·P)`` (or flat ``(C_i·T_i·P,)`` with ``n_channels``), units of 100 µV;
+    samples may differ in C and T. ``channels``: per sample ``(C_i,)`` 10-20 indices (int16 is fine).
+    ``n_channels``/``n_seconds`` crop padded inputs. A sample with more than ``max_tokens`` tokens raises,
+    unless ``truncate`` drops its trailing seconds; one longer than ``max_seconds`` (the model's time table)
+    raises. Returns the arrays listed in the module docstring, plus ``freq_target`` (N, L, 100) and
+    ``raw_target`` (N, L, P) when ``targets``.
+    """
+    samples = _as_samples(signal, channels, n_channels, n_seconds, patch_size)
+    N, L = len(samples), max_tokens
+    x = np.zeros((N, L, patch_size), dtype=np.float32)
+    input_chans = np.full((N, L), PAD_INDEX, dtype=np.int64)
+    input_time = np.zeros((N, L), dtype=np.int64)
+    input_mask = np.zeros((N, L), dtype=bool)
+    num_chans = np.zeros(N, dtype=np.int64)
+    num_tokens = np.zeros(N, dtype=np.int64)
+    if targets:
+        freq_target = np.zeros((N, L, FREQ_BINS), dtype=np.float32)
+        raw_target = np.zeros((N, L, patch_size), dtype=np.float32)
+    for i, (sig, chans) in enumerate(samples):
+        C = sig.shape[0]
+        T = sig.shape[1] // patch_size
+        if C * T > L:
+            if not truncate:
+                raise ValueError(f"sample {i} has {C} channels x {T} s = {C * T} tokens > max_tokens {L}; "
+                                 "cut shorter windows or pass truncate=True")
+            T = L // C
+            sig = sig[:, : T * patch_size]
+        if max_seconds is not None and T > max_seconds:
+            raise ValueError(f"sample {i} lasts {T} s but the model's time table has {max_seconds} rows "
+                             "(raise max_seconds in the model config)")
+        n = C * T
+        patches = patchify(sig, patch_size)  # (n, P)
+        x[i, :n] = patches
+        input_chans[i, :n] = np.tile(chans, T)
+        input_time[i, :n] = np.repeat(np.arange(T), C)
+        input_mask[i, :n] = True
+        num_chans[i], num_tokens[i] = C, n
+        if targets and n:
+            freq_target[i, :n] = fourier_amplitude_target(patches)
+            raw_target[i, :n] = raw_signal_target(patches)
+    out = {"x": x, "input_chans": input_chans, "input_time": input_time, "input_mask": input_mask,
+           "num_chans": num_chans, "num_tokens": num_tokens}
+    if targets:
+        out["freq_target"], out["raw_target"] = freq_target, raw_target
+    return out
+
+
+def make_layout_fn(
+    max_tokens: int, targets: bool = True, keep: Sequence[str] = ("label",), truncate: bool = False
+) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
+    """A ``map_batches`` function over sample-shard columns (``signal``, ``channels``, optional ``n_channels``,
+    ``n_seconds``) returning :func:`layout_batch`'s arrays plus the ``keep`` columns that are present."""
+
+    def layout_fn(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+        out = layout_batch(
+            batch["signal"], batch["channels"], max_tokens, n_channels=batch.get("n_channels"),
+            n_seconds=batch.get("n_seconds"), targets=targets, truncate=truncate,
+        )
+        for name in keep:
+            if name in batch:
+                out[name] = np.asarray(batch[name])
+        return out
+
+    return layout_fn
+
+
+def next_code_targets(codes: Any, num_chans: Any, num_tokens: Any, ignore_index: int = -1) -> Any:
+    """Multi-channel autoregressive targets (spec §3.2): token (t, c) predicts the code of (t+1, c).
+
+    In the time-major layout that is ``target[b, j] = codes[b, j + C_b]`` for ``j < n_b − C_b``, else
+    ``ignore_index`` (last second and padding). Works on numpy arrays and torch tensors (on any device);
+    ``codes`` (B, L), ``num_chans``/``num_tokens`` (B,).
+    """
+    if isinstance(codes, np.ndarray):
+        B, L = codes.shape
+        src = np.arange(L)[None, :] + np.asarray(num_chans)[:, None]  # (B, L)
+        valid = src < np.asarray(num_tokens)[:, None]
+        gathered = np.take_along_axis(codes, np.minimum(src, L - 1), axis=1)
+        return np.where(valid, gathered, ignore_index).astype(np.int64)
+    import torch
+
+    B, L = codes.shape
+    src = torch.arange(L, device=codes.device)[None, :] + num_chans.to(codes.device)[:, None]  # (B, L)
+    valid = src < num_tokens.to(codes.device)[:, None]
+    gathered = codes.gather(1, src.clamp(max=L - 1))
+    return torch.where(valid, gathered, torch.full_like(gathered, ignore_index)).long()
+
+
+def instruction_text_batch(
+    labels: Sequence[int] | np.ndarray,
+    texts: Sequence[Sequence[int]],
+    target_start: int,
+    text_max_len: int,
+) -> dict[str, np.ndarray]:
+    """Training text rows (spec §4.1): ``text`` (N, text_max_len) = the label's token ids (``texts[label]``,
+    ``[SEP] + encode(question + " " + answer + " <|endoftext|>")``) padded with ``<|endoftext|>``; and
+    ``text_targets`` (N, text_max_len) = -1 except ``targets[p-1 : v-1] = text[p : v]`` with
+    ``p = target_start`` (see :class:`neurolm.data.tasks.TaskTokens`) and ``v`` the unpadded length.
+    """
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    N = len(labels)
+    text = np.full((N, text_max_len), TEXT_PAD_ID, dtype=np.int64)
+    text_targets = np.full((N, text_max_len), -1, dtype=np.int64)
+    for i, label in enumerate(labels):
+        if not 0 <= label < len(texts):
+            raise ValueError(f"label {label} outside the task's {len(texts)} classes")
+        ids = np.asarray(texts[label], dtype=np.int64)
+        v = len(ids)
+        if v > text_max_len:
+            raise ValueError(f"instruction text of {v} tokens exceeds text_max_len {text_max_len}")
+        text[i, :v] = ids
+        text_targets[i, target_start - 1 : v - 1] = ids[target_start:v]
+    return {"text": text, "text_targets": text_targets}
+
+
+def prompt_batch(n: int, prompt: Sequence[int]) -> dict[str, np.ndarray]:
+    """Evaluation prompts (N, P): ``[SEP] + encode(question ending "Answer:" or "Answer: (")``."""
+    return {"prompt": np.tile(np.asarray(prompt, dtype=np.int64), (n, 1))}
+
+
+def layout_instruction_batch(
+    signal: Sequence[np.ndarray] | np.ndarray,
+    channels: Sequence[np.ndarray] | np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    task_tokens: Any,
+    eeg_max_len: int = 276,
+    text_max_len: int = 80,
+    evaluation: bool = False,
+    **layout_kwargs: Any,
+) -> dict[str, np.ndarray]:
+    """EEG layout (no tokenizer targets) + training text (or, with ``evaluation``, prompts) for one task.
+
+    ``task_tokens`` is a :class:`neurolm.data.tasks.TaskTokens`. Official lengths: EEG 276, text 80 tokens.
+    """
+    out = layout_batch(signal, channels, eeg_max_len, targets=False, **layout_kwargs)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    out["label"] = labels
+    if evaluation:
+        out.update(prompt_batch(len(labels), task_tokens.prompt))
+    else:
+        out.update(instruction_text_batch(labels, task_tokens.texts, task_tokens.target_start, text_max_len))
+    return out

@@ -1,0 +1,127 @@
+"""The EEG transformer of the tokenizer: encoder on raw 1-s patches, decoders on codebook vectors (spec §2.1, §2.3).
+
+One class serves both roles, as in the official ``NeuralTransformer``: with ``in_dim=None`` the patch embedding
+is the temporal convolution (:class:`TemporalConv`) on 200-sample patches; with ``in_dim=D`` it is a
+``Linear(D, width)`` on quantized vectors. Then a learned channel embedding (row = 10-20 vocabulary index) and
+time embedding (row = second index) are added, bias-free pre-LN blocks run under the given mask, and a final
+``LayerNorm(eps=1e-6)`` (with bias) produces the features of every token. There is no CLS token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from neurolm.models.layers import Block, run_blocks
+
+__all__ = ["EEGTransformerConfig", "TemporalConv", "EEGTransformer"]
+
+
+@dataclass
+class EEGTransformerConfig:
+    """Sizes of one EEG transformer (official ``NTConfig``)."""
+
+    n_layer: int = 12
+    """Transformer blocks (encoder 12, decoders 4)."""
+    n_head: int = 12
+    """Attention heads."""
+    n_embd: int = 768
+    """Width. The official temporal convolution hard-codes 768; here it follows this field."""
+    in_dim: int | None = None
+    """None: raw patches through :class:`TemporalConv` (encoder). An int: ``Linear(in_dim, n_embd)`` (decoders)."""
+    patch_size: int = 200
+    """Samples per patch (1 s at 200 Hz)."""
+    conv_channels: int = 16
+    """Channels of the temporal convolution (official ``out_chans``)."""
+    channel_rows: int = 256
+    """Rows of the channel (spatial) embedding; the 10-20 vocabulary uses 139 of them."""
+    time_rows: int = 64
+    """Rows of the time embedding = longest sample in seconds. Official 64 (spec §6.3-7); raise it for longer
+    samples (rows beyond an imported table start untrained)."""
+    dropout: float = 0.0
+    """Dropout in blocks and after the embeddings (official 0)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TemporalConv(nn.Module):
+    """Patch embedding of raw EEG (spec §2.1): three conv–GroupNorm–GELU stages along time, then Linear + GELU.
+
+    ``(B, N, P)`` patches → ``(B, N, n_embd)``. The conv output ``(B, 16, N, P/8)`` is flattened time-major per
+    patch (feature index = t·16 + c) before the linear layer, as in the official ``rearrange``.
+    """
+
+    def __init__(self, n_embd: int, patch_size: int = 200, channels: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, kernel_size=(1, 15), stride=(1, 8), padding=(0, 7))
+        self.norm1 = nn.GroupNorm(4, channels)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=(1, 3), padding=(0, 1))
+        self.norm2 = nn.GroupNorm(4, channels)
+        self.conv3 = nn.Conv2d(channels, channels, kernel_size=(1, 3), padding=(0, 1))
+        self.norm3 = nn.GroupNorm(4, channels)
+        self.gelu = nn.GELU()
+        steps = (patch_size + 2 * 7 - 15) // 8 + 1  # conv1 output length: 25 for 200-sample patches
+        self.proj = nn.Linear(steps * channels, n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        x = x.unsqueeze(1)  # (B, 1, N, P)
+        x = self.gelu(self.norm1(self.conv1(x)))  # (B, 16, N, P/8)
+        x = self.gelu(self.norm2(self.conv2(x)))
+        x = self.gelu(self.norm3(self.conv3(x)))
+        x = x.permute(0, 2, 3, 1).reshape(B, N, -1)  # (B, N, steps * 16), index = t * 16 + c
+        return self.gelu(self.proj(x))  # (B, N, n_embd)
+
+
+class EEGTransformer(nn.Module):
+    """Channel- and time-embedded transformer over EEG tokens; returns normalised features of every token."""
+
+    def __init__(self, config: EEGTransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.n_embd
+        if config.in_dim is None:
+            self.patch_embed: nn.Module = TemporalConv(d, config.patch_size, config.conv_channels)
+        else:
+            self.patch_embed = nn.Linear(config.in_dim, d)
+        self.channel_embed = nn.Embedding(config.channel_rows, d)
+        self.time_embed = nn.Embedding(config.time_rows, d)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            Block(d, config.n_head, bias=False, dropout=config.dropout) for _ in range(config.n_layer)
+        )
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.activation_checkpointing = False
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Official: trunc-normal(0.02) Linear weights, zero biases; embeddings keep N(0, 1); then the residual
+        # projections of block l are divided by sqrt(2 l) (LaBraM's fix_init_weight).
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            for layer, block in enumerate(self.blocks, start=1):
+                block.attn.c_proj.weight.div_(math.sqrt(2.0 * layer))
+                block.mlp.c_proj.weight.div_(math.sqrt(2.0 * layer))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        input_chans: torch.Tensor,
+        input_time: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """``x`` (B, L, P) patches or (B, L, in_dim) codes → (B, L, n_embd) features."""
+        h = self.patch_embed(x)  # (B, L, d)
+        h = h + self.channel_embed(input_chans)
+        h = h + self.time_embed(input_time)
+        h = self.drop(h)
+        h = run_blocks(self.blocks, h, attn_mask, activation_checkpointing=self.activation_checkpointing)
+        return self.norm(h)

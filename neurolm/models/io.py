@@ -1,0 +1,134 @@
+"""Our own weight format: ``model.safetensors`` + ``config.json`` in a directory (local or ``s3://``).
+
+Loadable without DeepSpeed, Ray or the official code::
+
+    save_pretrained(model, "out/neurolm")          # NeuroLM or NeuralTokenizer
+    model = load_pretrained("out/neurolm")         # the same class, same config, same weights
+
+:func:`load_tokenizer` / :func:`load_neurolm` also accept official ``.pt`` files, and
+:func:`neurolm_from_tokenizer` builds the stage-2 model around a trained tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+
+from neurolm import storage
+from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+
+__all__ = [
+    "FORMAT_VERSION",
+    "save_pretrained",
+    "load_pretrained",
+    "load_tokenizer",
+    "load_neurolm",
+    "attach_code_head",
+    "neurolm_from_tokenizer",
+]
+
+FORMAT_VERSION = 1
+_KINDS = {"tokenizer": (NeuralTokenizer, TokenizerConfig), "neurolm": (NeuroLM, NeuroLMConfig)}
+
+
+def _kind(model: nn.Module) -> str:
+    for kind, (cls, _) in _KINDS.items():
+        if isinstance(model, cls):
+            return kind
+    raise TypeError(f"save_pretrained supports NeuralTokenizer and NeuroLM, not {type(model).__name__}")
+
+
+def save_pretrained(model: nn.Module, directory: str, extra: dict[str, Any] | None = None) -> str:
+    """Write ``directory/model.safetensors`` (float tensors as stored) and ``directory/config.json``
+    (``kind``, ``format_version``, ``config`` and ``extra``); returns ``directory``."""
+    kind = _kind(model)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"kind": kind, "format_version": FORMAT_VERSION, "config": model.config.to_dict(), "extra": extra or {}}
+    if not storage.is_s3(directory):
+        os.makedirs(directory, exist_ok=True)
+    storage.write_bytes(storage.join(directory, "model.safetensors"), save_safetensors(state, {"kind": kind}))
+    storage.write_text(storage.join(directory, "config.json"), json.dumps(meta, indent=1))
+    return directory
+
+
+def load_pretrained(directory: str, map_location: str | torch.device = "cpu", **config_overrides: Any) -> nn.Module:
+    """Rebuild the model saved by :func:`save_pretrained` (strict: every tensor must match)."""
+    meta = json.loads(storage.read_text(storage.join(directory, "config.json")))
+    kind = meta.get("kind")
+    if kind not in _KINDS:
+        raise ValueError(f"{directory}/config.json: unknown kind {kind!r}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{directory} was written by a newer neurolm (format {meta['format_version']})")
+    cls, cfg_cls = _KINDS[kind]
+    model = cls(cfg_cls.from_dict({**meta["config"], **config_overrides}))
+    state = load_safetensors(storage.read_bytes(storage.join(directory, "model.safetensors")))
+    result = model.load_state_dict(state, strict=False)
+    shapes = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    if result.missing_keys or result.unexpected_keys or shapes:
+        from neurolm.models.official import CheckpointMismatchError
+
+        raise CheckpointMismatchError(directory, list(result.missing_keys), list(result.unexpected_keys), shapes)
+    return model.to(map_location)
+
+
+def load_tokenizer(path: str) -> NeuralTokenizer:
+    """A tokenizer from our export directory or an official ``VQ.pt``."""
+    if path.endswith(".pt"):
+        from neurolm.models.official import import_official_vq
+
+        return import_official_vq(path)
+    model = load_pretrained(path)
+    if not isinstance(model, NeuralTokenizer):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a tokenizer")
+    return model
+
+
+def load_neurolm(path: str, tokenizer: str | NeuralTokenizer | None = None, **config_overrides: Any) -> NeuroLM:
+    """A NeuroLM from our export directory or an official ``NeuroLM-*.pt`` (``tokenizer`` adds the code head)."""
+    if path.endswith(".pt"):
+        from neurolm.models.official import import_official_lm
+
+        vq = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        return import_official_lm(path, vq=vq, **config_overrides)
+    model = load_pretrained(path, **config_overrides)
+    if not isinstance(model, NeuroLM):
+        raise ValueError(f"{path} holds a {type(model).__name__}, not a NeuroLM")
+    return model
+
+
+@torch.no_grad()
+def attach_code_head(model: NeuroLM, tokenizer: NeuralTokenizer, copy_encoder: bool = False) -> NeuroLM:
+    """Give ``model`` the tokenizer's code projection and codebook (pre-training targets); with
+    ``copy_encoder`` also its encoder weights (the frozen input encoder)."""
+    if model.code_head is None:
+        raise ValueError("build the NeuroLM with code_head=True to attach a code head")
+    model.code_head.code_proj.load_state_dict(tokenizer.code_proj.state_dict())
+    model.code_head.codebook.copy_(tokenizer.quantizer.codebook)
+    if copy_encoder:
+        model.encoder.load_state_dict(tokenizer.encoder.state_dict())
+    return model
+
+
+def neurolm_from_tokenizer(
+    config: NeuroLMConfig, tokenizer: NeuralTokenizer, gpt2: str | None = None
+) -> NeuroLM:
+    """The stage-2 model: ``config`` with the tokenizer's encoder sizes, its encoder weights (frozen) and
+    code head, and GPT-2 weights from a Hugging Face directory ``gpt2`` (None = init from config)."""
+    tc = tokenizer.config
+    enc = {**config.encoder.to_dict(), **tokenizer.encoder.config.to_dict()}
+    cfg = NeuroLMConfig.from_dict({**config.to_dict(), "encoder": enc, "code_head": True, "code_dim": tc.code_dim,
+                                   "gpt": {**config.gpt.to_dict(), "num_codes": tc.num_codes}})
+    model = NeuroLM(cfg)
+    attach_code_head(model, tokenizer, copy_encoder=True)
+    if gpt2 is not None:
+        from neurolm.models.gpt import load_hf_gpt2
+
+        load_hf_gpt2(model, gpt2)
+    return model

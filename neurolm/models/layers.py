@@ -1,0 +1,151 @@
+"""Transformer pieces shared by the EEG encoder/decoders (spec §2.1) and the GPT-2 backbone (spec §3.1).
+
+Both official networks use nanoGPT's pre-LN block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``, a fused
+QKV projection split ``[q | k | v]`` with heads as contiguous slices, exact (erf) GELU and PyTorch SDPA. The
+encoder has no biases (``bias=False``); GPT-2 has them. The order of operations here is the official one, so
+float32 results agree with the official code to rounding.
+
+Masks follow SDPA: a bool mask is True where a query may attend; a float mask is *added* to the scores (only the
+official generation path produces one, spec §6.3-13).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["LayerNorm", "SelfAttention", "MLP", "Block", "KVCache", "run_blocks"]
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (``torch.nn.LayerNorm`` cannot drop only the bias)."""
+
+    def __init__(self, dim: int, bias: bool, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class KVCache:
+    """Keys and values of every layer for incremental decoding; one ``(k, v)`` pair per layer.
+
+    Tensors are ``(B, n_head, S, head_dim)``; :meth:`append` concatenates along ``S``.
+    """
+
+    def __init__(self, n_layer: int) -> None:
+        self.keys: list[torch.Tensor | None] = [None] * n_layer
+        self.values: list[torch.Tensor | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions."""
+        return 0 if self.keys[0] is None else int(self.keys[0].shape[2])
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        old_k, old_v = self.keys[layer], self.values[layer]
+        if old_k is not None and old_v is not None:
+            k, v = torch.cat((old_k, k), dim=2), torch.cat((old_v, v), dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def repeat_interleave(self, repeats: int) -> KVCache:
+        """A cache whose batch row ``b`` is repeated ``repeats`` times (to score several continuations)."""
+        out = KVCache(len(self.keys))
+        out.keys = [None if k is None else k.repeat_interleave(repeats, dim=0) for k in self.keys]
+        out.values = [None if v is None else v.repeat_interleave(repeats, dim=0) for v in self.values]
+        return out
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection (nanoGPT ``CausalSelfAttention`` layout)."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ValueError(f"width {n_embd} is not divisible by {n_head} heads")
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+        self.n_head, self.n_embd, self.dropout = n_head, n_embd, dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.append(layer, k, v)  # (B, nh, S_past + T, hs)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal and attn_mask is None,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """Linear(d, 4d) → exact GELU → Linear(4d, d)."""
+
+    def __init__(self, n_embd: int, bias: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block (LayerNorm eps 1e-5, optional biases)."""
+
+    def __init__(self, n_embd: int, n_head: int, bias: bool, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(n_embd, bias=bias)
+        self.attn = SelfAttention(n_embd, n_head, bias=bias, dropout=dropout)
+        self.ln_2 = LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, bias=bias, dropout=dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), attn_mask, is_causal, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    cache: KVCache | None = None,
+    activation_checkpointing: bool = False,
+) -> torch.Tensor:
+    """Apply ``blocks`` in order; with ``activation_checkpointing`` (training only) each block's activations
+    are recomputed in the backward pass instead of stored."""
+    for i, block in enumerate(blocks):
+        if activation_checkpointing and torch.is_grad_enabled() and cache is None:
+            x = checkpoint(block, x, attn_mask, is_causal, None, i, use_reentrant=False)
+        else:
+            x = block(x, attn_mask, is_causal, cache, i)
+    return x

@@ -1,0 +1,315 @@
+"""NeuroLM: GPT-2 reading EEG features and text (stages 2 and 3; spec §3, §4; official ``model_neurolm.NeuroLM``).
+
+EEG path (spec §3.1): frozen tokenizer encoder → continuous features (B, L, E) → ``feature_proj``
+(Identity when E = d, else Linear + GELU) → ``+ channel_embed[input_chans]`` → ``+ wpe[input_time]`` (every
+channel of second t shares position t). Text path: ``wte[token] + wpe[pos]``; after EEG, text positions start
+after the last second (batch-wide in the official code, spec §6.3-5). Attention: the stair mask
+(:func:`~neurolm.models.masks.stair_mask`) built on the device from ``input_time``/``input_mask``.
+
+Objectives:
+- pre-training (spec §3.2): the token at (second t, channel c) predicts the code of (t+1, c). With
+  ``code_head`` the codes come from the *same* encoder pass that produced the inputs (the official code runs
+  the frozen encoder twice, once inside a separate VQ); targets are identical.
+- text LM: plain causal next-token loss, positions 0..n-1.
+- instruction tuning (spec §4.1): ``[EEG][SEP] Question: … Answer: <answer> <|endoftext|>``, loss on the
+  answer tokens (targets prepared by :mod:`neurolm.data.layout`).
+
+Fixes (config fields, official behaviour by default): ``causal_encoder_inputs`` (§6.3-4),
+``per_sample_text_positions`` (§6.3-5), ``scaled_new_embedding_init`` (§6.3-8). The output head runs only on
+positions that carry a loss unless logits are requested (§6.3-14; exact, so always on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from neurolm.data.layout import next_code_targets
+from neurolm.models.eeg_transformer import EEGTransformer, EEGTransformerConfig
+from neurolm.models.gpt import GPT, GPTConfig
+from neurolm.models.masks import key_padding_mask, stair_mask, time_causal_mask
+from neurolm.models.quantizer import l2norm, nearest_code_indices
+
+__all__ = ["NeuroLMConfig", "NeuroLMOutput", "CodeHead", "NeuroLM", "SEP_TOKEN_ID", "EOT_TOKEN_ID"]
+
+SEP_TOKEN_ID = 50257
+"""[SEP]: the first new ``wte`` row, between EEG and text (spec §4.1)."""
+EOT_TOKEN_ID = 50256
+"""GPT-2's ``<|endoftext|>``; also the text padding id."""
+
+
+@dataclass
+class NeuroLMConfig:
+    """NeuroLM sizes and options. ``preset("base"|"large"|"xl")`` = NeuroLM-B/L/XL."""
+
+    gpt: GPTConfig = field(default_factory=GPTConfig)
+    encoder: EEGTransformerConfig = field(default_factory=EEGTransformerConfig)
+    """The frozen tokenizer encoder (official: 12 layers, 12 heads, width 768)."""
+    code_head: bool = False
+    """Carry the tokenizer's code projection and codebook, to compute pre-training targets in-model."""
+    code_dim: int = 128
+    """Code dimension of the code head (official 128)."""
+    channel_rows: int = 256
+    """Rows of the LLM-side channel embedding."""
+    causal_encoder_inputs: bool = False
+    """Fix for spec §6.3-4. Official (False): the encoder sees the whole sample in both directions, so the LLM
+    input at second t carries information from later seconds (future leakage). True: the encoder runs under
+    :func:`~neurolm.models.masks.time_causal_mask` when producing LLM inputs; pre-training targets still come
+    from the bidirectional encoder (a second encoder pass)."""
+    per_sample_text_positions: bool = False
+    """Fix for spec §6.3-5. Official (False): text positions start at the batch-wide last second + 1, so they
+    depend on the other samples of the batch. True: at each sample's own last second + 1."""
+    scaled_new_embedding_init: bool = False
+    """Fix for spec §6.3-8. Official (False): new ``wte`` rows (incl. [SEP]) and the channel embedding start
+    at N(0, 1), ≈7× GPT-2's token norms. True: N(0, 0.02), GPT-2's own init scale."""
+    activation_checkpointing: bool = False
+    """Recompute GPT block activations in the backward pass (memory for compute)."""
+
+    @property
+    def num_codes(self) -> int:
+        return self.gpt.num_codes
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> NeuroLMConfig:
+        """``base`` / ``large`` / ``xl`` (NeuroLM-B/L/XL: gpt2 / gpt2-medium / gpt2-xl with the official encoder),
+        ``tiny`` (fast CPU runs) or ``debug`` (unit tests), then field overrides (``gpt``/``encoder`` as dicts)."""
+        official_encoder: dict[str, Any] = dict(n_layer=12, n_head=12, n_embd=768)
+        presets: dict[str, dict[str, Any]] = {
+            "base": dict(gpt=GPTConfig.preset("gpt2").to_dict(), encoder=official_encoder),
+            "large": dict(gpt=GPTConfig.preset("gpt2-medium").to_dict(), encoder=official_encoder),
+            "xl": dict(gpt=GPTConfig.preset("gpt2-xl").to_dict(), encoder=official_encoder),
+            "tiny": dict(gpt=GPTConfig.preset("tiny").to_dict(), encoder=dict(n_layer=2, n_head=4, n_embd=128),
+                         code_dim=32),
+            "debug": dict(gpt=GPTConfig.preset("debug").to_dict(), encoder=dict(n_layer=2, n_head=2, n_embd=16),
+                          code_dim=8),
+        }
+        if name not in presets:
+            raise ValueError(f"unknown NeuroLM preset {name!r}; choose one of {sorted(presets)}")
+        base = presets[name]
+        merged = {**base, **overrides}
+        for sub in ("gpt", "encoder"):
+            if sub in overrides and isinstance(overrides[sub], dict):
+                merged[sub] = {**base.get(sub, {}), **overrides[sub]}
+        return cls.from_dict(merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["gpt"], out["encoder"] = self.gpt.to_dict(), self.encoder.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NeuroLMConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown NeuroLMConfig fields {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("gpt"), dict):
+            d["gpt"] = GPTConfig.from_dict(d["gpt"])
+        if isinstance(d.get("encoder"), dict):
+            d["encoder"] = EEGTransformerConfig(**d["encoder"])
+        return cls(**d)
+
+
+@dataclass
+class NeuroLMOutput:
+    """Result of :meth:`NeuroLM.forward`."""
+
+    loss: torch.Tensor | None
+    """Mean cross-entropy over supervised positions (None without targets)."""
+    accuracy: torch.Tensor | None = None
+    """Argmax over all outputs == target, over supervised positions."""
+    num_targets: torch.Tensor | None = None
+    """Number of supervised positions."""
+    logits: torch.Tensor | None = None
+    """(B, S, 50304 + K) when ``return_logits``."""
+    targets: torch.Tensor | None = None
+    """(B, S) output-column targets used (-1 = ignored); EEG codes already offset by 50304."""
+
+
+class CodeHead(nn.Module):
+    """The tokenizer's code projection and codebook, for pre-training targets (no EMA updates here)."""
+
+    def __init__(self, width: int, code_dim: int, num_codes: int) -> None:
+        super().__init__()
+        self.code_proj = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
+        self.register_buffer("codebook", torch.zeros(num_codes, code_dim))
+
+    @torch.no_grad()
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, L, E) encoder features → (B, L) nearest-code indices (fp32, as the official VQ)."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            z = l2norm(self.code_proj(features.to(self.code_proj[-1].weight.dtype)))
+        return nearest_code_indices(z, self.codebook)
+
+
+def tokens_per_second(input_time: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(channels C, real tokens n) per sample from the indices: C = real tokens at second 0."""
+    real = input_mask.bool()
+    return ((input_time == 0) & real).sum(dim=1), real.sum(dim=1)
+
+
+class NeuroLM(nn.Module):
+    """GPT-2 over EEG features and text, with the frozen tokenizer encoder inside."""
+
+    def __init__(self, config: NeuroLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, e = config.gpt.n_embd, config.encoder.n_embd
+        self.gpt = GPT(config.gpt, scaled_new_rows=config.scaled_new_embedding_init)
+        self.gpt.activation_checkpointing = config.activation_checkpointing
+        self.encoder = EEGTransformer(config.encoder)
+        self.encoder.requires_grad_(False)
+        self.channel_embed = nn.Embedding(config.channel_rows, d)
+        nn.init.normal_(self.channel_embed.weight, std=0.02 if config.scaled_new_embedding_init else 1.0)
+        if e != d:
+            self.feature_proj: nn.Module = nn.Sequential(nn.Linear(e, d), nn.GELU())
+            nn.init.trunc_normal_(self.feature_proj[0].weight, std=0.02)
+            nn.init.zeros_(self.feature_proj[0].bias)
+        else:
+            self.feature_proj = nn.Identity()
+        self.code_head = CodeHead(e, config.code_dim, config.num_codes) if config.code_head else None
+        if self.code_head is not None:
+            self.code_head.requires_grad_(False)
+
+    # ------------------------------------------------------------------ building blocks
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Toggle recomputation of GPT block activations in the backward pass."""
+        self.config.activation_checkpointing = enabled
+        self.gpt.activation_checkpointing = enabled
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameters as the official ``get_num_params`` counts them (frozen encoder included; ``wpe``
+        excluded with ``non_embedding``; spec §3.1)."""
+        n = sum(p.numel() for name, p in self.named_parameters() if not name.startswith("code_head."))
+        return n - self.gpt.wpe.weight.numel() if non_embedding else n
+
+    def encode_eeg(
+        self,
+        x_eeg: torch.Tensor,
+        input_chans: torch.Tensor,
+        input_time: torch.Tensor,
+        input_mask: torch.Tensor,
+        causal: bool | None = None,
+    ) -> torch.Tensor:
+        """Frozen-encoder features (B, L, E). ``causal`` (default: the config's ``causal_encoder_inputs``) uses
+        the time-causal mask instead of the official bidirectional one."""
+        causal = self.config.causal_encoder_inputs if causal is None else causal
+        mask = time_causal_mask(input_time, input_mask) if causal else key_padding_mask(input_mask)
+        with torch.no_grad():
+            return self.encoder(x_eeg, input_chans, input_time, mask)
+
+    def eeg_embeddings(
+        self, features: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor
+    ) -> torch.Tensor:
+        """GPT input of the EEG part (B, L, d) = feature_proj(features) + channel_embed + wpe[time]."""
+        x = self.feature_proj(features) + self.channel_embed(input_chans)
+        return x + self.gpt.wpe(input_time)
+
+    def text_start(self, input_time: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) position of the first text token after the EEG part (spec §6.3-5)."""
+        B = input_time.shape[0]
+        if self.config.per_sample_text_positions:
+            last = torch.where(input_mask.bool(), input_time.long(), torch.zeros_like(input_time.long()))
+            return last.amax(dim=1) + 1
+        return (input_time.long().max() + 1).expand(B)
+
+    def text_embeddings(self, tokens: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
+        """``wte[tokens] + wpe[start + j]`` for tokens (B, n); ``start`` an int or (B,) tensor."""
+        B, n = tokens.shape
+        pos = torch.arange(n, device=tokens.device)
+        pos = pos[None, :] + (start[:, None] if isinstance(start, torch.Tensor) else start)  # (B, n)
+        return self.gpt.wte(tokens) + self.gpt.wpe(pos)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over text (50304) and EEG codes (K) for hidden states (..., d)."""
+        return self.gpt.lm_head(hidden)
+
+    def pretraining_targets(
+        self, features: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, L) next-code targets (code index, -1 ignored) from bidirectional encoder features (spec §3.2)."""
+        if self.code_head is None:
+            raise RuntimeError("pre-training targets need the tokenizer's code head: build with code_head=True "
+                               "and load it (neurolm.models.io.attach_tokenizer)")
+        codes = self.code_head(features)
+        num_chans, num_tokens = tokens_per_second(input_time, input_mask)
+        return next_code_targets(codes, num_chans, num_tokens)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        x_eeg: torch.Tensor | None = None,
+        input_chans: torch.Tensor | None = None,
+        input_time: torch.Tensor | None = None,
+        input_mask: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        text_targets: torch.Tensor | None = None,
+        eeg_targets: torch.Tensor | str | None = None,
+        return_logits: bool = False,
+    ) -> NeuroLMOutput:
+        """One NeuroLM step.
+
+        - EEG only, ``eeg_targets="next_code"`` (or a (B, L) tensor of code indices, -1 ignored): multi-channel
+          autoregressive pre-training (spec §3.2).
+        - text only (``text`` (B, n), ``text_targets`` (B, n)): text LM loss, causal, positions 0..n-1.
+        - EEG + text: instruction tuning (spec §4.1); loss on ``text_targets`` (answer tokens; -1 elsewhere).
+
+        EEG tensors: ``x_eeg`` (B, L, 200), ``input_chans``/``input_time`` (B, L) ints, ``input_mask`` (B, L)
+        bool. Without targets the loss is None (use ``return_logits``).
+        """
+        if x_eeg is None:
+            if text is None:
+                raise ValueError("NeuroLM.forward needs EEG, text, or both")
+            hidden = self.gpt(self.text_embeddings(text), is_causal=True)
+            return self._output(hidden, text_targets, return_logits)
+        assert input_chans is not None and input_time is not None and input_mask is not None
+        input_mask = input_mask.bool()
+        features = self.encode_eeg(x_eeg, input_chans, input_time, input_mask)
+        if isinstance(eeg_targets, str):
+            if eeg_targets != "next_code":
+                raise ValueError(f"eeg_targets must be a tensor, 'next_code' or None, got {eeg_targets!r}")
+            target_features = (
+                self.encode_eeg(x_eeg, input_chans, input_time, input_mask, causal=False)
+                if self.config.causal_encoder_inputs else features
+            )
+            eeg_targets = self.pretraining_targets(target_features, input_time, input_mask)
+        x = self.eeg_embeddings(features, input_chans, input_time)  # (B, L, d)
+        eeg_cols = None
+        if eeg_targets is not None:
+            eeg_cols = torch.where(eeg_targets >= 0, eeg_targets + self.config.gpt.vocab_size, -1)
+        if text is None:
+            hidden = self.gpt(x, stair_mask(input_time, input_mask))
+            return self._output(hidden, eeg_cols, return_logits)
+        start = self.text_start(input_time, input_mask)
+        x = torch.cat((x, self.text_embeddings(text, start)), dim=1)  # (B, L + n, d)
+        hidden = self.gpt(x, stair_mask(input_time, input_mask, text_len=text.shape[1]))
+        targets = None
+        if text_targets is not None or eeg_cols is not None:
+            if eeg_cols is None:
+                eeg_cols = torch.full(input_time.shape, -1, dtype=torch.long, device=x.device)
+            if text_targets is None:
+                text_targets = torch.full(text.shape, -1, dtype=torch.long, device=x.device)
+            targets = torch.cat((eeg_cols, text_targets.long()), dim=1)
+        return self._output(hidden, targets, return_logits)
+
+    def _output(self, hidden: torch.Tensor, targets: torch.Tensor | None, return_logits: bool) -> NeuroLMOutput:
+        logits = self.head(hidden) if return_logits else None
+        if targets is None:
+            return NeuroLMOutput(loss=None, logits=logits)
+        targets = targets.long()
+        supervised = targets != -1
+        picked = logits[supervised] if logits is not None else self.head(hidden[supervised])  # (N, V)
+        wanted = targets[supervised]
+        n = supervised.sum()
+        denom = n.clamp(min=1)
+        loss = F.cross_entropy(picked, wanted, reduction="sum") / denom
+        with torch.no_grad():
+            accuracy = (picked.argmax(dim=-1) == wanted).sum() / denom
+        return NeuroLMOutput(loss=loss, accuracy=accuracy, num_targets=n, logits=logits, targets=targets)
