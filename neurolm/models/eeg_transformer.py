@@ -17,7 +17,7 @@ from torch import nn
 
 from neurolm.models.layers import Block, run_blocks
 
-__all__ = ["EEGTransformerConfig", "TemporalConv", "EEGTransformer"]
+__all__ = ["EEGTransformerConfig", "TemporalConv", "EEGTransformer", "masked_group_norm"]
 
 
 @dataclass
@@ -48,11 +48,31 @@ class EEGTransformerConfig:
         return asdict(self)
 
 
+def masked_group_norm(h: torch.Tensor, norm: nn.GroupNorm, stats_mask: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of ``h`` (B, C, N, T) whose statistics for patch i pool only the patches j with
+    ``stats_mask[b, i, j]`` (B, N, N): e.g. the sample's real patches, or those of seconds <= its own."""
+    B, C, N, T = h.shape
+    G = norm.num_groups
+    hg = h.float().reshape(B, G, C // G, N, T)
+    s1, s2 = hg.sum(dim=(2, 4)), hg.pow(2).sum(dim=(2, 4))  # (B, G, N) per-patch sums
+    w = stats_mask.float()  # (B, N, N)
+    count = (w.sum(dim=-1) * (C // G) * T).clamp(min=1)[:, None, :]  # (B, 1, N)
+    mean = torch.einsum("bij,bgj->bgi", w, s1) / count  # (B, G, N)
+    var = (torch.einsum("bij,bgj->bgi", w, s2) / count - mean.pow(2)).clamp(min=0)  # biased, as GroupNorm
+    out = (hg - mean[:, :, None, :, None]) * torch.rsqrt(var + norm.eps)[:, :, None, :, None]
+    out = out.reshape(B, C, N, T).to(h.dtype)
+    return out * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
+
+
 class TemporalConv(nn.Module):
     """Patch embedding of raw EEG (spec §2.1): three conv–GroupNorm–GELU stages along time, then Linear + GELU.
 
     ``(B, N, P)`` patches → ``(B, N, n_embd)``. The conv output ``(B, 16, N, P/8)`` is flattened time-major per
     patch (feature index = t·16 + c) before the linear layer, as in the official ``rearrange``.
+
+    Officially the GroupNorm statistics pool *all* patches of the sample, padding included, so a token's
+    embedding depends on the padded length and on later seconds. ``stats_mask`` (B, N, N) restricts them
+    (see :func:`masked_group_norm`); None keeps the official ``nn.GroupNorm``.
     """
 
     def __init__(self, n_embd: int, patch_size: int = 200, channels: int = 16) -> None:
@@ -67,12 +87,12 @@ class TemporalConv(nn.Module):
         steps = (patch_size + 2 * 7 - 15) // 8 + 1  # conv1 output length: 25 for 200-sample patches
         self.proj = nn.Linear(steps * channels, n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, stats_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         x = x.unsqueeze(1)  # (B, 1, N, P)
-        x = self.gelu(self.norm1(self.conv1(x)))  # (B, 16, N, P/8)
-        x = self.gelu(self.norm2(self.conv2(x)))
-        x = self.gelu(self.norm3(self.conv3(x)))
+        for conv, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2), (self.conv3, self.norm3)):
+            h = conv(x)  # (B, 16, N, P/8)
+            x = self.gelu(norm(h) if stats_mask is None else masked_group_norm(h, norm, stats_mask))
         x = x.permute(0, 2, 3, 1).reshape(B, N, -1)  # (B, N, steps * 16), index = t * 16 + c
         return self.gelu(self.proj(x))  # (B, N, n_embd)
 
@@ -117,9 +137,14 @@ class EEGTransformer(nn.Module):
         input_chans: torch.Tensor,
         input_time: torch.Tensor,
         attn_mask: torch.Tensor | None,
+        patch_norm_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``x`` (B, L, P) patches or (B, L, in_dim) codes → (B, L, n_embd) features."""
-        h = self.patch_embed(x)  # (B, L, d)
+        """``x`` (B, L, P) patches or (B, L, in_dim) codes → (B, L, n_embd) features. ``patch_norm_mask``
+        (B, L, L) restricts the temporal convolution's GroupNorm statistics (None = official)."""
+        if isinstance(self.patch_embed, TemporalConv):
+            h = self.patch_embed(x, patch_norm_mask)  # (B, L, d)
+        else:
+            h = self.patch_embed(x)  # (B, L, d)
         h = h + self.channel_embed(input_chans)
         h = h + self.time_embed(input_time)
         h = self.drop(h)

@@ -6,7 +6,8 @@ size from the file, rebuilds our tokenizer and NeuroLM from those checkpoints, r
 raw samples with :mod:`neurolm.data.layout`, reruns each stage and returns ``{output name: max abs error}``.
 Integer, bool and string outputs report the number of mismatching entries (0 = exact). Logits are compared
 through the recorded summaries the file's ``comparison_advice`` names (log-sum-exp over all columns, the EEG
-code columns, the first 64 text columns, probed columns, and argmax where the top-2 gap exceeds 1e-4).
+code columns, the first 64 text columns, probed columns, and argmax where the top-2 gap exceeds 1e-4); the
+column sum and sum of squares are reported as relative errors (``… (relative)``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from neurolm.eval.generate import generate, parse_answer
 from neurolm.models.masks import key_padding_mask, official_generation_mask, stair_mask
 from neurolm.models.neurolm import NeuroLM, tokens_per_second
 from neurolm.models.official import import_official_lm, import_official_vq
-from neurolm.models.quantizer import l2norm
 from neurolm.models.tokenizer import NeuralTokenizer
 
 __all__ = ["compare_with_golden"]
@@ -91,6 +91,11 @@ def _compare_logits(rec: _Recorder, prefix: str, logits: torch.Tensor, gold: Map
                     vocab: int) -> None:
     rec(f"{prefix}/shape", torch.tensor(logits.shape), gold["shape"])
     rec(f"{prefix}/logsumexp_f64", logits.double().logsumexp(dim=-1), gold["logsumexp_f64"])
+    # Sums over ~50k columns accumulate fp32 rounding; they are reported as relative errors.
+    for name, value in (("sum_f64", logits.double().sum(dim=-1)), ("sumsq_f64", logits.double().pow(2).sum(dim=-1))):
+        if name in gold:
+            rel = (value - gold[name]).abs() / gold[name].abs().clamp(min=1.0)
+            rec.errors[f"{prefix}/{name} (relative)"] = float(rel.max())
     rec(f"{prefix}/max", logits.max(dim=-1).values, gold["max"])
     top2 = logits.topk(2, dim=-1).values
     rec(f"{prefix}/top1_minus_top2", top2[..., 0] - top2[..., 1], gold["top1_minus_top2"])
@@ -257,6 +262,8 @@ def _compare_instruct(rec: _Recorder, g: Mapping[str, Any], model: NeuroLM, deco
     start = model.text_start(b["input_time"], b["input_mask"])
     rec("lm/instruct_train/text_positions", start[0] + torch.arange(Lt), gi["text_positions"])
     rec("lm/instruct_train/targets_in_gpt", out.targets, gi["targets_in_gpt"])
+    eeg_targets = out.targets[:, :L]
+    rec("lm/instruct_train/Y_eeg", torch.where(eeg_targets < 0, _OFFICIAL_IGNORE, eeg_targets), gi["Y_eeg"])
     _compare_features(rec, "lm/instruct_train", seen, gi["features"])
     _compare_logits(rec, "lm/instruct_train/logits", out.logits, gi["logits"], model.config.gpt.vocab_size)
     ce = F.cross_entropy(out.logits.transpose(1, 2), gi["targets_in_gpt"].long(), ignore_index=-1, reduction="none")

@@ -57,9 +57,13 @@ class NeuroLMConfig:
     """Rows of the LLM-side channel embedding."""
     causal_encoder_inputs: bool = False
     """Fix for spec §6.3-4. Official (False): the encoder sees the whole sample in both directions, so the LLM
-    input at second t carries information from later seconds (future leakage). True: the encoder runs under
-    :func:`~neurolm.models.masks.time_causal_mask` when producing LLM inputs; pre-training targets still come
-    from the bidirectional encoder (a second encoder pass)."""
+    input at second t carries information from later seconds (future leakage, through attention and through
+    the patch embedding's GroupNorm statistics). True: when producing LLM inputs the encoder attends under
+    :func:`~neurolm.models.masks.time_causal_mask` and pools GroupNorm statistics over the same and earlier
+    seconds only; pre-training targets still come from the bidirectional encoder (a second encoder pass)."""
+    patch_norm_over_real_tokens: bool = False
+    """Official (False): the patch embedding's GroupNorm pools padding patches too, so features depend on the
+    padded length (e.g. 276 vs 1024 tokens). True: real patches only (identical results without padding)."""
     per_sample_text_positions: bool = False
     """Fix for spec §6.3-5. Official (False): text positions start at the batch-wide last second + 1, so they
     depend on the other samples of the batch. True: at each sample's own last second + 1."""
@@ -200,9 +204,16 @@ class NeuroLM(nn.Module):
         """Frozen-encoder features (B, L, E). ``causal`` (default: the config's ``causal_encoder_inputs``) uses
         the time-causal mask instead of the official bidirectional one."""
         causal = self.config.causal_encoder_inputs if causal is None else causal
-        mask = time_causal_mask(input_time, input_mask) if causal else key_padding_mask(input_mask)
+        norm_mask = None
+        if causal:
+            mask = time_causal_mask(input_time, input_mask)
+            norm_mask = mask[:, 0]  # (B, L, L): GroupNorm statistics from the same and earlier seconds only
+        else:
+            mask = key_padding_mask(input_mask)
+            if self.config.patch_norm_over_real_tokens:
+                norm_mask = mask[:, 0].expand(-1, input_mask.shape[1], -1)
         with torch.no_grad():
-            return self.encoder(x_eeg, input_chans, input_time, mask)
+            return self.encoder(x_eeg, input_chans, input_time, mask, norm_mask)
 
     def eeg_embeddings(
         self, features: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor

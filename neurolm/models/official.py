@@ -170,15 +170,17 @@ def from_official_state_dict(
 def to_official_state_dict(model: nn.Module, kind: str, prefix: str = "_orig_mod.") -> OrderedDict[str, torch.Tensor]:
     """Our weights under official key names (``kind`` "vq" or "lm"), in official order, with ``prefix``."""
     rules = _VQ_RULES if kind == "vq" else _LM_RULES
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    named = []
     for k, v in model.state_dict().items():
         if k.startswith("code_head."):
             continue
         name = _rename(k, rules, reverse=True)
         if name is None:
             raise KeyError(f"no official name for {k}")
-        out[prefix + name] = v.detach().cpu().clone()
-    return out
+        rank = next(i for i, (official, _, _) in enumerate(rules) if name.startswith(official))
+        named.append((rank, prefix + name, v.detach().cpu().clone()))
+    named.sort(key=lambda item: item[0])  # stable: the rules list the official module order
+    return OrderedDict((name, v) for _, name, v in named)
 
 
 # ---------------------------------------------------------------------------------------------- size inference
@@ -190,7 +192,9 @@ def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _heads(args: Mapping[str, Any] | None, width: int, what: str) -> int:
+def _heads(args: Mapping[str, Any] | None, width: int, what: str, given: int | None = None) -> int:
+    if given:
+        return int(given)
     if args and "n_head" in args:
         return int(args["n_head"])
     if width % 64 == 0:
@@ -209,10 +213,10 @@ def tokenizer_config_from_official(ckpt: Mapping[str, Any], **overrides: Any) ->
     dec_width = sd["VQ.decoder_raw.pos_embed.weight"].shape[1]
     cfg = dict(
         encoder_layers=_count_blocks(sd, "VQ.encoder.blocks."),
-        encoder_heads=_heads(ckpt.get("encoder_args"), width, "encoder"),
+        encoder_heads=_heads(ckpt.get("encoder_args"), width, "encoder", overrides.get("encoder_heads")),
         width=width,
         decoder_layers=_count_blocks(sd, "VQ.decoder_raw.blocks."),
-        decoder_heads=_heads(ckpt.get("decoder_args"), dec_width, "decoders"),
+        decoder_heads=_heads(ckpt.get("decoder_args"), dec_width, "decoders", overrides.get("decoder_heads")),
         decoder_width=dec_width,
         num_codes=num_codes,
         code_dim=code_dim,
@@ -249,7 +253,7 @@ def neurolm_config_from_official(
     )
     encoder = dict(
         n_layer=_count_blocks(sd, "tokenizer.blocks."),
-        n_head=encoder_heads or _heads(None, enc_width, "encoder"),
+        n_head=_heads(None, enc_width, "encoder", encoder_heads),
         n_embd=enc_width,
         conv_channels=sd["tokenizer.patch_embed.conv1.weight"].shape[0],
         channel_rows=sd["tokenizer.pos_embed.weight"].shape[0],

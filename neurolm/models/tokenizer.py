@@ -63,8 +63,9 @@ class TokenizerConfig:
     dropout: float = 0.0
     exclude_padding: bool = False
     """Fix for spec §6.3-6: padding tokens are left out of k-means, the EMA codebook statistics, the commitment
-    loss and the reconstruction-loss denominators. Official (False): they are included, diluting the losses
-    and pulling codes toward the zero patch."""
+    loss, the reconstruction-loss denominators and the patch embedding's GroupNorm statistics. Official
+    (False): they are included, diluting the losses, pulling codes toward the zero patch, and making every
+    token's features depend on how much padding the sample got."""
     usage_ema_in_eval: bool = True
     """Official quirk (spec §6.3-9): the code-usage EMA also moves in eval mode. It affects no output."""
 
@@ -189,7 +190,11 @@ class NeuralTokenizer(nn.Module):
         self, x: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor
     ) -> torch.Tensor:
         """Encoder features (B, L, width): bidirectional over all real tokens of a sample (spec §2.1)."""
-        return self.encoder(x, input_chans, input_time, key_padding_mask(input_mask))
+        norm_mask = None
+        if self.config.exclude_padding:
+            real = input_mask.bool()
+            norm_mask = real[:, None, :].expand(-1, real.shape[1], -1)  # (B, L, L) pool real patches only
+        return self.encoder(x, input_chans, input_time, key_padding_mask(input_mask), norm_mask)
 
     def quantize(self, features: torch.Tensor, input_mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Project features to the code space (fp32, autocast off, as officially) and quantize them."""
