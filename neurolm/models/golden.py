@@ -30,11 +30,11 @@ from neurolm.eval.generate import generate, parse_answer
 from neurolm.models.masks import key_padding_mask, official_generation_mask, stair_mask
 from neurolm.models.neurolm import NeuroLM, tokens_per_second
 from neurolm.models.official import import_official_lm, import_official_vq
+from neurolm.models.quantizer import fp32_code_projection
 from neurolm.models.tokenizer import NeuralTokenizer
 
 __all__ = ["compare_with_golden"]
 
-_OFFICIAL_IGNORE = -1 - 50304  # official Y_eeg fill value before the GPT offset
 
 
 class _Recorder:
@@ -131,7 +131,7 @@ def _compare_vq(rec: _Recorder, g: Mapping[str, Any], tok: NeuralTokenizer) -> N
     x, mask = gb["X"], gb["input_mask"].bool()
     chans_t, time_t = gb["input_chans"].long(), gb["input_time"].long()
     rec("vq/outputs/quantize_cluster_size_before", tok.quantizer.usage, go["quantize_cluster_size_before"])
-    seen, handles = _capture({"encoder_features": tok.encoder, "to_quantizer_features": tok.code_proj,
+    seen, handles = _capture({"encoder_features": tok.encoder,
                               "decoder_freq_features": tok.decoder_freq, "decoder_raw_features": tok.decoder_raw,
                               "quantizer": tok.quantizer})
     text = gb["text_tokens_for_domain_loss"].long()
@@ -142,6 +142,7 @@ def _compare_vq(rec: _Recorder, g: Mapping[str, Any], tok: NeuralTokenizer) -> N
     for h in handles:
         h.remove()
     q = seen.pop("quantizer")
+    seen["to_quantizer_features"] = fp32_code_projection(tok.code_proj, seen["encoder_features"]).detach()
     for name in ("encoder_features", "to_quantizer_features", "decoder_freq_features", "decoder_raw_features"):
         rec(f"vq/outputs/{name}", seen[name], go[name])
     rec("vq/outputs/z_l2normalized", q.z, go["z_l2normalized"])
@@ -215,7 +216,7 @@ def _compare_pretrain(rec: _Recorder, g: Mapping[str, Any], model: NeuroLM) -> N
         rec("lm/pretrain/codebook_indices", codes, gp["codebook_indices"])
         num_chans, num_tokens = tokens_per_second(b["input_time"], b["input_mask"])
         y = next_code_targets(codes, num_chans, num_tokens)
-        rec("lm/pretrain/Y_eeg", torch.where(y < 0, _OFFICIAL_IGNORE, y), gp["Y_eeg"])
+        rec("lm/pretrain/Y_eeg", torch.where(y < 0, -1 - vocab, y), gp["Y_eeg"])  # official fill: -1 - vocab
         rec("lm/pretrain/targets_in_gpt", out.targets, gp["targets_in_gpt"])
         rec("lm/pretrain/loss", out.loss, gp["loss"])
         rec("lm/pretrain/accuracy", out.accuracy, gp["accuracy"])
@@ -263,7 +264,8 @@ def _compare_instruct(rec: _Recorder, g: Mapping[str, Any], model: NeuroLM, deco
     rec("lm/instruct_train/text_positions", start[0] + torch.arange(Lt), gi["text_positions"])
     rec("lm/instruct_train/targets_in_gpt", out.targets, gi["targets_in_gpt"])
     eeg_targets = out.targets[:, :L]
-    rec("lm/instruct_train/Y_eeg", torch.where(eeg_targets < 0, _OFFICIAL_IGNORE, eeg_targets), gi["Y_eeg"])
+    ignore = -1 - model.config.gpt.vocab_size
+    rec("lm/instruct_train/Y_eeg", torch.where(eeg_targets < 0, ignore, eeg_targets), gi["Y_eeg"])
     _compare_features(rec, "lm/instruct_train", seen, gi["features"])
     _compare_logits(rec, "lm/instruct_train/logits", out.logits, gi["logits"], model.config.gpt.vocab_size)
     ce = F.cross_entropy(out.logits.transpose(1, 2), gi["targets_in_gpt"].long(), ignore_index=-1, reduction="none")

@@ -32,7 +32,7 @@ from neurolm.data.layout import next_code_targets
 from neurolm.models.eeg_transformer import EEGTransformer, EEGTransformerConfig
 from neurolm.models.gpt import GPT, GPTConfig
 from neurolm.models.masks import key_padding_mask, stair_mask, time_causal_mask
-from neurolm.models.quantizer import l2norm, nearest_code_indices
+from neurolm.models.quantizer import fp32_code_projection, l2norm, nearest_code_indices
 
 __all__ = ["NeuroLMConfig", "NeuroLMOutput", "CodeHead", "NeuroLM", "SEP_TOKEN_ID", "EOT_TOKEN_ID"]
 
@@ -146,9 +146,7 @@ class CodeHead(nn.Module):
     @torch.no_grad()
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, L, E) encoder features → (B, L) nearest-code indices (fp32, as the official VQ)."""
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            z = l2norm(self.code_proj(features.to(self.code_proj[-1].weight.dtype)))
-        return nearest_code_indices(z, self.codebook)
+        return nearest_code_indices(l2norm(fp32_code_projection(self.code_proj, features)), self.codebook)
 
 
 def tokens_per_second(input_time: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,11 +25,21 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["QuantizerOutput", "NormEMAQuantizer", "cosine_kmeans", "l2norm", "nearest_code_indices"]
+__all__ = ["QuantizerOutput", "NormEMAQuantizer", "cosine_kmeans", "l2norm", "nearest_code_indices",
+           "fp32_code_projection"]
 
 
 def l2norm(t: torch.Tensor) -> torch.Tensor:
     return F.normalize(t, p=2, dim=-1)
+
+
+def fp32_code_projection(code_proj: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
+    """Apply the Linear–Tanh–Linear code projection in float32 whatever the parameter dtype or autocast
+    (official: autocast disabled); gradients still reach low-precision parameters through the casts."""
+    first, _, last = code_proj
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        h = torch.tanh(F.linear(features.float(), first.weight.float(), first.bias.float()))
+        return F.linear(h, last.weight.float(), last.bias.float())
 
 
 def _distributed() -> bool:
@@ -70,7 +80,8 @@ def cosine_kmeans(
 
 def nearest_code_indices(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index of the nearest code for each vector of ``z`` (..., D), by ``|z|² + |e|² − 2 z·e`` (official)."""
-    flat = z.reshape(-1, codebook.shape[1])
+    flat = z.reshape(-1, codebook.shape[1]).float()
+    codebook = codebook.float()
     d = flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2 * torch.einsum("bd,nd->bn", flat, codebook)
     return d.argmin(dim=1).view(z.shape[:-1])
 
@@ -137,23 +148,25 @@ class NormEMAQuantizer(nn.Module):
         counts = _all_reduce(torch.bincount(idx, minlength=self.num_codes).to(flat.dtype))
         self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         empty = counts == 0
+        flat = flat.float()
         sums = torch.zeros(self.num_codes, self.code_dim, dtype=flat.dtype, device=flat.device)
         sums = _all_reduce(sums.index_add_(0, idx, flat))
         means = l2norm(sums / counts.masked_fill(empty, 1.0)[:, None])
-        means = torch.where(empty[:, None], self.codebook, means)
-        self.codebook.copy_(l2norm(self.codebook * self.decay + means * (1 - self.decay)))
+        codebook = self.codebook.float()
+        means = torch.where(empty[:, None], codebook, means)
+        self.codebook.copy_(l2norm(codebook * self.decay + means * (1 - self.decay)))
 
     def forward(self, z: torch.Tensor, valid: torch.Tensor | None = None) -> QuantizerOutput:
         """Quantize ``z`` (B, L, D) (not yet normalised). ``valid`` (B, L) restricts k-means, EMA statistics and
         the commitment loss to real tokens (None = every token, the official behaviour)."""
-        z = l2norm(z)
+        z = l2norm(z.float())
         flat = z.reshape(-1, self.code_dim)  # (B*L, D)
         keep = None if valid is None else valid.reshape(-1).bool()
         stats_flat = flat if keep is None else flat[keep]
         if not bool(self.initialized.item()):
             self._kmeans_init(stats_flat.detach())
         indices = self.nearest_codes(z)  # (B, L)
-        z_q = F.embedding(indices, self.codebook)  # (B, L, D)
+        z_q = F.embedding(indices, self.codebook.float())  # (B, L, D)
         stats_idx = indices.reshape(-1) if keep is None else indices.reshape(-1)[keep]
         if self.training:
             self._ema_update(stats_flat.detach(), stats_idx)

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 from neurolm.models.eeg_transformer import EEGTransformer, EEGTransformerConfig
 from neurolm.models.masks import key_padding_mask
-from neurolm.models.quantizer import NormEMAQuantizer, QuantizerOutput
+from neurolm.models.quantizer import NormEMAQuantizer, QuantizerOutput, fp32_code_projection
 
 __all__ = ["TokenizerConfig", "TokenizerOutput", "NeuralTokenizer", "GradientReversal", "dann_alpha"]
 
@@ -198,8 +198,7 @@ class NeuralTokenizer(nn.Module):
 
     def quantize(self, features: torch.Tensor, input_mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Project features to the code space (fp32, autocast off, as officially) and quantize them."""
-        with torch.autocast(device_type=features.device.type, enabled=False):
-            z = self.code_proj(features.to(self.code_proj[-1].weight.dtype))  # (B, L, code_dim)
+        z = fp32_code_projection(self.code_proj, features)  # (B, L, code_dim)
         valid = input_mask if (self.config.exclude_padding and input_mask is not None) else None
         return self.quantizer(z, valid)
 
@@ -250,7 +249,8 @@ class NeuralTokenizer(nn.Module):
         input_mask = input_mask.bool()
         features = self.encode(x, input_chans, input_time, input_mask)
         q = self.quantize(features, input_mask)
-        rec_freq, rec_raw = self.decode(q.z_q, input_chans, input_time, input_mask)
+        z_q = q.z_q.to(features.dtype)  # the quantizer works in fp32; decoders run in the model's dtype
+        rec_freq, rec_raw = self.decode(z_q, input_chans, input_time, input_mask)
         losses = {
             "commit": q.loss,
             "rec_freq": self._reconstruction_loss(rec_freq, freq_target, input_mask),
