@@ -8,10 +8,12 @@ import shutil
 import socket
 from pathlib import Path
 
+import pytest
+
 from neurolm.config import PreprocessConfig
 from neurolm.data import synthetic
 from neurolm.data.samples import fetch_sample
-from neurolm.preprocess import cli, run_preprocess
+from neurolm.preprocess import build_config, cli, run_preprocess, validate_config
 
 
 def shard_bytes(root: Path) -> dict[str, bytes]:
@@ -98,3 +100,15 @@ def test_unreachable_s3_endpoint_fails_fast_with_the_endpoint_named(tmp_path, mo
     edf = synthetic.write_edf(tmp_path / "a.edf", ["Fp1"], synthetic.eeg_like(1, 12, 250.0), 250.0)
     assert cli(["--corpus", "edf", "--input", str(edf), "--output", "s3://neurolm/x", "--no-progress"]) == 1
     assert f"127.0.0.1:{port}" in capsys.readouterr().err
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[3] / "configs" / "preprocess").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_preset_builds_a_valid_config(preset, tmp_path):
+    cfg, _ = build_config(
+        ["--config", str(preset), "--input", str(tmp_path), "--output", "s3://b/p", "split_seed=5"]
+    )
+    validate_config(cfg)
+    assert cfg.corpus == preset.stem and cfg.split_seed == 5 and cfg.output == "s3://b/p"
