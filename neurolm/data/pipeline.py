@@ -167,7 +167,8 @@ def process_recording(
     except Exception as err:  # a reader bug must not stop the other recordings; the record keeps the reason
         record.update(status="failed", reason=f"unexpected {type(err).__name__}: {err}")
     record["cpu_s"] = round(time.process_time() - cpu, 4)
-    record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # this process
+    # Peak resident memory of this (worker) process so far, for the benchmark.
+    record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     record["wall_s"] = round(time.perf_counter() - wall, 4)
     try:
         shards.write_json(shards.record_uri(target, record["key"]), record)

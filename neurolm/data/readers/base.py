@@ -231,7 +231,9 @@ def require_label_file(recording: Path, label_file: Path) -> None:
 
 
 def check_no_samples(source: str | Path, samples: RecordingSamples, why: str) -> RecordingSamples:
-    """A recording that yields no window is skipped with the reason (too short, no usable label rows...)."""
+    """A recording that yields no sample raises :class:`RecordingError` with the reason: ``failed`` when its
+    label file disagrees with it (the dropped rows are in ``samples.warnings``), else ``skipped`` (too short,
+    no label rows)."""
     if len(samples) == 0:
-        raise RecordingError(source, why, status="skipped")
+        raise RecordingError(source, why, status="failed" if samples.warnings else "skipped")
     return samples

@@ -128,5 +128,5 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         warnings.append(f"{scoring.name}: {unknown} 30-s row(s) with an unknown annotation dropped")
     samples = samples_from_windows(rec, starts, window, labels, task.split or "train", warnings=warnings)
     return check_no_samples(
-        edf, samples, f"no usable 30-s epoch in {scoring.name} ({'; '.join(warnings) or 'empty'})"
+        edf, samples, f"no usable 30-s epoch in {scoring.name} ({'; '.join(warnings) or 'no rows'})"
     )

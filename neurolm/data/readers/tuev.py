@@ -45,6 +45,8 @@ N_CLASSES = 6
 
 def read_rec(path: str | Path) -> np.ndarray:
     """Rows of a ``.rec`` file as float array (n, 4): channel, start_s, stop_s, label (1..6)."""
+    if not Path(path).read_text().strip():
+        return np.zeros((0, 4))
     try:
         rows = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
     except (ValueError, OSError) as err:
@@ -133,5 +135,5 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         rec, starts, window, labels, task.split or "train", data=tiled, start_offset=n, warnings=warnings
     )
     return check_no_samples(
-        edf, samples, f"no usable event in {rec_file.name} ({'; '.join(warnings) or 'empty'})"
+        edf, samples, f"no usable event in {rec_file.name} ({'; '.join(warnings) or 'no rows'})"
     )

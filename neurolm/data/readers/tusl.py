@@ -126,5 +126,5 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         )
     samples = samples_from_windows(rec, starts, window, labels, task.split or "train", warnings=warnings)
     return check_no_samples(
-        edf, samples, f"no usable segment in {label_file.name} ({'; '.join(warnings) or 'empty'})"
+        edf, samples, f"no usable segment in {label_file.name} ({'; '.join(warnings) or 'no rows'})"
     )

@@ -114,7 +114,11 @@ def test_tuev_label_file_disagreeing_with_the_recording(trees, tmp_path):
     assert any("outside the 20.0 s recording" in w for w in samples.warnings)
     assert any("label outside 1..6" in w for w in samples.warnings)
     Path(task.sources[1]).write_text("0,500.0,501.0,2\n")
-    with pytest.raises(RecordingError, match="no usable event") as err:
+    with pytest.raises(RecordingError, match="no usable event .*outside the 20.0 s recording") as err:
+        get_reader("tuev").read_recording(task, cfg)
+    assert err.value.status == "failed"  # the label file disagrees with the recording
+    Path(task.sources[1]).write_text("")
+    with pytest.raises(RecordingError, match="no usable event .*no rows") as err:
         get_reader("tuev").read_recording(task, cfg)
     assert err.value.status == "skipped"
     Path(task.sources[1]).unlink()

@@ -62,6 +62,15 @@ def test_recording_shards_round_trip_by_split_and_size(tmp_path):
     assert read_shards(str(tmp_path)).num_rows == 5
 
 
+def test_float16_signals_round_trip(tmp_path):
+    samples = make_samples(2, 3, 1)
+    samples.signals = samples.signals.astype(np.float16)
+    write_recording_shards(samples_to_table(TASK, samples), str(tmp_path), "h", 10)
+    table = read_shards(str(tmp_path))
+    assert table.schema.field("signal").type.value_type == pa.float16()
+    np.testing.assert_array_equal(np.stack(table_to_signals(table)), samples.signals)
+
+
 def test_mixed_shapes_are_read_as_flat_rows(tmp_path):
     other = RecordingTask("edf", "tuab", "other", ("/y.edf",), "y", "train")
     write_recording_shards(samples_to_table(TASK, make_samples(2, 3, 1)), str(tmp_path), "a", 10)
