@@ -9,7 +9,7 @@
 
 The driver validates the config and checks that the output store is reachable *before* starting Ray, plans the
 recordings (cheap: file names only), reuses every record committed by an earlier run with the same fingerprint,
-runs the rest as Ray tasks with a progress bar, and finalises the dataset (see :mod:`neurolm.data.pipeline` for
+runs the rest as Ray tasks with a progress bar, and finalises the dataset (see :mod:`neurolm.data.preprocessing` for
 why a killed and rerun job ends with exactly the shards of a clean run). A bad recording is recorded in the
 manifest and never stops the run.
 """
@@ -30,7 +30,7 @@ import ray
 
 from neurolm import storage
 from neurolm.config import CORPORA, ConfigError, PreprocessConfig, load_config
-from neurolm.data import pipeline
+from neurolm.data import preprocessing, shards
 from neurolm.data.readers.base import RecordingTask
 from neurolm.data.signal import RecordingError
 
@@ -101,7 +101,7 @@ def _ensure_ray(cfg: PreprocessConfig) -> bool:
 
 @ray.remote(max_retries=1)
 def _process_remote(task: RecordingTask, cfg: PreprocessConfig, fingerprint: str) -> dict[str, Any]:
-    return pipeline.process_recording(task, cfg, fingerprint)
+    return preprocessing.process_recording(task, cfg, fingerprint)
 
 
 def _run_tasks(
@@ -120,7 +120,7 @@ def _run_tasks(
                 try:
                     record = ray.get(ref)
                 except (ray.exceptions.RayError, OSError) as err:  # worker died (OOM, killed node)
-                    record = pipeline.failed_record(
+                    record = preprocessing.failed_record(
                         task, fingerprint, f"task crashed: {type(err).__name__}: {err}"
                     )
                 records.append(record)
@@ -131,7 +131,7 @@ def _run_tasks(
 
 
 def _run_inline(tasks: Sequence[tuple[RecordingTask, str]], cfg: PreprocessConfig) -> list[dict[str, Any]]:
-    return [pipeline.process_recording(task, cfg, fingerprint) for task, fingerprint in tasks]
+    return [preprocessing.process_recording(task, cfg, fingerprint) for task, fingerprint in tasks]
 
 
 def run_preprocess(
@@ -168,21 +168,21 @@ def run_preprocess(
     start = time.perf_counter()
     validate_config(cfg)
     storage.check_reachable(cfg.output)
-    tasks = pipeline.plan(cfg)
+    tasks = preprocessing.plan(cfg)
     if not tasks:
         raise RecordingError(cfg.input, f"no recordings found for corpus {cfg.corpus!r}")
     dataset = tasks[0].dataset
-    target = pipeline.dataset_uri(cfg, dataset)
-    previous = pipeline.read_records(target)
-    present = set(pipeline.shards.list_shards(target)) if previous else set()
+    target = preprocessing.dataset_uri(cfg, dataset)
+    previous = preprocessing.read_records(target)
+    present = set(shards.list_shards(target)) if previous else set()
     reused, todo = [], []
     for task in tasks:
-        fingerprint = pipeline.task_fingerprint(task, cfg)
-        old = previous.get(pipeline.shards.recording_key(task.recording))
+        fingerprint = preprocessing.task_fingerprint(task, cfg)
+        old = previous.get(shards.recording_key(task.recording))
         if (
             old
             and old.get("fingerprint") == fingerprint
-            and old.get("status") in pipeline.FINAL_STATUSES
+            and old.get("status") in preprocessing.FINAL_STATUSES
             and all(storage.join(target, s["path"]) in present for s in old.get("shards", []))
         ):
             reused.append(old)
@@ -200,11 +200,11 @@ def run_preprocess(
                 ray.shutdown()
     wall_s = round(time.perf_counter() - start, 3)
     cpu_s = round(sum(r.get("cpu_s", 0.0) for r in fresh), 3)
-    manifest = pipeline.finalize(cfg, dataset, reused + fresh)
+    manifest = preprocessing.finalize(cfg, dataset, reused + fresh)
     return {
         "dataset": dataset,
         "output": target,
-        "manifest": pipeline.shards.manifest_uri(target),
+        "manifest": shards.manifest_uri(target),
         **manifest["summary"],
         "reused": len(reused),
         "processed": len(fresh),

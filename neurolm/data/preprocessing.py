@@ -32,7 +32,7 @@ from neurolm.data.readers.base import RecordingTask
 from neurolm.data.signal import RecordingError
 
 __all__ = [
-    "PIPELINE_VERSION",
+    "PREPROCESSING_VERSION",
     "FINAL_STATUSES",
     "dataset_uri",
     "plan",
@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 # Bump when a change to the processing would change shards: every fingerprint changes and all is redone.
-PIPELINE_VERSION = 1
+PREPROCESSING_VERSION = 1
 FINAL_STATUSES = ("written", "skipped")  # outcomes a rerun reuses; "failed" is retried
 # Config fields that cannot change a shard's content.
 _RUN_ONLY_FIELDS = ("output", "input", "ray_address", "num_cpus_per_task", "max_files")
@@ -81,7 +81,7 @@ def task_fingerprint(task: RecordingTask, cfg: PreprocessConfig) -> str:
     processing settings and the source files' sizes and modification times."""
     settings = cfg.model_dump(mode="json", exclude=set(_RUN_ONLY_FIELDS))
     payload = {
-        "version": PIPELINE_VERSION,
+        "version": PREPROCESSING_VERSION,
         "task": asdict(task),
         "settings": settings,
         "sources": _source_stats(task.sources),
@@ -246,7 +246,7 @@ def finalize(
     manifest = {
         "dataset": dataset,
         "corpus": cfg.corpus,
-        "pipeline_version": PIPELINE_VERSION,
+        "preprocessing_version": PREPROCESSING_VERSION,
         "config": cfg.model_dump(mode="json"),
         "config_hash": config_hash(cfg),
         "summary": summarize(ordered),

@@ -72,10 +72,12 @@ def test_real_physionet_edf_to_s3_matches_mne_and_feeds_ray_data(ray_cluster, s3
         .take_all()
     )
     assert [tuple(r["shape"]) for r in shapes] == [(64, 2000)] * 6 and all(r["dense"] for r in shapes)
-    # A rerun finds everything done.
-    assert (
-        cli(["--corpus", "edf", "--input", str(path), "--output", output, "--no-progress", "notch=50"]) == 0
+    # A rerun finds everything done and leaves the shards as they are.
+    rerun = run_preprocess(
+        PreprocessConfig(corpus="edf", input=str(path), output=output, notch=50), progress=False
     )
+    assert (rerun["reused"], rerun["processed"]) == (1, 0)
+    assert read_shards(f"{output}/edf").equals(table)
 
 
 @pytest.mark.ray
