@@ -37,6 +37,7 @@ from neurolm.data.signal import RecordingError
 __all__ = ["cli", "run_preprocess", "validate_config", "build_config"]
 
 LOCAL_OBJECT_STORE_BYTES = int(5e8)  # STACK.md §8: always cap the object store on small machines
+MAX_IN_FLIGHT = 1000  # submitted but unfinished recording tasks (bounds driver memory on 30k-file corpora)
 
 
 def validate_config(cfg: PreprocessConfig) -> None:
@@ -107,22 +108,27 @@ def _process_remote(task: RecordingTask, cfg: PreprocessConfig, fingerprint: str
 def _run_tasks(
     tasks: Sequence[tuple[RecordingTask, str]], cfg: PreprocessConfig, progress: bool
 ) -> list[dict[str, Any]]:
+    """One Ray task per recording, at most :data:`MAX_IN_FLIGHT` submitted at a time, with a progress bar."""
     from tqdm.auto import tqdm
 
     remote = _process_remote.options(num_cpus=cfg.num_cpus_per_task)
-    pending = {remote.remote(task, cfg, fp): (task, fp) for task, fp in tasks}
-    records = []
+    queue = list(tasks)
+    owner: dict[ray.ObjectRef, tuple[RecordingTask, str]] = {}
+    records: list[dict[str, Any]] = []
     with tqdm(total=len(tasks), desc=f"preprocess {cfg.corpus}", unit="rec", disable=not progress) as bar:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
+        while queue or owner:
+            while queue and len(owner) < MAX_IN_FLIGHT:
+                task, fingerprint = queue.pop(0)
+                owner[remote.remote(task, cfg, fingerprint)] = (task, fingerprint)
+            # Collect whatever finished within the timeout: one O(n) wait per round, not per task.
+            done, _ = ray.wait(list(owner), num_returns=len(owner), timeout=0.5)
             for ref in done:
-                task, fingerprint = pending.pop(ref)
+                task, fingerprint = owner.pop(ref)
                 try:
                     record = ray.get(ref)
                 except (ray.exceptions.RayError, OSError) as err:  # worker died (OOM, killed node)
-                    record = preprocessing.failed_record(
-                        task, fingerprint, f"task crashed: {type(err).__name__}: {err}"
-                    )
+                    reason = f"task crashed: {type(err).__name__}: {err}"
+                    record = preprocessing.failed_record(task, fingerprint, reason)
                 records.append(record)
                 bar.update(1)
                 if record["status"] == "failed":

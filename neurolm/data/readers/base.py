@@ -36,6 +36,9 @@ __all__ = [
     "corpus_root",
     "find_files",
     "first_index_at_or_after",
+    "relative_key",
+    "require_label_file",
+    "check_no_samples",
     "MAX_SAMPLE_SECONDS",
 ]
 
