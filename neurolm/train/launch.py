@@ -7,11 +7,11 @@ is validated before this runs; storage is checked before Ray resources are reque
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,24 +94,30 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     from neurolm.train.stages import make_stage
 
     cfg = STAGE_CONFIGS[config["stage"]].model_validate(config["cfg"])
-    run_worker_loop(make_stage(cfg), cfg, steps_per_epoch=config["steps_per_epoch"])
+    run_worker_loop(make_stage(cfg), cfg, steps_per_epoch=config["steps_per_epoch"], info=config.get("info"))
 
 
-def build_datasets(cfg: _StageConfig, stage) -> dict[str, Any]:
-    """Train/val/text datasets for a stage, each mapped into the stage's token layout."""
-    transform = stage.batch_transform()
-    datasets = {"train": stage.train_dataset() if hasattr(stage, "train_dataset") else
-                read_shards(_uris(cfg.data.train)).map_batches(transform, batch_format="numpy")}
-    if cfg.data.val:
-        datasets["val"] = read_shards(_uris(cfg.data.val)).map_batches(transform, batch_format="numpy")
+def build_datasets(cfg: _StageConfig, stage) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stage's datasets (mapped into its token layout) and facts for the workers (``rows``: train size).
+
+    Rows are counted from Parquet metadata before any mapping, so counting reads no signal.
+    """
+    if hasattr(stage, "datasets"):
+        datasets, info = stage.datasets(read_shards)
+    else:
+        transform = stage.batch_transform()
+        raw = read_shards(_uris(cfg.data.train))
+        info = {"rows": raw.count()}
+        datasets = {"train": raw.map_batches(transform, batch_format="numpy")}
+        if cfg.data.val:
+            datasets["val"] = read_shards(_uris(cfg.data.val)).map_batches(transform, batch_format="numpy")
     if cfg.data.text and cfg.data.text_batch_size > 0:
         from neurolm.data.text import text_windows
 
-        seq = cfg.data.text_seq_len
         datasets["text"] = read_shards([cfg.data.text]).map_batches(
-            lambda b: text_windows(b, seq), batch_format="numpy"
+            functools.partial(text_windows, seq_len=cfg.data.text_seq_len), batch_format="numpy"
         )
-    return datasets
+    return datasets, info
 
 
 def fit_stage(cfg: _StageConfig) -> StageResult:
@@ -129,9 +135,9 @@ def fit_stage(cfg: _StageConfig) -> StageResult:
     stage = make_stage(cfg)  # validates model presets and loads nothing heavy on the driver
     ensure_ray(cfg.run.ray_address)
 
-    datasets = build_datasets(cfg, stage)
+    datasets, info = build_datasets(cfg, stage)
     world = cfg.scaling.num_workers
-    rows = datasets["train"].count()
+    rows = info["rows"]
     micro_per_step = cfg.train.micro_batch_size * cfg.train.grad_accum_steps
     steps_per_epoch = (rows // world) // micro_per_step
     if steps_per_epoch < 1:
@@ -150,7 +156,8 @@ def fit_stage(cfg: _StageConfig) -> StageResult:
         resources["GPU"] = cfg.scaling.gpus_per_worker
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"stage": cfg.stage, "cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch},
+        train_loop_config={"stage": cfg.stage, "cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
+                           "info": info},
         scaling_config=ScalingConfig(
             num_workers=world,
             use_gpu=cfg.scaling.use_gpu,
@@ -195,11 +202,7 @@ def export_checkpoint(stage, checkpoint, export_uri: str) -> None:
 
     with checkpoint.as_directory() as d:
         state_dict = consolidated_state_dict(d)
-    with tempfile.TemporaryDirectory() as out:
-        stage.export(state_dict, out)
-        for name in sorted(os.listdir(out)):
-            with open(os.path.join(out, name), "rb") as f:
-                storage.write_bytes(storage.join(export_uri, name), f.read())
+    stage.export(state_dict, export_uri)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -81,7 +81,6 @@ def evaluate(
     engine, stage: Stage, shard, cfg: _StageConfig, device: torch.device, dtype: torch.dtype
 ) -> dict[str, float]:
     """Validation over this worker's val shard, summed over ranks: returns ``val/<metric>`` means."""
-    engine.eval()
     sums: dict[str, float] = {}
     n = 0
     with torch.no_grad():
@@ -91,14 +90,13 @@ def evaluate(
             for k, v in stage.eval_step(engine.module, _to_device(batch, device, dtype)).items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
-    engine.train()
     keys = sorted(sums)
     totals = all_reduce_sum([sums[k] for k in keys] + [float(n)], device)
     count = max(totals[-1], 1.0)
     return {f"val/{k}": v / count for k, v in zip(keys, totals[:-1], strict=True)}
 
 
-def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int) -> None:
+def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info: dict[str, Any] | None = None) -> None:
     """Train one stage on this worker. Called by every rank with the same arguments."""
     import ray.train
     from ray.train import Checkpoint
@@ -120,6 +118,8 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int) -> No
     engine = build_engine(
         model, cfg.deepspeed, cfg.optim, cfg.train, use_gpu, total_steps=total_steps, steps_per_epoch=steps_per_epoch
     )
+    if hasattr(stage, "after_engine"):
+        stage.after_engine(engine)
     dtype = torch.bfloat16 if resolve_precision(cfg.deepspeed, use_gpu) == "bf16" else torch.float32
 
     state = TrainState(world_size=world, config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"))
@@ -132,7 +132,8 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int) -> No
             log.warning("resuming a run whose config changed (hash %s -> %s)", state.config_hash, config_hash(cfg))
             state.config_hash, state.config = config_hash(cfg), cfg.model_dump(mode="json")
 
-    train_shard = ray.train.get_dataset_shard("train")
+    info = info or {}
+    train_shard = None if hasattr(stage, "train_stream") else ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
     text = None
     if cfg.data.text and cfg.data.text_batch_size > 0:
@@ -159,21 +160,45 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int) -> No
                 metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{state.step:07d}"
             )
 
-    done = state.step >= total_steps
-    while not done and state.epoch < cfg.train.epochs:
-        batches = iter(
+    micro_per_epoch = steps_per_epoch * accum  # equal on every rank: the split is equal, drop_last
+    mixed = None
+    if hasattr(stage, "train_stream"):  # stage 3: a task mixture over several datasets
+        position = (state.epoch * micro_per_epoch + state.micro_in_epoch) * cfg.train.micro_batch_size
+        mixed = stage.train_stream(info, position, rank, derived_seed(cfg.train.seed, rank))
+
+    def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        if mixed is not None:
+            while True:
+                yield mixed.next()
+        it = iter(
             train_shard.iter_torch_batches(
                 batch_size=cfg.train.micro_batch_size,
                 drop_last=True,
                 local_shuffle_buffer_size=cfg.data.local_shuffle_buffer or None,
-                local_shuffle_seed=derived_seed(cfg.train.seed, state.epoch, rank) if cfg.data.local_shuffle_buffer else None,
+                local_shuffle_seed=derived_seed(cfg.train.seed, epoch, rank) if cfg.data.local_shuffle_buffer else None,
                 prefetch_batches=cfg.data.prefetch_batches,
             )
         )
         for _ in range(state.micro_in_epoch):  # fast-forward to where the checkpoint was taken
-            next(batches)
+            next(it)
+        yield from it
+
+    def validate() -> dict[str, float]:
+        engine.eval()
+        try:
+            if hasattr(stage, "evaluate"):
+                with torch.no_grad():
+                    return stage.evaluate(engine.module, device, dtype)
+            if val_shard is not None:
+                return evaluate(engine, stage, val_shard, cfg, device, dtype)
+            return {}
+        finally:
+            engine.train()
+
+    done = state.step >= total_steps
+    while not done and state.epoch < cfg.train.epochs:
+        batches = epoch_batches(state.epoch)
         last_report = time.perf_counter()
-        micro_per_epoch = steps_per_epoch * accum  # equal on every rank: the split is equal, drop_last
         while state.micro_in_epoch < micro_per_epoch:
             t0 = time.perf_counter()
             try:
@@ -202,8 +227,8 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int) -> No
                 state.tokens += int(metrics.pop("_tokens"))
                 metrics["train/lr"] = engine.get_lr()[0]
                 eval_now = cfg.train.eval_every is not None and state.step % cfg.train.eval_every == 0
-                if val_shard is not None and eval_now:
-                    metrics.update(evaluate(engine, stage, val_shard, cfg, device, dtype))
+                if eval_now or state.step == total_steps:
+                    metrics.update(validate())
                 ckpt_now = cfg.train.checkpoint_every is not None and state.step % cfg.train.checkpoint_every == 0
                 if rank == 0:
                     log.info("step %d/%d %s", state.step, total_steps, _fmt(metrics))
@@ -219,8 +244,9 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int) -> No
         epoch_metrics = acc.summary(world, flops_per_token, peak, time.perf_counter() - last_report, device, accum)
         state.samples += int(epoch_metrics.pop("_samples"))
         state.tokens += int(epoch_metrics.pop("_tokens"))
-        if val_shard is not None:
-            epoch_metrics.update(evaluate(engine, stage, val_shard, cfg, device, dtype))
+        epoch_metrics.update(validate())
+        if rank == 0:
+            log.info("epoch %d done: %s", state.epoch, _fmt(epoch_metrics))
         report(epoch_metrics, with_checkpoint=cfg.train.checkpoint_every is None)
     if run is not None:
         run.finish()

@@ -1,0 +1,244 @@
+"""Stage 3: multi-task instruction tuning (spec §4) with a block-deterministic task mixture.
+
+Each task's shards are their own Ray dataset, split across workers. A worker draws its micro-batches from its
+task streams in the order given by :class:`neurolm.data.mixture.MixtureSampler` (seeded per rank), so the data
+order is a pure function of the seed and the stream position: a resume fast-forwards every task stream by the
+closed-form count of samples it had given, and continues exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from neurolm.config import ConfigError, InstructJobConfig
+from neurolm.data.layout import layout_instruction_batch
+from neurolm.data.mixture import MixtureSampler, mixture_weights
+from neurolm.data.shards import batch_to_signals
+from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
+from neurolm.train.metrics import all_reduce_sum, transformer_flops_per_token
+from neurolm.train.stage import StepOutput
+
+EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
+
+
+def task_tokens(name: str) -> TaskTokens:
+    from neurolm.data.bpe import load_gpt2_tokenizer
+
+    return tokenize_task(get_task(name), load_gpt2_tokenizer().encode)
+
+
+def instruction_layout(
+    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, evaluation: bool
+) -> dict[str, np.ndarray]:
+    """Ray Data step: shard rows → EEG layout + instruction text (or the evaluation prompt)."""
+    labels = np.asarray(batch["label"])
+    if (labels < 0).any():
+        raise ValueError("instruction shards need a label on every sample (found -1)")
+    out = layout_instruction_batch(
+        batch_to_signals(batch), list(batch["channels"]), labels, tokens,
+        eeg_max_len=eeg_max_len, text_max_len=text_max_len, evaluation=evaluation, truncate=True,
+    )
+    out.pop("num_chans", None)
+    out.pop("num_tokens", None)
+    return out
+
+
+class _RowStream:
+    """Rows of one task's shard on this worker, forever: each pass re-reads the shard (new shuffle seed)."""
+
+    def __init__(self, shard: Any, chunk: int, seed: int, shuffle_buffer: int) -> None:
+        self.shard, self.chunk, self.seed, self.shuffle_buffer = shard, chunk, seed, shuffle_buffer
+        self.passes = 0
+        self._rows: Iterator[dict[str, np.ndarray]] = iter(())
+
+    def _new_pass(self) -> Iterator[dict[str, np.ndarray]]:
+        self.passes += 1
+        for batch in self.shard.iter_batches(
+            batch_size=self.chunk, batch_format="numpy",
+            local_shuffle_buffer_size=self.shuffle_buffer or None,
+            local_shuffle_seed=(self.seed + self.passes) if self.shuffle_buffer else None,
+        ):
+            n = len(next(iter(batch.values())))
+            for i in range(n):
+                yield {k: v[i] for k, v in batch.items()}
+
+    def next(self) -> dict[str, np.ndarray]:
+        for _ in range(2):
+            try:
+                return next(self._rows)
+            except StopIteration:
+                self._rows = self._new_pass()
+        raise RuntimeError("a task shard of this worker is empty")
+
+
+class MixedTaskStream:
+    """Micro-batches of one worker mixed over tasks by a :class:`MixtureSampler`."""
+
+    def __init__(self, shards: dict[str, Any], sampler: MixtureSampler, batch_size: int, position: int,
+                 seed: int, shuffle_buffer: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+        self.streams = {t: _RowStream(s, 32, seed + i, shuffle_buffer) for i, (t, s) in enumerate(sorted(shards.items()))}
+        self.position = position
+        for task, count in sampler.task_counts(position).items():  # resume: replay each stream's consumption
+            for _ in range(count):
+                self.streams[task].next()
+
+    def next(self) -> dict[str, torch.Tensor]:
+        picks = self.sampler.indices(self.position, self.position + self.batch_size)
+        self.position += self.batch_size
+        rows = [self.streams[task].next() for task, _ in picks]
+        return {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
+
+
+class InstructStage:
+    name = "instruct"
+
+    def __init__(self, cfg: InstructJobConfig) -> None:
+        self.cfg = cfg
+        try:
+            self.tasks = {t.name: get_task(t.name) for t in cfg.tasks}
+        except KeyError as err:
+            raise ConfigError(f"tasks: {err.args[0]}") from None
+        missing = [t.name for t in cfg.tasks if not t.train]
+        if missing:
+            raise ConfigError(f"tasks: {missing} have no train shards")
+        self.model_overrides = dict(cfg.model.overrides)
+        self._built_config = None
+
+    # -- driver side ---------------------------------------------------------------------------------------
+    def datasets(self, read_shards) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Per-task train/val datasets and the facts workers need (task sizes, mixture weights)."""
+        cfg = self.cfg
+        datasets: dict[str, Any] = {}
+        sizes: dict[str, int] = {}
+        for t in cfg.tasks:
+            tokens = task_tokens(t.name)
+            raw = read_shards([t.train])
+            sizes[t.name] = raw.count()
+            datasets[f"train_{t.name}"] = raw.map_batches(
+                functools.partial(instruction_layout, tokens=tokens, eeg_max_len=cfg.eeg_max_len,
+                                  text_max_len=cfg.text_max_len, evaluation=False),
+                batch_format="numpy",
+            )
+            if t.val:
+                datasets[f"val_{t.name}"] = read_shards([t.val]).map_batches(
+                    functools.partial(instruction_layout, tokens=tokens, eeg_max_len=cfg.eeg_max_len,
+                                      text_max_len=cfg.text_max_len, evaluation=True),
+                    batch_format="numpy",
+                )
+        weights = self.weights(sizes)
+        return datasets, {"sizes": sizes, "weights": weights, "rows": sum(sizes.values())}
+
+    def weights(self, sizes: dict[str, int]) -> dict[str, float]:
+        m = self.cfg.mixture
+        try:
+            return mixture_weights(m.kind, sizes, weights=m.weights or None, temperature=m.temperature)
+        except ValueError as err:
+            raise ConfigError(f"mixture: {err}") from None
+
+    # -- worker side ---------------------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        from neurolm.models.io import load_neurolm
+
+        model = load_neurolm(self.cfg.init, **self.model_overrides)
+        model.set_activation_checkpointing(self.cfg.deepspeed.activation_checkpointing)
+        self._built_config = model.config
+        return model
+
+    def train_stream(self, info: dict[str, Any], position: int, rank: int, seed: int) -> MixedTaskStream:
+        import ray.train
+
+        sampler = MixtureSampler(info["sizes"], info["weights"], self.cfg.mixture.block_size, seed)
+        shards = {t: ray.train.get_dataset_shard(f"train_{t}") for t in info["sizes"]}
+        return MixedTaskStream(shards, sampler, self.cfg.train.micro_batch_size, position, seed,
+                               self.cfg.data.local_shuffle_buffer)
+
+    def train_step(
+        self, model: Any, batch: dict[str, torch.Tensor], text: torch.Tensor | None, progress: float
+    ) -> StepOutput:
+        out = model(batch["x"], batch["input_chans"], batch["input_time"], batch["input_mask"],
+                    text=batch["text"], text_targets=batch["text_targets"])
+        loss = out.loss
+        metrics = {"answer_loss": float(out.loss.detach()), "answer_accuracy": float(out.accuracy)}
+        tokens = int(batch["input_mask"].sum()) + int((batch["text"] != 50256).sum())
+        if text is not None and self.cfg.text_loss_weight > 0:
+            lm = model(text=text[:, :-1], text_targets=text[:, 1:])
+            loss = loss + self.cfg.text_loss_weight * lm.loss
+            metrics["text_loss"] = float(lm.loss.detach())
+            tokens += text[:, :-1].numel()
+        metrics["loss"] = float(loss.detach())
+        return StepOutput(loss=loss, metrics=metrics, tokens=tokens)
+
+    def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        raise RuntimeError("instruction tuning validates per task with evaluate()")
+
+    def evaluate(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+        """Per task: constrained scoring of the answer options on this worker's val shard, confusion counts
+        all-reduced over ranks → ``val/<task>/balanced_accuracy``, ``accuracy``, ``loss`` (NLL of the truth)."""
+        import ray.train
+
+        from neurolm.eval.generate import score_options
+
+        metrics: dict[str, float] = {}
+        baccs = []
+        for t in self.cfg.tasks:
+            if not t.val:
+                continue
+            tokens = task_tokens(t.name)
+            k = len(tokens.options)
+            confusion = np.zeros((k, k))
+            nll = 0.0
+            shard = ray.train.get_dataset_shard(f"val_{t.name}")
+            for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.train.micro_batch_size)):
+                if self.cfg.train.eval_batches is not None and i >= self.cfg.train.eval_batches:
+                    break
+                b = {key: v.to(device) for key, v in batch.items() if key in EVAL_KEYS}
+                b["x"] = b["x"].to(dtype)
+                ll = score_options(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
+                                   tokens.options).float()
+                logp = torch.log_softmax(ll, dim=-1)
+                labels = b["label"].long()
+                nll -= float(logp.gather(1, labels[:, None]).sum())
+                np.add.at(confusion, (labels.cpu().numpy(), logp.argmax(-1).cpu().numpy()), 1)
+            total = all_reduce_sum(confusion.ravel().tolist() + [nll], device)
+            confusion = np.asarray(total[:-1]).reshape(k, k)
+            n = confusion.sum()
+            support = confusion.sum(axis=1)
+            recalls = np.diag(confusion)[support > 0] / support[support > 0]
+            bacc = float(recalls.mean()) if len(recalls) else float("nan")
+            metrics[f"val/{t.name}/balanced_accuracy"] = bacc
+            metrics[f"val/{t.name}/accuracy"] = float(np.trace(confusion) / max(n, 1))
+            metrics[f"val/{t.name}/loss"] = total[-1] / max(n, 1)
+            baccs.append(bacc)
+        if baccs:
+            metrics["val/mean_balanced_accuracy"] = float(np.nanmean(baccs))
+            metrics["val/worst_balanced_accuracy"] = float(np.nanmin(baccs))
+            metrics["val/loss"] = float(np.mean([metrics[f"val/{t.name}/loss"] for t in self.cfg.tasks if t.val]))
+        return metrics
+
+    def flops_per_token(self, model: nn.Module) -> float:
+        g = model.config.gpt
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        seq = self.cfg.eeg_max_len + self.cfg.text_max_len
+        return transformer_flops_per_token(trainable, g.n_layer, g.n_embd, seq) + 2.0 * frozen
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str) -> None:
+        from neurolm.models.io import save_pretrained
+        from neurolm.models.neurolm import NeuroLM
+
+        if self._built_config is None:
+            self.build_model()
+        model = NeuroLM(self._built_config)
+        model.load_state_dict(state_dict, strict=True)
+        save_pretrained(model, out_dir, extra={"stage": "instruct", "run": self.cfg.run.name,
+                                               "tasks": [t.name for t in self.cfg.tasks]})
+
+    def config_dict(self) -> dict[str, Any]:
+        return {"init": self.cfg.init, **self.model_overrides}

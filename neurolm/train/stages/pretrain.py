@@ -1,0 +1,84 @@
+"""Stage 2: multi-channel autoregressive pre-training of GPT-2 on EEG tokens, plus a text LM loss (spec §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from neurolm.config import ConfigError, PretrainJobConfig
+from neurolm.data.layout import make_layout_fn
+from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+from neurolm.train.metrics import transformer_flops_per_token
+from neurolm.train.stage import StepOutput
+
+
+class PretrainStage:
+    name = "pretrain"
+
+    def __init__(self, cfg: PretrainJobConfig) -> None:
+        self.cfg = cfg
+        try:
+            self.model_config = NeuroLMConfig.preset(cfg.model.preset, **cfg.model.overrides)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model: {err}") from None
+        self._built_config: NeuroLMConfig | None = None
+
+    def build_model(self) -> nn.Module:
+        from neurolm.models.io import load_tokenizer, neurolm_from_tokenizer
+
+        tokenizer = load_tokenizer(self.cfg.tokenizer)
+        model = neurolm_from_tokenizer(self.model_config, tokenizer, gpt2=self.cfg.gpt2)
+        model.set_activation_checkpointing(self.cfg.deepspeed.activation_checkpointing)
+        self._built_config = model.config
+        return model
+
+    def after_engine(self, engine: Any) -> None:
+        # The code head's codebook stays fp32 under bf16 so targets equal the tokenizer's codes.
+        if engine.module.code_head is not None:
+            engine.module.code_head.float()
+
+    def batch_transform(self):
+        return make_layout_fn(self.cfg.data.max_tokens, targets=False, keep=(), truncate=True)
+
+    def train_step(
+        self, model: Any, batch: dict[str, torch.Tensor], text: torch.Tensor | None, progress: float
+    ) -> StepOutput:
+        eeg = model(batch["x"], batch["input_chans"], batch["input_time"], batch["input_mask"],
+                    eeg_targets="next_code")
+        loss = eeg.loss
+        metrics = {"eeg_loss": float(eeg.loss.detach()), "eeg_accuracy": float(eeg.accuracy)}
+        tokens = int(batch["input_mask"].sum())
+        if text is not None and self.cfg.text_loss_weight > 0:
+            lm = model(text=text[:, :-1], text_targets=text[:, 1:])
+            loss = loss + self.cfg.text_loss_weight * lm.loss
+            metrics.update(text_loss=float(lm.loss.detach()), text_accuracy=float(lm.accuracy))
+            tokens += text[:, :-1].numel()
+        metrics["loss"] = float(loss.detach())
+        return StepOutput(loss=loss, metrics=metrics, tokens=tokens)
+
+    def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        out = model(batch["x"], batch["input_chans"], batch["input_time"], batch["input_mask"],
+                    eeg_targets="next_code")
+        loss = float(out.loss)
+        return {"loss": loss, "eeg_accuracy": float(out.accuracy), "eeg_perplexity": float(torch.exp(out.loss))}
+
+    def flops_per_token(self, model: nn.Module) -> float:
+        g = model.config.gpt
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        # Trainable GPT: forward + backward; the frozen encoder: one forward (2 FLOPs per weight).
+        return transformer_flops_per_token(trainable, g.n_layer, g.n_embd, self.cfg.data.max_tokens) + 2.0 * frozen
+
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str) -> None:
+        from neurolm.models.io import save_pretrained
+
+        if self._built_config is None:  # on the driver: rebuild the config the workers built
+            self.build_model()
+        model = NeuroLM(self._built_config)
+        model.load_state_dict(state_dict, strict=True)
+        save_pretrained(model, out_dir, extra={"stage": "pretrain", "run": self.cfg.run.name})
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.model_config.to_dict()
