@@ -120,8 +120,11 @@ def build_datasets(cfg: _StageConfig, stage) -> tuple[dict[str, Any], dict[str, 
     return datasets, info
 
 
-def fit_stage(cfg: _StageConfig) -> StageResult:
-    """Run one training stage on Ray Train + DeepSpeed and export its consolidated weights."""
+def fit_stage(cfg: _StageConfig, callbacks: list[Any] | None = None) -> StageResult:
+    """Run one training stage on Ray Train + DeepSpeed and export its consolidated weights.
+
+    ``callbacks`` go to ``RunConfig`` (e.g. Tune's ``TuneReportCallback`` when a Tune trial drives this).
+    """
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -179,6 +182,7 @@ def fit_stage(cfg: _StageConfig) -> StageResult:
                 checkpoint_score_order=cfg.run.score_order,
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            callbacks=callbacks,
         ),
     )
     result = trainer.fit()

@@ -56,6 +56,22 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def neurolm_flops_per_token(model, seq_len: int, supervised_frac: float) -> float:
+    """Training FLOPs per token of a NeuroLM: 6·N over the trainable transformer weights (embedding lookups are
+    free), 12·L·d·T attention, the output head only where there is a loss (it runs on supervised positions
+    only), and one forward (2·N) of the frozen encoder."""
+    g = model.config.gpt
+    body = head = frozen = 0
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            frozen += p.numel()
+        elif "lm_head" in name:
+            head += p.numel()
+        elif not any(k in name for k in ("wte", "wpe", "channel_embed")):
+            body += p.numel()
+    return transformer_flops_per_token(body, g.n_layer, g.n_embd, seq_len) + 6.0 * head * supervised_frac + 2.0 * frozen
+
+
 class MetricAccumulator:
     """Sums per-micro-step metrics between reports; :meth:`summary` averages across ranks and resets."""
 

@@ -21,7 +21,7 @@ from neurolm.data.layout import layout_instruction_batch
 from neurolm.data.mixture import MixtureSampler, mixture_weights
 from neurolm.data.shards import batch_to_signals
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
-from neurolm.train.metrics import all_reduce_sum, transformer_flops_per_token
+from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
 
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
@@ -223,11 +223,8 @@ class InstructStage:
         return metrics
 
     def flops_per_token(self, model: nn.Module) -> float:
-        g = model.config.gpt
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         seq = self.cfg.eeg_max_len + self.cfg.text_max_len
-        return transformer_flops_per_token(trainable, g.n_layer, g.n_embd, seq) + 2.0 * frozen
+        return neurolm_flops_per_token(model, seq, supervised_frac=4.0 / seq)  # ~4 answer tokens per sample
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str) -> None:
         from neurolm.models.io import save_pretrained

@@ -10,7 +10,7 @@ from torch import nn
 from neurolm.config import ConfigError, PretrainJobConfig
 from neurolm.data.layout import make_layout_fn
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
-from neurolm.train.metrics import transformer_flops_per_token
+from neurolm.train.metrics import neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
 
 
@@ -65,11 +65,7 @@ class PretrainStage:
         return {"loss": loss, "eeg_accuracy": float(out.accuracy), "eeg_perplexity": float(torch.exp(out.loss))}
 
     def flops_per_token(self, model: nn.Module) -> float:
-        g = model.config.gpt
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-        # Trainable GPT: forward + backward; the frozen encoder: one forward (2 FLOPs per weight).
-        return transformer_flops_per_token(trainable, g.n_layer, g.n_embd, self.cfg.data.max_tokens) + 2.0 * frozen
+        return neurolm_flops_per_token(model, self.cfg.data.max_tokens, supervised_frac=1.0)
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str) -> None:
         from neurolm.models.io import save_pretrained
