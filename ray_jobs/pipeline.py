@@ -1,0 +1,14 @@
+"""`ray job submit --working-dir . -- python ray_jobs/pipeline.py --config configs/pipeline/demo.yaml [key=value]`
+
+Preprocess → tokenizer → pre-training → instruction tuning → evaluation, every artefact on object storage.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir, when not pip-installed
+
+from neurolm.pipeline import cli  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(cli())
