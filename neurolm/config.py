@@ -288,8 +288,9 @@ class TrainSection(Section):
         default=None, ge=1, description="Checkpoint every N steps (None: at the end of each epoch)."
     )
     seed: int = Field(default=1234, description="The one seed; every other seed derives from it and the rank.")
-    fail_at_step: int | None = Field(
-        default=None, ge=1, description="Fault drill: the rank-1 worker process exits at this step once."
+    stop_after_steps: int | None = Field(
+        default=None, ge=1, description="End this invocation after N steps with a checkpoint, keeping the "
+        "full run's schedule (time-boxed jobs); rerun with the same run name to continue."
     )
 
 
@@ -385,3 +386,199 @@ class InstructJobConfig(_StageConfig):
     eeg_max_len: int = Field(default=276, ge=1, description="EEG tokens per sample (official 276).")
     text_max_len: int = Field(default=80, ge=8, description="Text tokens per sample (official 80).")
     text_loss_weight: float = Field(default=0.0, ge=0, description="Weight of an extra text LM loss.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation and prediction (neurolm.eval.evaluate, neurolm.eval.predict).
+# ----------------------------------------------------------------------------------------------------------
+
+
+class EvalTaskData(Section):
+    """One task to evaluate: its name (neurolm.data.tasks) and the shards of one split."""
+
+    name: str = Field(description="Task name, e.g. TUAB or SelfRegulationSCP1 (neurolm.data.tasks.TASKS).")
+    test: str | list[str] = Field(description="Shard directory URI(s) (part-*.parquet) of the evaluated split.")
+    split: str = Field(default="test", description="Name of the split in the report and metric keys.")
+
+
+class EvaluateJobConfig(Section):
+    """``neurolm eval`` / ``ray_jobs/evaluate.py``: score an instruction-tuned export on test shards (spec §4.3).
+
+    Ray Data reads the shards, lays them out and scores them on ``concurrency`` actors that each load the model
+    once; the driver collects per-row outputs (class probabilities, parsed generation, label) and writes the report.
+    """
+
+    checkpoint: str = Field(description="Instruction-tuned export dir (local or s3://) or an official NeuroLM-*.pt.")
+    tasks: list[EvalTaskData] = Field(min_length=1, description="Tasks and the shards of the evaluated split.")
+    output: str = Field(description="Report directory: local path or s3://bucket/prefix.")
+    batch_size: int = Field(default=32, ge=1, description="Rows per scoring call on an actor.")
+    concurrency: int = Field(default=1, ge=1, description="Scoring actors (each holds one copy of the model).")
+    num_cpus_per_actor: float = Field(
+        default=0.5, gt=0, description="CPUs reserved per actor; leave some for reading and layout (STACK.md §4)."
+    )
+    num_gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs per actor (0 = CPU scoring).")
+    layout_num_cpus: float = Field(default=0.25, gt=0, description="CPUs reserved per read/layout task.")
+    torch_threads: int = Field(default=1, ge=1, description="torch intra-op threads per CPU actor.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto = bf16 on GPU actors, fp32 on CPU actors."
+    )
+    eeg_max_len: int | None = Field(
+        default=None, ge=1,
+        description="EEG tokens per sample; None = the checkpoint's training value if recorded, else 276.",
+    )
+    text_max_len: int = Field(default=80, ge=8, description="Text tokens the model was tuned with (official 80).")
+    official_generation: bool = Field(
+        default=True, description="Also run greedy generation + positional parsing for the official hard labels."
+    )
+    max_new_tokens: int = Field(default=5, ge=1, description="Generated tokens (official 5).")
+    use_cache: bool = Field(default=True, description="KV cache in generation (same tokens as recomputation).")
+    length_normalize: bool = Field(default=False, description="Divide option log-likelihoods by their length.")
+    model_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="NeuroLM config fields to override at load (e.g. fix options)."
+    )
+    title: str = Field(default="NeuroLM evaluation", description="Heading of report.md.")
+    ray_address: str | None = Field(default=None, description="None: RAY_ADDRESS or a new local instance.")
+
+
+class PredictConfig(Section):
+    """``neurolm predict``: answer a task on raw recordings, window by window, in-process (no Ray)."""
+
+    checkpoint: str = Field(description="Instruction-tuned export dir (local or s3://).")
+    task: str = Field(description="Task name (neurolm.data.tasks.TASKS).")
+    recordings: list[str] = Field(min_length=1, description="Raw recordings (any MNE-readable file).")
+    output: str | None = Field(default=None, description="out.csv or out.json (local or s3://); None = CSV on stdout.")
+    window_s: float | None = Field(default=None, gt=0, description="Window length in s; None = the task's default.")
+    hop_s: float | None = Field(default=None, gt=0, description="Window hop in s; None = window_s (no overlap).")
+    channels: str = Field(
+        default="all",
+        description="all = every 10-20 vocabulary channel of the file; task = the task's training channels "
+        "(all required); or a comma-separated list of channel names.",
+    )
+    l_freq: float = Field(default=0.1, gt=0, description="Band-pass lower edge in Hz.")
+    h_freq: float = Field(default=75.0, gt=0, description="Band-pass upper edge in Hz.")
+    notch: float | None = Field(default=None, ge=0, description="Notch in Hz; None = the task's default, 0 = off.")
+    batch_size: int = Field(default=16, ge=1, description="Windows per forward pass.")
+    eeg_max_len: int | None = Field(
+        default=None, ge=1, description="EEG tokens per window after padding; None = as evaluation (276)."
+    )
+    generate: bool = Field(default=False, description="Also greedy-generate and parse the answer (official path).")
+    model_overrides: dict[str, Any] = Field(default_factory=dict, description="NeuroLM config fields to override.")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ray Tune search over the instruction-tuning task mixture (neurolm.tune.mixing).
+# ----------------------------------------------------------------------------------------------------------
+
+
+class InstructSource(Section):
+    """The stage-3 config every trial starts from: a preset, inline keys deep-merged over it, then overrides."""
+
+    preset: str | None = Field(default=None, description="Stage-3 YAML preset, e.g. configs/instruct/debug.yaml.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Inline stage-3 keys deep-merged over the preset (e.g. init, tasks)."
+    )
+    overrides: list[str] = Field(default_factory=list, description="Dotted stage-3 overrides, applied last.")
+
+
+class MixingSearchSection(Section):
+    """The search space over task mixtures."""
+
+    space: Literal["logits", "temperature"] = Field(
+        default="logits",
+        description="logits: one logit per task (the first task's is fixed at 0), weights = softmax; "
+        "temperature: p ~ size^(1/T) with T searched (one dimension).",
+    )
+    logit_bounds: tuple[float, float] = Field(default=(-3.0, 3.0), description="Uniform range of each logit.")
+    temperature_bounds: tuple[float, float] = Field(
+        default=(0.5, 20.0), description="Log-uniform range of the temperature T."
+    )
+    include_proportional: bool = Field(
+        default=True, description="Evaluate the official size-proportional mixture (spec §4.4) as the first trial."
+    )
+
+    @field_validator("logit_bounds", "temperature_bounds")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"must be [low, high] with low < high, got {list(v)}")
+        return v
+
+    @field_validator("temperature_bounds")
+    @classmethod
+    def _positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] <= 0:
+            raise ValueError(f"temperatures must be > 0, got {list(v)}")
+        return v
+
+
+class TuneJobConfig(Section):
+    """``neurolm tune``: Optuna + ASHA search over the stage-3 task mixing weights (issue 6, item 4)."""
+
+    stage: Literal["tune"] = "tune"
+    name: str = Field(description="Tune experiment name; results go to storage_path/name.")
+    storage_path: str = Field(description="Where the experiment goes: local dir or s3://bucket/prefix.")
+    output: str | None = Field(
+        default=None, description="Where the best mixture config and the plot go; None = storage_path/name."
+    )
+    instruct: InstructSource = Field(description="The stage-3 config of every trial.")
+    search: MixingSearchSection = Field(default_factory=MixingSearchSection)
+    num_samples: int = Field(default=8, ge=1, description="Number of trials.")
+    objective: Literal["mean", "worst", "weighted"] = Field(
+        default="mean", description="Reduction of val/<task>/balanced_accuracy over tasks."
+    )
+    importance: dict[str, float] = Field(
+        default_factory=dict, description="Task -> importance for objective=weighted (missing tasks: 1)."
+    )
+    time_attr: Literal["step", "training_iteration"] = Field(
+        default="step",
+        description="ASHA's clock: optimizer steps (trials then train exactly max_t steps) or validation reports.",
+    )
+    max_t: int = Field(default=8, ge=1, description="ASHA: a trial runs at most this long (time_attr units).")
+    grace_period: int = Field(default=1, ge=1, description="ASHA: no trial is stopped before this.")
+    reduction_factor: float = Field(default=2.0, gt=1, description="ASHA: keep the top 1/reduction_factor.")
+    max_concurrent_trials: int | None = Field(
+        default=None, ge=1, description="None = as many as the cluster's CPUs/GPUs fit (see data_cpus)."
+    )
+    data_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs left free for Ray Data when deriving max_concurrent_trials."
+    )
+    driver_cpus: float = Field(
+        default=0.0, ge=0, description="CPUs of each trial's driver; 0 = none (it only waits on its Train run)."
+    )
+    export_best: bool = Field(default=True, description="Export the best trial's last checkpoint (safetensors).")
+    final_overrides: list[str] = Field(
+        default_factory=list, description="Dotted stage-3 overrides applied to the written best config only."
+    )
+    tensorboard: bool = Field(default=True, description="TensorBoard event files per trial (TBXLoggerCallback).")
+    wandb: bool = Field(default=False, description="One W&B run per trial (offline without an API key).")
+    wandb_project: str = "neurolm-tune"
+    seed: int = Field(default=0, description="Seed of the Optuna sampler.")
+    ray_address: str | None = Field(default=None, description="None: RAY_ADDRESS or a new local instance.")
+
+    @field_validator("importance")
+    @classmethod
+    def _importance_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not w >= 0}
+        if bad:
+            raise ValueError(f"importances must be >= 0, got {bad}")
+        return v
+
+    def instruct_config(self) -> InstructJobConfig:
+        """The stage-3 config of the trials: preset, deep-merged inline keys, then the dotted overrides."""
+        tree: dict[str, Any] = {}
+        source = "tune instruct section"
+        if self.instruct.preset is not None:
+            p = Path(self.instruct.preset)
+            if not p.is_file():
+                raise ConfigError(f"instruct.preset: config file {str(p)!r} does not exist")
+            loaded = _yaml(p.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"instruct.preset: {str(p)!r} must hold a mapping of keys")
+            tree = loaded
+            source = str(p)
+        tree = _deep_merge(tree, self.instruct.config)
+        apply_overrides(tree, self.instruct.overrides)
+        try:
+            return InstructJobConfig.model_validate(tree)
+        except ValidationError as err:
+            raise _explain(err, f"instruct ({source} + inline keys + overrides)") from None

@@ -34,6 +34,7 @@ class TrainState:
     samples: int = 0  # EEG samples seen, all ranks
     tokens: int = 0  # tokens seen, all ranks
     world_size: int = 1
+    resumes: int = 0  # how many times this run was resumed from a checkpoint (restarts and reruns)
     config_hash: str = ""
     config: dict[str, Any] = field(default_factory=dict)
 

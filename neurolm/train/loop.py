@@ -9,6 +9,7 @@ skipping the micro-batches of the interrupted epoch that were already consumed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neurolm import storage
 from neurolm.config import _StageConfig, config_hash
 from neurolm.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from neurolm.train.engine import build_engine, resolve_precision
@@ -38,6 +40,22 @@ def seed_everything(seed: int) -> None:
 def derived_seed(base: int, *parts: int) -> int:
     """One seed in the config; every other seed is a deterministic function of it (STYLE rule 7)."""
     return int(np.random.SeedSequence([base, *parts]).generate_state(1)[0])
+
+
+class MetricsHistory:
+    """Rank 0 keeps every report in ``<run>/metrics.jsonl`` (rewritten whole: small), trimmed on resume to the
+    steps before the checkpoint so a resumed run's history reads as one run."""
+
+    def __init__(self, uri: str, resumed_step: int) -> None:
+        self.uri = uri
+        self.rows: list[dict[str, Any]] = []
+        if storage.exists(uri):
+            rows = [json.loads(line) for line in storage.read_text(uri).splitlines() if line.strip()]
+            self.rows = [r for r in rows if r.get("step", 0) <= resumed_step]
+
+    def append(self, metrics: dict[str, Any]) -> None:
+        self.rows.append({k: (float(v) if isinstance(v, np.floating) else v) for k, v in metrics.items()})
+        storage.write_text(self.uri, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
 class ResumableTextStream:
@@ -127,6 +145,7 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = load_checkpoint(engine, d, world)
+        state.resumes += 1
         log.info("resumed from step %d (epoch %d, micro-batch %d)", state.step, state.epoch, state.micro_in_epoch)
         if state.config_hash != config_hash(cfg):
             log.warning("resuming a run whose config changed (hash %s -> %s)", state.config_hash, config_hash(cfg))
@@ -147,10 +166,15 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info:
     acc = MetricAccumulator()
     accum = cfg.train.grad_accum_steps
 
+    history = MetricsHistory(storage.join(cfg.run.storage_path, cfg.run.name, "metrics.jsonl"), state.step) \
+        if rank == 0 else None
+
     def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
         metrics = {**metrics, "step": state.step, "epoch": state.epoch}
         if run is not None:
             run.log(metrics, step=state.step)
+        if history is not None:
+            history.append(metrics)
         if not with_checkpoint:
             ray.train.report(metrics)
             return
@@ -235,6 +259,14 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info:
                 report(metrics, with_checkpoint=ckpt_now or state.step == total_steps)
                 last_report = time.perf_counter()
             if state.step >= total_steps:
+                done = True
+                break
+            if cfg.train.stop_after_steps is not None and state.step >= cfg.train.stop_after_steps:
+                if state.step % cfg.train.log_every:  # make sure this step is checkpointed
+                    report(acc.summary(world, flops_per_token, peak, 1.0, device, accum), with_checkpoint=True)
+                elif not ckpt_now and state.step != total_steps:
+                    report({}, with_checkpoint=True)
+                log.info("stopping after step %d as configured (train.stop_after_steps)", state.step)
                 done = True
                 break
         if done:
