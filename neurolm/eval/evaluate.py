@@ -1,0 +1,534 @@
+"""``neurolm eval``: score an instruction-tuned NeuroLM on test shards with Ray Data batch inference (spec §4.3).
+
+Per task, Ray Data reads the split's Parquet shards, lays every row out as ``[EEG][SEP] prompt`` (the training
+map step :func:`neurolm.train.stages.instruct.instruction_layout`) and hands batches to a pool of
+:class:`TaskScorer` actors that load the model once each. An actor returns small per-row outputs:
+
+- ``probs`` (K,): class probabilities from constrained scoring, the softmax over the answer options'
+  log-likelihoods (:func:`~neurolm.eval.generate.score_options`);
+- ``gen_pred`` and ``generated``: the official hard label, greedy generation of ≤5 tokens over the text vocabulary
+  parsed by word position (:func:`~neurolm.eval.generate.parse_answer`), ``-1`` when the answer cannot be parsed;
+- ``label`` and ``sample_id``.
+
+The driver collects them and computes the metrics (:mod:`neurolm.eval.metrics`) side by side:
+
+- ours: balanced accuracy, Cohen's κ, weighted F1 and accuracy from ``argmax(probs)``; AUROC and AUC-PR from
+  ``probs``;
+- ``official/*``: the official code's scoring of the parsed generations (hard labels, its quirks included), so the
+  numbers compare with the paper (spec §5);
+- ``generation/*``: our hard-label metrics of the parsed generations, with every parse failure wrong;
+- ``parse_failures``: how many generations could not be parsed; they are never mapped to a class except where
+  ``official/*`` reproduces the official code doing exactly that.
+
+Outputs (local directory or ``s3://`` prefix): ``metrics.json``, ``report.md``, ``summary.png``, per task
+``confusion_<task>.png`` (scored), ``confusion_<task>_generated.png`` (parse failures in their own column),
+``metrics_<task>.png`` (ours vs official) and ``predictions_<task>.csv`` (one row per sample)::
+
+    neurolm eval --config configs/evaluate/debug.yaml checkpoint=runs/instruct/export \\
+        'tasks=[{name: SelfRegulationSCP1, test: s3://neurolm/shards/SelfRegulationSCP1/test}]' output=s3://neurolm/eval
+
+    summary = evaluate_checkpoint(evaluation_config(checkpoint=..., tasks=[...], output=...))  # the pipeline's API
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import io
+import json
+import logging
+import math
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from neurolm import storage
+from neurolm.config import ConfigError, EvaluateJobConfig, load_config
+from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
+from neurolm.eval.generate import decode_answers, generate, option_probabilities, score_options
+from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
+from neurolm.models.neurolm import NeuroLM
+
+__all__ = [
+    "OFFICIAL_EEG_MAX_LEN",
+    "TaskScorer",
+    "cli",
+    "evaluate_checkpoint",
+    "evaluation_config",
+    "eval_layout",
+    "load_scoring_model",
+    "resolve_eeg_max_len",
+    "score_batch",
+    "task_kind",
+    "task_metrics_entry",
+    "write_evaluation_report",
+]
+
+log = logging.getLogger("neurolm.eval")
+
+OFFICIAL_EEG_MAX_LEN = 276
+"""EEG tokens per sample in the official instruction tuning (spec §4.1)."""
+_LAYOUT_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt")
+
+
+# --------------------------------------------------------------------------------------------- model side
+
+
+def task_kind(task: Task) -> str:
+    """``"binary"`` for two-class tasks (official binary scoring), else ``"multiclass"`` (spec §1.7)."""
+    return "binary" if task.num_classes == 2 else "multiclass"
+
+
+def _device_and_dtype(use_gpu: bool, precision: str) -> tuple[torch.device, torch.dtype]:
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return device, torch.bfloat16
+    return device, torch.float32
+
+
+def load_scoring_model(
+    checkpoint: str,
+    model_overrides: Mapping[str, Any] | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> NeuroLM:
+    """An export dir (local or ``s3://``) or official ``.pt`` as a NeuroLM in eval mode on ``device``."""
+    from neurolm.models.io import load_neurolm
+
+    model = load_neurolm(checkpoint, **dict(model_overrides or {}))
+    model.requires_grad_(False)
+    return model.eval().to(device=device, dtype=dtype)
+
+
+def resolve_eeg_max_len(checkpoint: str, configured: int | None) -> int:
+    """``configured``, else the ``eeg_max_len`` an export recorded in its ``config.json`` extras, else 276.
+
+    The official model's features depend on the padded length (spec §6.3: GroupNorm statistics over padding), so
+    evaluation lays samples out at the length the model was tuned with.
+    """
+    if configured is not None:
+        return configured
+    if not checkpoint.endswith(".pt"):
+        try:
+            meta = json.loads(storage.read_text(storage.join(checkpoint, "config.json")))
+        except (OSError, ValueError):
+            meta = {}
+        recorded = (meta.get("extra") or {}).get("eeg_max_len")
+        if isinstance(recorded, int) and recorded > 0:
+            return recorded
+    return OFFICIAL_EEG_MAX_LEN
+
+
+def _to_tensors(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    # Ray Data hands out read-only views; torch wants writable memory (copied only when needed).
+    out = {k: torch.from_numpy(np.require(batch[k], requirements="W")).to(device) for k in _LAYOUT_KEYS}
+    out["x"] = out["x"].to(dtype)
+    out["input_mask"] = out["input_mask"].bool()
+    return out
+
+
+@torch.inference_mode()
+def score_batch(
+    model: NeuroLM,
+    task: Task,
+    tokens: TaskTokens,
+    batch: Mapping[str, Any],
+    *,
+    decode: Callable[[list[int]], str] | None = None,
+    generation: bool = True,
+    max_new_tokens: int = 5,
+    use_cache: bool = True,
+    length_normalize: bool = False,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, np.ndarray]:
+    """Answer one laid-out batch (:func:`eval_layout` columns) both ways; pure apart from the model.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``loglik`` and ``probs`` (N, K) float64 (rows of ``probs`` sum to 1), ``pred`` (N,) ``argmax(probs)``;
+        with ``generation`` also ``gen_pred`` (N,) int64 (``-1`` = parse failure) and ``generated`` (N,) the
+        decoded new tokens. ``label`` and ``sample_id`` are passed through when present.
+    """
+    if generation and decode is None:
+        raise ValueError("generation needs a decode function (load_gpt2_tokenizer().decode)")
+    device = torch.device(device)
+    b = _to_tensors(batch, device, dtype)
+    loglik = score_options(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
+                           tokens.options, length_normalize=length_normalize).double()  # (N, K)
+    probs = option_probabilities(loglik)  # (N, K), softmax over the options
+    out: dict[str, np.ndarray] = {
+        "loglik": loglik.cpu().numpy(),
+        "probs": probs.cpu().numpy(),
+        "pred": probs.argmax(dim=-1).cpu().numpy().astype(np.int64),
+    }
+    if generation:
+        result = generate(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
+                          max_new_tokens=max_new_tokens, use_cache=use_cache)
+        _, parsed = decode_answers(result.tokens.cpu(), decode, task)
+        P = b["prompt"].shape[1]
+        out["gen_pred"] = np.asarray(parsed, dtype=np.int64)
+        out["generated"] = np.asarray([decode(row[P:].tolist()) for row in result.tokens.cpu()], dtype=object)  # type: ignore[misc]
+    for key in ("label", "sample_id"):
+        if key in batch:
+            out[key] = np.asarray(batch[key])
+    return out
+
+
+class TaskScorer:
+    """Ray Data callable class: loads the model and the task's tokens once per actor, scores batches.
+
+    Used as ``ds.map_batches(TaskScorer, fn_constructor_kwargs={...}, concurrency=N, num_cpus=0.5)``.
+    """
+
+    def __init__(
+        self,
+        checkpoint: str,
+        task: str,
+        generation: bool = True,
+        max_new_tokens: int = 5,
+        use_cache: bool = True,
+        length_normalize: bool = False,
+        model_overrides: Mapping[str, Any] | None = None,
+        torch_threads: int = 1,
+        precision: str = "auto",
+        use_gpu: bool = False,
+    ) -> None:
+        from neurolm.data.bpe import load_gpt2_tokenizer
+
+        if not use_gpu:
+            torch.set_num_threads(torch_threads)
+        self.device, self.dtype = _device_and_dtype(use_gpu, precision)
+        self.model = load_scoring_model(checkpoint, model_overrides, self.device, self.dtype)
+        self.task = get_task(task)
+        bpe = load_gpt2_tokenizer()
+        self.tokens = tokenize_task(self.task, bpe.encode)
+        self.decode = bpe.decode
+        self.options = dict(generation=generation, max_new_tokens=max_new_tokens, use_cache=use_cache,
+                            length_normalize=length_normalize)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = score_batch(self.model, self.task, self.tokens, batch, decode=self.decode, device=self.device,
+                          dtype=self.dtype, **self.options)  # type: ignore[arg-type]
+        out.pop("loglik")  # the driver needs probabilities only; keeps the collected rows small
+        out["truncated"] = np.asarray(batch["truncated"])
+        return out
+
+
+def eval_layout(
+    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int
+) -> dict[str, np.ndarray]:
+    """Ray Data step: shard rows → the training layout with evaluation prompts, plus ``sample_id`` and
+    ``truncated`` (the sample had more than ``eeg_max_len`` tokens; its trailing seconds were dropped)."""
+    from neurolm.train.stages.instruct import instruction_layout
+
+    out = instruction_layout(batch, tokens, eeg_max_len, text_max_len, evaluation=True)
+    out.pop("text", None)
+    out.pop("text_targets", None)
+    n = len(out["label"])
+    out["sample_id"] = np.asarray(batch["sample_id"]) if "sample_id" in batch else np.arange(n).astype(str)
+    tokens_needed = np.asarray(batch["n_channels"]).astype(np.int64) * np.asarray(batch["n_seconds"]).astype(np.int64)
+    out["truncated"] = tokens_needed > eeg_max_len
+    return out
+
+
+# ------------------------------------------------------------------------------------------- driver side
+
+
+def _uris(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _collect(ds: Any) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for k, v in batch.items():
+            parts.setdefault(k, []).append(np.asarray(v))
+    if not parts:
+        return {}
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _score_task(cfg: EvaluateJobConfig, name: str, uris: list[str], eeg_max_len: int) -> dict[str, np.ndarray]:
+    """Run the Ray Data pipeline of one task and collect its per-row outputs on the driver."""
+    import ray.data
+
+    from neurolm.data.bpe import load_gpt2_tokenizer
+    from neurolm.train.launch import read_shards
+
+    tokens = tokenize_task(get_task(name), load_gpt2_tokenizer().encode)
+    # Blocks of one batch each, so every actor gets work even when a split is a single Parquet file.
+    ds = read_shards(uris).repartition(target_num_rows_per_block=cfg.batch_size).map_batches(
+        functools.partial(eval_layout, tokens=tokens, eeg_max_len=eeg_max_len, text_max_len=cfg.text_max_len),
+        batch_format="numpy", num_cpus=cfg.layout_num_cpus,
+    )
+    use_gpu = cfg.num_gpus_per_actor > 0
+    ds = ds.map_batches(
+        TaskScorer,
+        fn_constructor_kwargs=dict(
+            checkpoint=cfg.checkpoint, task=name, generation=cfg.official_generation,
+            max_new_tokens=cfg.max_new_tokens, use_cache=cfg.use_cache, length_normalize=cfg.length_normalize,
+            model_overrides=dict(cfg.model_overrides), torch_threads=cfg.torch_threads, precision=cfg.precision,
+            use_gpu=use_gpu,
+        ),
+        batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None, udf_modifying_row_count=False,
+    )
+    rows = _collect(ds)
+    if not rows:
+        raise ValueError(f"task {name}: the shards {uris} hold no rows")
+    order = np.argsort(rows["sample_id"], kind="stable")  # deterministic predictions file
+    return {k: v[order] for k, v in rows.items()}
+
+
+def task_metrics_entry(task: Task, rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Metrics of one task from its collected rows: ours from probabilities, official and ``generation/*`` from
+    the parsed generations when present (``parse_failures`` is ``None`` without generation)."""
+    kind = task_kind(task)
+    k = task.num_classes
+    labels = np.asarray(rows["label"]).astype(np.int64)
+    probs = np.asarray(rows["probs"], dtype=np.float64)
+    scored = task_metrics(kind, probs, probs.argmax(axis=1), labels, num_classes=k)  # type: ignore[arg-type]
+    metrics: dict[str, Any] = {"n": int(labels.size), "parse_failures": None}
+    metrics.update({key: v for key, v in scored.items() if key not in ("n", "parse_failures")
+                    and not key.startswith("official/")})
+    if "gen_pred" in rows:
+        gen = task_metrics(kind, None, rows["gen_pred"], labels, num_classes=k)  # type: ignore[arg-type]
+        metrics["parse_failures"] = int(gen["parse_failures"])
+        metrics.update({key: v for key, v in gen.items() if key.startswith("official/")})
+        metrics.update({f"generation/{key}": gen[key] for key in OURS_HARD_METRICS})
+    return metrics
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _strict_json(value: Any) -> Any:
+    """Nested values with NaN/inf as ``None`` and numpy scalars as Python numbers (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return _json_value(value)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
+
+
+def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    header = ["sample_id", "label", "pred", *(f"p_{_slug(a)}" for a in task.answers)]
+    generated = "gen_pred" in rows
+    if generated:
+        header += ["gen_pred", "generated"]
+    writer.writerow(header)
+    for i in range(len(rows["label"])):
+        line = [rows["sample_id"][i], int(rows["label"][i]), int(rows["pred"][i]),
+                *(f"{p:.6g}" for p in rows["probs"][i])]
+        if generated:
+            line += [int(rows["gen_pred"][i]), rows["generated"][i]]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+def write_evaluation_report(
+    entries: Sequence[dict[str, Any]], out_dir: str | Path, *, title: str, metadata: Mapping[str, Any]
+) -> list[Path]:
+    """Write ``metrics.json``, ``report.md``, PNGs and ``predictions_<task>.csv`` into a local directory.
+
+    ``entries``: per task and split, ``{"key", "task": Task, "split", "rows", "metrics", "seconds"}``.
+    """
+    from neurolm.eval.report import markdown_table, plot_confusion_matrix, plot_summary, plot_task_metrics
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"tasks": {}, "metadata": dict(metadata)}
+    written: list[Path] = []
+    sections: list[str] = []
+    for e in entries:
+        task: Task = e["task"]
+        rows = e["rows"]
+        k = task.num_classes
+        labels = rows["label"].astype(np.int64)
+        slug = _slug(e["key"])
+        names = list(task.answers)
+        failures = rows["gen_pred"] == PARSE_FAILURE if "gen_pred" in rows else np.zeros(len(labels), bool)
+
+        entry: dict[str, Any] = {
+            "task": task.name, "split": e["split"], "kind": task_kind(task), "class_names": names,
+            "metrics": {m: _json_value(v) for m, v in e["metrics"].items()},
+            "confusion_matrix": confusion_matrix(labels, rows["pred"], k)[:, :k].tolist(),
+            "truncated_samples": int(np.sum(rows["truncated"])) if "truncated" in rows else 0,
+            "seconds": round(e["seconds"], 3), "rows_per_s": round(len(labels) / max(e["seconds"], 1e-9), 2),
+        }
+        images = [plot_confusion_matrix(labels, rows["pred"], names, out / f"confusion_{slug}.png",
+                                        title=f"{e['key']}: scored (argmax of option probabilities)")]
+        if "gen_pred" in rows:
+            entry["confusion_matrix_generated"] = confusion_matrix(labels, rows["gen_pred"], k).tolist()
+            entry["parse_failure_examples"] = [str(t) for t in rows["generated"][failures][:5]]
+            images.append(plot_confusion_matrix(labels, rows["gen_pred"], names,
+                                                out / f"confusion_{slug}_generated.png",
+                                                title=f"{e['key']}: generated (official parse)"))
+        images.append(plot_task_metrics(e["metrics"], out / f"metrics_{slug}.png", title=e["key"]))
+        report["tasks"][e["key"]] = entry
+        csv_path = out / f"predictions_{slug}.csv"
+        csv_path.write_text(_predictions_csv(task, rows))
+        written += [*images, csv_path]
+        sections.append(f"\n## {e['key']}\n\n" + " ".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
+        if entry.get("parse_failure_examples"):
+            shown = "; ".join(repr(t) for t in entry["parse_failure_examples"])
+            sections.append(f"\nUnparsable generations ({int(failures.sum())}), e.g. {shown}\n")
+
+    json_path = out / "metrics.json"
+    json_path.write_text(json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
+    summary = plot_summary(report, out / "summary.png")
+    table_view = {"tasks": {key: {**t, "metrics": {**t["metrics"], "parse_failures": (
+        "–" if t["metrics"]["parse_failures"] is None else t["metrics"]["parse_failures"])}}
+        for key, t in report["tasks"].items()}}
+    header = [
+        f"# {title}\n\n",
+        f"Checkpoint `{metadata.get('checkpoint')}`; EEG tokens per sample {metadata.get('eeg_max_len')}; "
+        f"official generation {'on' if metadata.get('official_generation') else 'off'}.\n\n",
+        markdown_table(table_view),
+        "\nOurs: BAcc, κ, W-F1 and Acc from the most probable answer option; AUROC and AUC-PR from the option "
+        "probabilities (softmax of the answers' log-likelihoods; one-vs-rest macro for multi-class). Official: "
+        "the official code's scoring of greedy generations (≤ "
+        f"{metadata.get('max_new_tokens')} tokens over the text vocabulary, the answer word parsed by position; "
+        "binary AUROC / AUC-PR from hard labels with −1 as the lowest score, multi-class −1 → last class), "
+        "comparable with the paper. Parse failures are the generations that named no answer; `generation/*` "
+        "keys in metrics.json score them as wrong.\n",
+        f"\n![summary]({summary.name})\n",
+    ]
+    md_path = out / "report.md"
+    md_path.write_text("".join(header + sections))
+    return [json_path, md_path, summary, *written]
+
+
+def _publish(files: Sequence[Path], local_dir: Path, output: str) -> list[str]:
+    """Upload the report files to an ``s3://`` output (a local output was written in place)."""
+    if not storage.is_s3(output):
+        return [str(f) for f in files]
+    uris = []
+    for f in files:
+        uri = storage.join(output, f.relative_to(local_dir).as_posix())
+        storage.write_bytes(uri, f.read_bytes())
+        uris.append(uri)
+    return uris
+
+
+def _check_config(cfg: EvaluateJobConfig) -> None:
+    problems = []
+    seen = set()
+    for i, t in enumerate(cfg.tasks):
+        try:
+            get_task(t.name)
+        except KeyError as err:
+            problems.append(f"tasks.{i}.name = {t.name!r}: {err.args[0]}")
+        if (t.name, t.split) in seen:
+            problems.append(f"tasks.{i}: {t.name} / {t.split} is listed twice")
+        seen.add((t.name, t.split))
+        if not _uris(t.test):
+            problems.append(f"tasks.{i}.test: no shard URI given")
+    try:
+        storage.resolve(cfg.output)
+    except storage.StorageError as err:
+        problems.append(f"output = {cfg.output!r}: {err}")
+    if problems:
+        raise ConfigError("invalid evaluate config:\n  " + "\n  ".join(problems))
+
+
+def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint`` on every task's shards with Ray Data actors and write the report.
+
+    Returns
+    -------
+    dict
+        ``output`` (the report URI), ``files`` (written URIs), ``metrics`` (flat ``<split>/<task>/<metric>``, e.g.
+        ``test/TUAB/balanced_accuracy`` and ``test/TUAB/official/roc_auc``; NaN where undefined), ``tasks``
+        (per ``<split>/<task>``: ``n``, ``parse_failures``, ``seconds``, ``rows_per_s``), ``wall_s``.
+    """
+    from neurolm.train.launch import ensure_ray
+
+    t0 = time.perf_counter()
+    _check_config(cfg)
+    for uri in [cfg.output, *(u for t in cfg.tasks for u in _uris(t.test))]:
+        storage.check_reachable(uri)
+    if storage.is_s3(cfg.output):
+        storage.ensure_bucket(cfg.output[5:].split("/", 1)[0])
+    eeg_max_len = resolve_eeg_max_len(cfg.checkpoint, cfg.eeg_max_len)
+    ensure_ray(cfg.ray_address)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+    entries = []
+    for t in cfg.tasks:
+        task = get_task(t.name)
+        start = time.perf_counter()
+        rows = _score_task(cfg, t.name, _uris(t.test), eeg_max_len)
+        seconds = time.perf_counter() - start
+        key = f"{t.split}/{t.name}"
+        entries.append({"key": key, "task": task, "split": t.split, "rows": rows, "seconds": seconds,
+                        "metrics": task_metrics_entry(task, rows)})
+        log.info("%s: %d rows in %.1f s (%.1f rows/s)", key, len(rows["label"]), seconds,
+                 len(rows["label"]) / max(seconds, 1e-9))
+    metadata = {
+        "checkpoint": cfg.checkpoint, "eeg_max_len": eeg_max_len, "official_generation": cfg.official_generation,
+        "max_new_tokens": cfg.max_new_tokens, "use_cache": cfg.use_cache, "length_normalize": cfg.length_normalize,
+        "concurrency": cfg.concurrency, "batch_size": cfg.batch_size, "model_overrides": dict(cfg.model_overrides),
+        "shards": {f"{t.split}/{t.name}": _uris(t.test) for t in cfg.tasks},
+    }
+    with tempfile.TemporaryDirectory(prefix="neurolm-eval-") as tmp:
+        local = Path(tmp) if storage.is_s3(cfg.output) else Path(storage.resolve(cfg.output)[1])
+        files = write_evaluation_report(entries, local, title=cfg.title, metadata=metadata)
+        uris = _publish(files, local, cfg.output)
+    metrics = {f"{e['key']}/{m}": v for e in entries for m, v in e["metrics"].items()}
+    tasks = {e["key"]: {"n": e["metrics"]["n"], "parse_failures": e["metrics"]["parse_failures"],
+                        "seconds": round(e["seconds"], 3),
+                        "rows_per_s": round(e["metrics"]["n"] / max(e["seconds"], 1e-9), 2)} for e in entries}
+    return {"output": cfg.output, "files": uris, "metrics": metrics, "tasks": tasks,
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def evaluation_config(**fields: Any) -> EvaluateJobConfig:
+    """An :class:`~neurolm.config.EvaluateJobConfig` from keyword fields (the pipeline's entry), validated with
+    the same key-naming errors as a YAML preset."""
+    return load_config(EvaluateJobConfig, base=fields)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``neurolm eval [--config YAML] [key=value ...]``; prints the summary JSON, exit 2 on a bad config."""
+    parser = argparse.ArgumentParser(
+        prog="neurolm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML preset, e.g. configs/evaluate/debug.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. checkpoint=DIR output=s3://b/eval")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        cfg = load_config(EvaluateJobConfig, args.config, args.overrides)
+        result = evaluate_checkpoint(cfg)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    except storage.StorageError as err:
+        print(f"neurolm eval: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(_strict_json(result), indent=1, default=str))
+    return 0

@@ -1,0 +1,11 @@
+"""`ray job submit --working-dir . -- python ray_jobs/evaluate.py --config configs/evaluate/debug.yaml key=value...`"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir, when not pip-installed
+
+from neurolm.eval.evaluate import cli  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(cli())
