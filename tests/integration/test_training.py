@@ -74,9 +74,11 @@ def test_stopped_run_resumes_at_next_step_and_matches_uninterrupted(eeg_shards, 
 
 
 def _train_worker_pids() -> list[int]:
+    import ray
     from ray.util.state import list_actors
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True)
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, detail=True,
+                         filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     return [a.pid for a in actors if a.pid]
 
 
