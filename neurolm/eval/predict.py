@@ -1,0 +1,347 @@
+"""``neurolm predict``: answer a task on your own recordings, window by window, in-process (no Ray).
+
+::
+
+    neurolm predict --checkpoint runs/instruct/export --task TUAB recording.edf --output answers.csv
+    neurolm predict --checkpoint DIR --task HMC night.edf --channels task --notch 50 --output night.json
+
+Each recording goes through the preprocessing of the training shards (spec §1.1; the generic reader path of
+:mod:`neurolm.data.readers.edf`): MNE read → channel names normalised to the 10-20 vocabulary → 0.1–75 Hz band-pass
+→ notch → resample to 200 Hz → units of 100 µV, then non-overlapping windows of the task's sample length
+(:data:`TASK_RULES`: TUAB 10 s, TUEV 5 s, SEED 4 s, HMC 30 s, Workload 4 s, TUSL 10 s, SelfRegulationSCP1 3 s;
+``--window-s`` and ``--hop-s`` override). Every window is answered by constrained scoring of the task's answer
+options (:func:`neurolm.eval.evaluate.score_batch`): the answer is the most probable option and the output has
+one probability column per class. ``--generate`` adds the official path: the greedy generation and the answer
+parsed from it (empty when it names no answer).
+
+Output (CSV on stdout, or ``--output`` ``.csv`` / ``.json``, local or ``s3://``): one row per window with
+``recording, window, start_s, answer, p_<class>...``. A file that cannot be read or processed fails with a message
+naming the file and the reason, and the exit code is 1 (the other recordings are still answered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import torch
+
+from neurolm import storage
+from neurolm.config import ConfigError, PredictConfig, apply_overrides, load_config
+from neurolm.data.readers.base import fixed_window_starts
+from neurolm.data.readers.hmc import CHANNELS as HMC_CHANNELS
+from neurolm.data.readers.ts import KNOWN_CHANNELS as TS_CHANNELS
+from neurolm.data.readers.tuh import TUH_CHANNELS
+from neurolm.data.readers.workload import CHANNELS as WORKLOAD_CHANNELS
+from neurolm.data.signal import RecordingError, SignalParams, load_recording
+from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
+
+__all__ = [
+    "TaskRules",
+    "TASK_RULES",
+    "GENERIC_RULES",
+    "RecordingWindows",
+    "task_rules",
+    "window_recording",
+    "predict_windows",
+    "predict",
+    "format_predictions",
+    "cli",
+]
+
+SFREQ = 200.0  # one patch = one second at 200 Hz (spec §1.2)
+
+
+@dataclass(frozen=True)
+class TaskRules:
+    """How a task's samples are cut from a recording (spec §1.1, §1.7).
+
+    Attributes
+    ----------
+    window_s : float
+        Sample length in seconds.
+    notch_hz : float
+        Default notch (the official maker's, spec §1.1).
+    channels : tuple of str or None
+        The task's training channels, in storage order (``--channels task``); None = every vocabulary channel.
+    exclude : tuple of str
+        Vocabulary channels the task never uses (SEED's M1/M2).
+    """
+
+    window_s: float
+    notch_hz: float
+    channels: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+
+TASK_RULES: Mapping[str, TaskRules] = MappingProxyType({
+    "TUAB": TaskRules(10.0, 50.0, TUH_CHANNELS),
+    "TUEV": TaskRules(5.0, 50.0, TUH_CHANNELS),
+    "SEED": TaskRules(4.0, 50.0, None, exclude=("M1", "M2")),
+    "HMC": TaskRules(30.0, 50.0, HMC_CHANNELS),
+    "Workload": TaskRules(4.0, 50.0, WORKLOAD_CHANNELS),
+    "TUSL": TaskRules(10.0, 60.0, TUH_CHANNELS),
+    "SelfRegulationSCP1": TaskRules(3.0, 50.0, TS_CHANNELS["SelfRegulationSCP1"]),
+})
+"""Per-task sample length, notch and channels of the training shards."""
+
+GENERIC_RULES = TaskRules(10.0, 50.0)
+"""For a registered task without rules: the generic EDF reader's defaults (10 s windows, 50 Hz notch)."""
+
+
+def task_rules(name: str) -> TaskRules:
+    """The preprocessing rules of task ``name`` (:data:`GENERIC_RULES` for a task added without rules)."""
+    get_task(name)  # unknown task → KeyError listing the known ones
+    return TASK_RULES.get(name, GENERIC_RULES)
+
+
+@dataclass(frozen=True)
+class RecordingWindows:
+    """A recording cut into windows: ``signals`` (n, C, T·200) in units of 100 µV at 200 Hz."""
+
+    source: str
+    signals: np.ndarray
+    start_s: np.ndarray
+    channel_indices: np.ndarray
+    channel_names: tuple[str, ...]
+    window_s: float
+
+    def __len__(self) -> int:
+        return int(self.signals.shape[0])
+
+
+def _required_channels(mode: str, rules: TaskRules) -> Sequence[str] | None:
+    if mode == "all":
+        return None
+    if mode == "task":
+        if rules.channels is None:
+            return None  # the task uses every channel its recordings have (e.g. SEED)
+        return rules.channels
+    names = [c.strip() for c in mode.split(",") if c.strip()]
+    if not names:
+        raise ConfigError(f"channels = {mode!r}: give all, task or a comma-separated list of channel names")
+    return names
+
+
+def window_recording(path: str | Path, cfg: PredictConfig) -> RecordingWindows:
+    """Preprocess one recording with the task's rules and cut it into windows.
+
+    Raises
+    ------
+    RecordingError
+        The file cannot be read, lacks required channels, has bad values, or is shorter than one window.
+    """
+    rules = task_rules(cfg.task)
+    notch = rules.notch_hz if cfg.notch is None else (cfg.notch or None)
+    try:
+        params = SignalParams(l_freq=cfg.l_freq, h_freq=cfg.h_freq, notch=notch, sfreq=SFREQ)
+    except ValueError as err:
+        raise ConfigError(f"invalid filter settings: {err}") from None
+    required = _required_channels(cfg.channels, rules)
+    rec = load_recording(path, params, required=required, exclude=rules.exclude, drop_flat=required is None)
+    window_s = cfg.window_s or rules.window_s
+    hop_s = cfg.hop_s or window_s
+    window, hop = int(round(window_s * rec.sfreq)), int(round(hop_s * rec.sfreq))
+    starts = fixed_window_starts(rec.data.shape[1], window, hop)
+    if len(starts) == 0:
+        raise RecordingError(path, f"recording is {rec.duration_s:.1f} s long, shorter than one {window_s:g} s window")
+    index = starts[:, None] + np.arange(window)[None, :]  # (n, window)
+    signals = np.ascontiguousarray(np.transpose(rec.data[:, index], (1, 0, 2)))  # (n, C, window)
+    return RecordingWindows(
+        source=str(path), signals=signals, start_s=starts / rec.sfreq,
+        channel_indices=np.asarray(rec.channels.indices), channel_names=tuple(rec.channels.names), window_s=window_s,
+    )
+
+
+def _slug(text: str) -> str:
+    return "_".join(text.replace("-", "_").split())
+
+
+def probability_columns(task: Task) -> list[str]:
+    """``p_<answer>`` per class, e.g. ``p_No, p_Yes`` or ``p_spike_and_slow_wave, ...``."""
+    return [f"p_{_slug(a)}" for a in task.answers]
+
+
+@torch.no_grad()
+def predict_windows(
+    model: Any,
+    task: Task,
+    tokens: TaskTokens,
+    windows: RecordingWindows,
+    *,
+    eeg_max_len: int,
+    batch_size: int = 16,
+    generation: bool = False,
+    decode: Callable[[list[int]], str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per window: ``window``, ``start_s``, ``answer`` (the most probable option), ``p_<class>``;
+    with ``generation`` also ``generated`` (the decoded new tokens) and ``generated_answer`` (parsed, or "")."""
+    from neurolm.data.layout import layout_instruction_batch
+    from neurolm.eval.evaluate import score_batch
+    from neurolm.eval.metrics import PARSE_FAILURE
+
+    columns = probability_columns(task)
+    rows: list[dict[str, Any]] = []
+    for lo in range(0, len(windows), batch_size):
+        signals = list(windows.signals[lo : lo + batch_size])
+        batch = layout_instruction_batch(
+            signals, [windows.channel_indices] * len(signals), np.zeros(len(signals), dtype=np.int64), tokens,
+            eeg_max_len=eeg_max_len, evaluation=True, max_seconds=model.config.encoder.time_rows,
+        )
+        out = score_batch(model, task, tokens, batch, decode=decode, generation=generation)
+        for i in range(len(signals)):
+            row: dict[str, Any] = {
+                "window": lo + i,
+                "start_s": round(float(windows.start_s[lo + i]), 6),
+                "answer": task.answers[int(out["pred"][i])],
+            }
+            row.update({c: float(p) for c, p in zip(columns, out["probs"][i], strict=True)})
+            if generation:
+                g = int(out["gen_pred"][i])
+                row["generated"] = str(out["generated"][i])
+                row["generated_answer"] = "" if g == PARSE_FAILURE else task.answers[g]
+            rows.append(row)
+    return rows
+
+
+def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> list[dict[str, Any]]:
+    """Answer ``cfg.task`` on every recording of ``cfg``; one row per window with a ``recording`` column.
+
+    A recording that fails preprocessing raises :class:`RecordingError`, unless ``errors`` is given: then the
+    error is appended there and the next recording is answered.
+    """
+    from neurolm.data.bpe import load_gpt2_tokenizer
+    from neurolm.eval.evaluate import load_scoring_model, resolve_eeg_max_len
+
+    task = get_task(cfg.task)
+    bpe = load_gpt2_tokenizer()
+    tokens = tokenize_task(task, bpe.encode)
+    model = load_scoring_model(cfg.checkpoint, cfg.model_overrides)
+    eeg_max_len = resolve_eeg_max_len(cfg.checkpoint, cfg.eeg_max_len)
+    rows: list[dict[str, Any]] = []
+    for path in cfg.recordings:
+        try:
+            windows = window_recording(path, cfg)
+        except RecordingError as err:
+            if errors is None:
+                raise
+            errors.append(err)
+            continue
+        needed = windows.signals.shape[1] * int(round(windows.window_s))
+        if needed > eeg_max_len:
+            print(f"neurolm predict: {path}: {windows.signals.shape[1]} channels x {windows.window_s:g} s = {needed} "
+                  f"tokens > {eeg_max_len} (the tuned length); windows are laid out unpadded at {needed} tokens",
+                  file=sys.stderr)
+        for row in predict_windows(model, task, tokens, windows, eeg_max_len=max(eeg_max_len, needed),
+                                   batch_size=cfg.batch_size, generation=cfg.generate, decode=bpe.decode):
+            rows.append({"recording": Path(path).name, **row})
+    return rows
+
+
+def format_predictions(rows: Sequence[Mapping[str, Any]], fmt: str, metadata: Mapping[str, Any]) -> str:
+    """``csv`` (header = the row keys) or ``json`` (``metadata`` plus ``rows``)."""
+    if fmt == "json":
+        return json.dumps({**metadata, "rows": list(rows)}, indent=1) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"unknown output format {fmt!r}; use csv or json")
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _output_format(output: str | None) -> str:
+    if output is None:
+        return "csv"
+    suffix = Path(output).suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ConfigError(f"output = {output!r}: must end in .csv or .json")
+    return suffix[1:]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neurolm predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recordings", nargs="+", help="raw recording(s): EDF, BDF, BrainVision, EEGLAB, FIF, ...")
+    p.add_argument("--checkpoint", required=True, help="instruction-tuned export dir (local or s3://)")
+    p.add_argument("--task", required=True, help="task name, e.g. TUAB, HMC, SelfRegulationSCP1")
+    p.add_argument("--output", "-o", help="out.csv or out.json (local or s3://); default: CSV on stdout")
+    p.add_argument("--window-s", type=float, help="window length in s (default: the task's sample length)")
+    p.add_argument("--hop-s", type=float, help="window hop in s (default: the window length)")
+    p.add_argument("--channels", default="all",
+                   help="all (every 10-20 channel of the file), task (the task's training channels, all required) "
+                        "or a comma-separated list")
+    p.add_argument("--l-freq", type=float, default=0.1, help="band-pass lower edge in Hz (default 0.1)")
+    p.add_argument("--h-freq", type=float, default=75.0, help="band-pass upper edge in Hz (default 75)")
+    p.add_argument("--notch", type=float, help="notch in Hz, 0 = off (default: the task's, 50 or 60)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
+    p.add_argument("--eeg-max-len", type=int, help="EEG tokens per window after padding (default: as evaluation)")
+    p.add_argument("--generate", action="store_true", help="also greedy-generate and parse the answer (official)")
+    p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="NeuroLM config field to override at load, e.g. per_sample_text_positions=true")
+    return p
+
+
+def build_config(argv: Sequence[str]) -> PredictConfig:
+    """A validated :class:`~neurolm.config.PredictConfig` from command-line arguments."""
+    args = _parser().parse_args(list(argv))
+    fields = {
+        "checkpoint": args.checkpoint, "task": args.task, "recordings": args.recordings, "output": args.output,
+        "window_s": args.window_s, "hop_s": args.hop_s, "channels": args.channels, "l_freq": args.l_freq,
+        "h_freq": args.h_freq, "notch": args.notch, "batch_size": args.batch_size, "eeg_max_len": args.eeg_max_len,
+        "generate": args.generate, "model_overrides": apply_overrides({}, args.model_override),
+    }
+    cfg = load_config(PredictConfig, base=fields)
+    try:
+        rules = task_rules(cfg.task)
+    except KeyError as err:
+        raise ConfigError(f"task = {cfg.task!r}: {err.args[0]}") from None
+    window_s = cfg.window_s or rules.window_s
+    if window_s != int(window_s):
+        raise ConfigError(f"window_s = {window_s:g}: must be a whole number of seconds (one patch = 1 s)")
+    _output_format(cfg.output)
+    return cfg
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """``neurolm predict``; exit 0 on success, 1 when a recording or the checkpoint fails, 2 on bad arguments."""
+    try:
+        cfg = build_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        print(f"neurolm predict: {err}", file=sys.stderr)
+        return 2
+    errors: list[RecordingError] = []
+    try:
+        rows = predict(cfg, errors)
+    except ConfigError as err:
+        print(f"neurolm predict: {err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:  # unreadable checkpoint, layout limits
+        print(f"neurolm predict: {err}", file=sys.stderr)
+        return 1
+    for err in errors:
+        print(f"neurolm predict: {err.source}: {err.reason}", file=sys.stderr)
+    if rows:
+        fmt = _output_format(cfg.output)
+        meta = {"task": cfg.task, "checkpoint": cfg.checkpoint, "classes": list(get_task(cfg.task).answers),
+                "window_s": cfg.window_s or task_rules(cfg.task).window_s}
+        text = format_predictions(rows, fmt, meta)
+        if cfg.output is None:
+            sys.stdout.write(text)
+        else:
+            if not storage.is_s3(cfg.output):
+                Path(cfg.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            storage.write_text(cfg.output, text)
+            print(f"neurolm predict: {len(rows)} windows -> {cfg.output}", file=sys.stderr)
+    return 1 if errors else 0

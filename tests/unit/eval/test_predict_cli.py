@@ -1,0 +1,125 @@
+"""``neurolm predict`` on a real recording (PhysioNet S001R02, 64 ch, 160 Hz, 61 s) with a tiny exported NeuroLM:
+one row per window, probabilities per class, and clear failures for bad files and arguments."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurolm.eval.predict import TASK_RULES, cli, task_rules
+from neurolm.models.io import save_pretrained
+from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+
+
+@pytest.fixture(scope="module")
+def recording() -> str:
+    from neurolm.data.samples import SampleError, fetch_sample
+
+    try:
+        return str(fetch_sample("S001R02.edf"))
+    except SampleError as err:
+        pytest.skip(f"sample recording unavailable: {err}")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    model = NeuroLM(NeuroLMConfig.preset("debug", per_sample_text_positions=True))
+    return save_pretrained(model, str(tmp_path_factory.mktemp("ckpt") / "export"))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_writes_one_csv_row_per_window_with_class_probabilities(tmp_path, recording, checkpoint) -> None:
+    out = tmp_path / "answers.csv"
+    assert cli(["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", recording, "--output", str(out),
+                "--generate"]) == 0
+    rows = _rows(out)
+    assert len(rows) == 61 // 3  # 61 s in non-overlapping 3 s windows, remainder dropped
+    assert list(rows[0]) == ["recording", "window", "start_s", "answer", "p_negativity", "p_positivity",
+                             "generated", "generated_answer"]
+    assert [int(r["window"]) for r in rows] == list(range(20))
+    assert [float(r["start_s"]) for r in rows] == [3.0 * i for i in range(20)]
+    probs = np.array([[float(r["p_negativity"]), float(r["p_positivity"])] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
+    answers = np.array(["negativity", "positivity"])[probs.argmax(axis=1)]
+    assert [r["answer"] for r in rows] == list(answers)
+    assert all(r["generated_answer"] in ("", "negativity", "positivity") for r in rows)
+
+
+def test_json_output_and_window_overrides(tmp_path, recording, checkpoint) -> None:
+    out = tmp_path / "answers.json"
+    assert cli(["--checkpoint", checkpoint, "--task", "TUAB", recording, "-o", str(out), "--window-s", "10",
+                "--hop-s", "5", "--notch", "60"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["task"] == "TUAB" and doc["classes"] == ["No", "Yes"] and doc["window_s"] == 10.0
+    assert [r["start_s"] for r in doc["rows"]] == [5.0 * i for i in range(11)]  # (61 - 10) // 5 + 1 windows
+    assert all(abs(r["p_No"] + r["p_Yes"] - 1.0) < 1e-9 and r["answer"] in ("No", "Yes") for r in doc["rows"])
+
+
+def test_csv_goes_to_stdout_without_output(capsys, recording, checkpoint) -> None:
+    assert cli(["--checkpoint", checkpoint, "--task", "Workload", recording, "--channels", "FP1,FP2,CZ"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "recording,window,start_s,answer,p_No,p_Yes" and len(lines) == 1 + 61 // 4
+
+
+def test_a_bad_file_fails_naming_file_and_reason_while_good_files_are_answered(tmp_path, capsys, recording,
+                                                                               checkpoint) -> None:
+    broken = tmp_path / "broken.edf"
+    broken.write_bytes(b"this is not an EDF file")
+    out = tmp_path / "answers.csv"
+    assert cli(["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", str(broken), recording, "-o",
+                str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{broken}: cannot read the recording" in err
+    assert {r["recording"] for r in _rows(out)} == {"S001R02.edf"}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "TUAB", "--channels", "task"], "missing required channels"),  # no A1/A2/T1/T2 in a 10-10 cap
+        (["--task", "TUAB", "--window-s", "64"], "shorter than one 64 s window"),
+    ],
+)
+def test_recordings_that_cannot_meet_the_task_rules_fail(tmp_path, capsys, recording, checkpoint, args,
+                                                         message) -> None:
+    assert cli(["--checkpoint", checkpoint, recording, "-o", str(tmp_path / "x.csv"), *args]) == 1
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--task", "NoSuchTask"], "unknown task"),
+        (["--task", "TUAB", "-o", "answers.txt"], "must end in .csv or .json"),
+        (["--task", "TUAB", "--window-s", "2.5"], "whole number of seconds"),
+    ],
+)
+def test_bad_arguments_exit_2_before_any_work(capsys, recording, checkpoint, args, message) -> None:
+    assert cli(["--checkpoint", checkpoint, recording, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_registered_task_has_preprocessing_rules() -> None:
+    from neurolm.data.tasks import TASKS
+
+    assert set(TASKS) == set(TASK_RULES)
+    assert {name: task_rules(name).window_s for name in TASKS} == {
+        "TUAB": 10, "TUEV": 5, "SEED": 4, "HMC": 30, "Workload": 4, "TUSL": 10, "SelfRegulationSCP1": 3,
+    }
+    assert task_rules("TUSL").notch_hz == 60 and task_rules("TUAB").notch_hz == 50
