@@ -1,0 +1,89 @@
+"""The README's cluster workflow for real: `ray start --head` (cluster/local/up.sh), `ray job submit` of the
+whole pipeline (cluster/local/submit.sh), then checks of what it left on the S3 server, and `down.sh`.
+
+The pipeline runs every stage with DeepSpeed on 2 CPU workers: the tokenizer with ZeRO-2, pre-training with
+ZeRO-3, instruction tuning with ZeRO-0 (the debug presets), on real EEG."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from neurolm import storage
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.s3]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _exports(text: str) -> dict[str, str]:
+    """``KEY=value`` of the ``export KEY=value`` lines of a shell snippet."""
+    return {
+        line.removeprefix("export ").partition("=")[0]: line.partition("=")[2]
+        for line in text.splitlines() if line.startswith("export ")
+    }
+
+
+def _losses(history_uri: str, key: str) -> list[float]:
+    rows = [json.loads(line) for line in storage.read_text(history_uri).splitlines()]
+    return [r[key] for r in rows if key in r]
+
+
+def test_pipeline_submitted_to_a_local_head_leaves_exports_and_metrics_on_s3(tmp_path, monkeypatch) -> None:
+    short = uuid.uuid4().hex[:6]
+    env = dict(
+        os.environ,
+        NEUROLM_LOCAL_STATE=str(tmp_path / "state"),
+        NEUROLM_CLUSTER_ENV=str(tmp_path / "cluster.env"),
+        NEUROLM_S3_DIR=str(tmp_path / "s3"),
+        NEUROLM_RAY_TEMP_DIR=f"/tmp/nlt-{short}",  # short: Ray's socket paths must stay < 107 chars
+        NUM_CPUS="2",
+        PYTHON=sys.executable,
+    )
+    env.pop("RAY_ADDRESS", None)
+    up = subprocess.run(["bash", "cluster/local/up.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=180)
+    try:
+        assert up.returncode == 0, up.stderr
+        cluster = _exports((tmp_path / "cluster.env").read_text())
+        assert cluster["RAY_API_SERVER_ADDRESS"].startswith("http://127.0.0.1:")
+        job = subprocess.run(
+            ["bash", "cluster/local/submit.sh", "ray_jobs/pipeline.py", "--config", "configs/pipeline/demo.yaml",
+             "workdir=s3://neurolm/submitted"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
+        )
+        assert job.returncode == 0, job.stdout[-5000:] + job.stderr[-3000:]
+        assert "succeeded" in (job.stdout + job.stderr)
+    finally:
+        down = subprocess.run(["bash", "cluster/local/down.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120)
+    assert down.returncode == 0, down.stderr
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
+        monkeypatch.setenv(key, cluster[key])
+    server = subprocess.run([env["PYTHON"], "-m", "neurolm.s3server", "start", "--dir", env["NEUROLM_S3_DIR"]],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert server.returncode == 0, server.stderr
+        for key, value in _exports(server.stdout).items():
+            monkeypatch.setenv(key, value)  # the restarted server picks a new port; the data persisted
+        runs = "s3://neurolm/submitted/runs"
+        for stage, loss_key in (("tokenizer", "train/loss"), ("pretrain", "train/eeg_loss"),
+                                ("instruct", "train/answer_loss")):
+            export = storage.join(runs, f"demo-{stage}", "export")
+            assert storage.exists(storage.join(export, "model.safetensors")), export
+            assert storage.exists(storage.join(export, "config.json"))
+            losses = _losses(storage.join(runs, f"demo-{stage}", "metrics.jsonl"), loss_key)
+            assert len(losses) >= 2 and losses[-1] < losses[0], (stage, losses)
+        summary = json.loads(storage.read_text("s3://neurolm/submitted/pipeline.json"))
+        assert set(summary["stages"]) == {"tokenizer", "pretrain", "instruct"}
+    finally:
+        subprocess.run([env["PYTHON"], "-m", "neurolm.s3server", "stop", "--dir", env["NEUROLM_S3_DIR"]],
+                       cwd=REPO, env=env, timeout=60)
+
