@@ -1,14 +1,15 @@
 """``neurolm eval``: score an instruction-tuned NeuroLM on test shards with Ray Data batch inference (spec §4.3).
 
-Per task, Ray Data reads the split's Parquet shards, lays every row out as ``[EEG][SEP] prompt`` (the training
-map step :func:`neurolm.train.stages.instruct.instruction_layout`) and hands batches to a pool of
-:class:`TaskScorer` actors that load the model once each. An actor returns small per-row outputs:
+Per task, Ray Data reads the split's Parquet shards and lays every row out as ``[EEG][SEP] prompt`` (the training
+map step :func:`neurolm.train.stages.instruct.instruction_layout`); the tasks' streams are unioned and handed in
+batches to one pool of :class:`TaskScorer` actors that each load the model once. An actor returns small per-row
+outputs:
 
 - ``probs`` (K,): class probabilities from constrained scoring, the softmax over the answer options'
   log-likelihoods (:func:`~neurolm.eval.generate.score_options`);
 - ``gen_pred`` and ``generated``: the official hard label, greedy generation of ≤5 tokens over the text vocabulary
   parsed by word position (:func:`~neurolm.eval.generate.parse_answer`), ``-1`` when the answer cannot be parsed;
-- ``label`` and ``sample_id``.
+- ``label``, ``sample_id`` and ``truncated`` (the sample had more EEG tokens than ``eeg_max_len``).
 
 The driver collects them and computes the metrics (:mod:`neurolm.eval.metrics`) side by side:
 
@@ -52,6 +53,7 @@ import torch
 
 from neurolm import storage
 from neurolm.config import ConfigError, EvaluateJobConfig, load_config
+from neurolm.data.layout import prompt_batch
 from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
 from neurolm.eval.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
@@ -150,7 +152,9 @@ def score_batch(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> dict[str, np.ndarray]:
-    """Answer one laid-out batch (:func:`eval_layout` columns) both ways; pure apart from the model.
+    """Answer one laid-out batch of one task (:func:`eval_layout` columns) both ways; pure apart from the model.
+
+    Without a ``prompt`` column every row gets the task's evaluation prompt.
 
     Returns
     -------
@@ -162,6 +166,8 @@ def score_batch(
     if generation and decode is None:
         raise ValueError("generation needs a decode function (load_gpt2_tokenizer().decode)")
     device = torch.device(device)
+    if "prompt" not in batch:  # multi-task batches carry no prompt column (prompt lengths differ per task)
+        batch = {**batch, "prompt": prompt_batch(len(batch["x"]), tokens.prompt)["prompt"]}
     b = _to_tensors(batch, device, dtype)
     loglik = score_options(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
                            tokens.options, length_normalize=length_normalize).double()  # (N, K)
@@ -185,15 +191,17 @@ def score_batch(
 
 
 class TaskScorer:
-    """Ray Data callable class: loads the model and the task's tokens once per actor, scores batches.
+    """Ray Data callable class: loads the model once per actor and scores batches of any of ``tasks``.
 
-    Used as ``ds.map_batches(TaskScorer, fn_constructor_kwargs={...}, concurrency=N, num_cpus=0.5)``.
+    Rows carry ``entry``, the index of their (task, split) in ``tasks``; a batch may mix entries, and each group is
+    scored with its task's options. ``probs`` is padded with NaN to the largest class count of ``tasks``.
+    Used as ``ds.map_batches(TaskScorer, fn_constructor_kwargs={...}, compute=ActorPoolStrategy(size=N))``.
     """
 
     def __init__(
         self,
         checkpoint: str,
-        task: str,
+        tasks: Sequence[str],
         generation: bool = True,
         max_new_tokens: int = 5,
         use_cache: bool = True,
@@ -209,35 +217,63 @@ class TaskScorer:
             torch.set_num_threads(torch_threads)
         self.device, self.dtype = _device_and_dtype(use_gpu, precision)
         self.model = load_scoring_model(checkpoint, model_overrides, self.device, self.dtype)
-        self.task = get_task(task)
         bpe = load_gpt2_tokenizer()
-        self.tokens = tokenize_task(self.task, bpe.encode)
+        self.tasks = [get_task(name) for name in tasks]
+        self.tokens = {t.name: tokenize_task(t, bpe.encode) for t in self.tasks}
+        self.max_classes = max(t.num_classes for t in self.tasks)
         self.decode = bpe.decode
-        self.options = dict(generation=generation, max_new_tokens=max_new_tokens, use_cache=use_cache,
-                            length_normalize=length_normalize)
+        self.generation = generation
+        self.options = dict(max_new_tokens=max_new_tokens, use_cache=use_cache, length_normalize=length_normalize)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = score_batch(self.model, self.task, self.tokens, batch, decode=self.decode, device=self.device,
-                          dtype=self.dtype, **self.options)  # type: ignore[arg-type]
-        out.pop("loglik")  # the driver needs probabilities only; keeps the collected rows small
-        out["truncated"] = np.asarray(batch["truncated"])
+        entries = np.asarray(batch["entry"]).astype(np.int64)
+        n = len(entries)
+        out: dict[str, np.ndarray] = {
+            "entry": entries,
+            "label": np.asarray(batch["label"]).astype(np.int64),
+            "sample_id": np.asarray(batch["sample_id"]).astype(object),
+            "truncated": np.asarray(batch["truncated"]).astype(bool),
+            "probs": np.full((n, self.max_classes), np.nan),
+            "pred": np.zeros(n, dtype=np.int64),
+        }
+        if self.generation:
+            out["gen_pred"] = np.zeros(n, dtype=np.int64)
+            out["generated"] = np.empty(n, dtype=object)
+        for entry in np.unique(entries):
+            rows = np.flatnonzero(entries == entry)
+            task = self.tasks[int(entry)]
+            group = {k: np.asarray(batch[k])[rows] for k in _LAYOUT_KEYS if k in batch}
+            scored = score_batch(self.model, task, self.tokens[task.name], group, decode=self.decode,
+                                 generation=self.generation, device=self.device, dtype=self.dtype,
+                                 **self.options)  # type: ignore[arg-type]
+            out["probs"][rows, : task.num_classes] = scored["probs"]
+            out["pred"][rows] = scored["pred"]
+            if self.generation:
+                out["gen_pred"][rows] = scored["gen_pred"]
+                out["generated"][rows] = scored["generated"]
         return out
 
 
 def eval_layout(
-    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int
+    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, entry: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Ray Data step: shard rows → the training layout with evaluation prompts, plus ``sample_id`` and
-    ``truncated`` (the sample had more than ``eeg_max_len`` tokens; its trailing seconds were dropped)."""
+    """Ray Data step: shard rows → the training layout (:func:`~neurolm.train.stages.instruct.instruction_layout`)
+    with evaluation prompts, plus ``sample_id`` and ``truncated`` (the sample had more than ``eeg_max_len``
+    tokens; its trailing seconds were dropped).
+
+    With ``entry`` (the row's task index in a multi-task evaluation) the ``prompt`` column is replaced by an
+    ``entry`` column, so that the rows of every task share one schema and can flow through one actor pool.
+    """
     from neurolm.train.stages.instruct import instruction_layout
 
     out = instruction_layout(batch, tokens, eeg_max_len, text_max_len, evaluation=True)
-    out.pop("text", None)
-    out.pop("text_targets", None)
     n = len(out["label"])
     out["sample_id"] = np.asarray(batch["sample_id"]) if "sample_id" in batch else np.arange(n).astype(str)
     tokens_needed = np.asarray(batch["n_channels"]).astype(np.int64) * np.asarray(batch["n_seconds"]).astype(np.int64)
     out["truncated"] = tokens_needed > eeg_max_len
+    if entry is not None:
+        out.pop("prompt")
+        out["entry"] = np.full(n, entry, dtype=np.int64)
     return out
 
 
@@ -258,24 +294,34 @@ def _collect(ds: Any) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _score_task(cfg: EvaluateJobConfig, name: str, uris: list[str], eeg_max_len: int) -> dict[str, np.ndarray]:
-    """Run the Ray Data pipeline of one task and collect its per-row outputs on the driver."""
+def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.ndarray]]:
+    """Score every (task, split) of ``cfg`` in one Ray Data pipeline and collect the rows on the driver.
+
+    Each task's shards are read and laid out on their own (``entry`` = the task's index in ``cfg.tasks``), the
+    streams are unioned, and one pool of :class:`TaskScorer` actors, each holding the model once, answers them
+    all. Returns per entry its rows sorted by ``sample_id`` (``probs`` cut to the task's classes).
+    """
     import ray.data
 
     from neurolm.data.bpe import load_gpt2_tokenizer
     from neurolm.train.launch import read_shards
 
-    tokens = tokenize_task(get_task(name), load_gpt2_tokenizer().encode)
-    # Blocks of one batch each, so every actor gets work even when a split is a single Parquet file.
-    ds = read_shards(uris).repartition(target_num_rows_per_block=cfg.batch_size).map_batches(
-        functools.partial(eval_layout, tokens=tokens, eeg_max_len=eeg_max_len, text_max_len=cfg.text_max_len),
-        batch_format="numpy", num_cpus=cfg.layout_num_cpus,
-    )
+    bpe = load_gpt2_tokenizer()
+    streams = []
+    for i, t in enumerate(cfg.tasks):
+        tokens = tokenize_task(get_task(t.name), bpe.encode)
+        # Blocks of one batch each, so every actor gets work even when a split is a single Parquet file.
+        streams.append(read_shards(_uris(t.test)).repartition(target_num_rows_per_block=cfg.batch_size).map_batches(
+            functools.partial(eval_layout, tokens=tokens, eeg_max_len=eeg_max_len, text_max_len=cfg.text_max_len,
+                              entry=i),
+            batch_format="numpy", num_cpus=cfg.layout_num_cpus,
+        ))
+    ds = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
     use_gpu = cfg.num_gpus_per_actor > 0
     ds = ds.map_batches(
         TaskScorer,
         fn_constructor_kwargs=dict(
-            checkpoint=cfg.checkpoint, task=name, generation=cfg.official_generation,
+            checkpoint=cfg.checkpoint, tasks=[t.name for t in cfg.tasks], generation=cfg.official_generation,
             max_new_tokens=cfg.max_new_tokens, use_cache=cfg.use_cache, length_normalize=cfg.length_normalize,
             model_overrides=dict(cfg.model_overrides), torch_threads=cfg.torch_threads, precision=cfg.precision,
             use_gpu=use_gpu,
@@ -284,10 +330,16 @@ def _score_task(cfg: EvaluateJobConfig, name: str, uris: list[str], eeg_max_len:
         num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None, udf_modifying_row_count=False,
     )
     rows = _collect(ds)
-    if not rows:
-        raise ValueError(f"task {name}: the shards {uris} hold no rows")
-    order = np.argsort(rows["sample_id"], kind="stable")  # deterministic predictions file
-    return {k: v[order] for k, v in rows.items()}
+    out = []
+    for i, t in enumerate(cfg.tasks):
+        mine = np.flatnonzero(rows["entry"] == i) if rows else np.zeros(0, dtype=np.int64)
+        if mine.size == 0:
+            raise ValueError(f"tasks.{i} ({t.name}): the shards {_uris(t.test)} hold no rows")
+        mine = mine[np.argsort(rows["sample_id"][mine], kind="stable")]  # deterministic predictions file
+        entry = {k: v[mine] for k, v in rows.items() if k != "entry"}
+        entry["probs"] = entry["probs"][:, : get_task(t.name).num_classes]
+        out.append(entry)
+    return out
 
 
 def task_metrics_entry(task: Task, rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -352,7 +404,7 @@ def write_evaluation_report(
 ) -> list[Path]:
     """Write ``metrics.json``, ``report.md``, PNGs and ``predictions_<task>.csv`` into a local directory.
 
-    ``entries``: per task and split, ``{"key", "task": Task, "split", "rows", "metrics", "seconds"}``.
+    ``entries``: per task and split, ``{"key", "task": Task, "split", "rows", "metrics"}``.
     """
     from neurolm.eval.report import markdown_table, plot_confusion_matrix, plot_summary, plot_task_metrics
 
@@ -375,7 +427,6 @@ def write_evaluation_report(
             "metrics": {m: _json_value(v) for m, v in e["metrics"].items()},
             "confusion_matrix": confusion_matrix(labels, rows["pred"], k)[:, :k].tolist(),
             "truncated_samples": int(np.sum(rows["truncated"])) if "truncated" in rows else 0,
-            "seconds": round(e["seconds"], 3), "rows_per_s": round(len(labels) / max(e["seconds"], 1e-9), 2),
         }
         images = [plot_confusion_matrix(labels, rows["pred"], names, out / f"confusion_{slug}.png",
                                         title=f"{e['key']}: scored (argmax of option probabilities)")]
@@ -404,7 +455,9 @@ def write_evaluation_report(
     header = [
         f"# {title}\n\n",
         f"Checkpoint `{metadata.get('checkpoint')}`; EEG tokens per sample {metadata.get('eeg_max_len')}; "
-        f"official generation {'on' if metadata.get('official_generation') else 'off'}.\n\n",
+        f"official generation {'on' if metadata.get('official_generation') else 'off'}; "
+        f"{metadata.get('rows')} rows scored in {metadata.get('scoring_seconds')} s "
+        f"({metadata.get('rows_per_s')} rows/s on {metadata.get('concurrency')} actor(s)).\n\n",
         markdown_table(table_view),
         "\nOurs: BAcc, κ, W-F1 and Acc from the most probable answer option; AUROC and AUC-PR from the option "
         "probabilities (softmax of the answers' log-likelihoods; one-vs-rest macro for multi-class). Official: "
@@ -461,7 +514,8 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     dict
         ``output`` (the report URI), ``files`` (written URIs), ``metrics`` (flat ``<split>/<task>/<metric>``, e.g.
         ``test/TUAB/balanced_accuracy`` and ``test/TUAB/official/roc_auc``; NaN where undefined), ``tasks``
-        (per ``<split>/<task>``: ``n``, ``parse_failures``, ``seconds``, ``rows_per_s``), ``wall_s``.
+        (per ``<split>/<task>``: ``n``, ``parse_failures``), ``rows``, ``scoring_seconds`` and ``rows_per_s`` (the
+        Ray Data pipeline, actor start-up included), ``wall_s``.
     """
     from neurolm.train.launch import ensure_ray
 
@@ -477,32 +531,31 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
 
     ray.data.DataContext.get_current().enable_progress_bars = False
 
-    entries = []
-    for t in cfg.tasks:
-        task = get_task(t.name)
-        start = time.perf_counter()
-        rows = _score_task(cfg, t.name, _uris(t.test), eeg_max_len)
-        seconds = time.perf_counter() - start
-        key = f"{t.split}/{t.name}"
-        entries.append({"key": key, "task": task, "split": t.split, "rows": rows, "seconds": seconds,
-                        "metrics": task_metrics_entry(task, rows)})
-        log.info("%s: %d rows in %.1f s (%.1f rows/s)", key, len(rows["label"]), seconds,
-                 len(rows["label"]) / max(seconds, 1e-9))
+    start = time.perf_counter()
+    scored = score_all(cfg, eeg_max_len)
+    seconds = time.perf_counter() - start
+    n_rows = sum(len(rows["label"]) for rows in scored)
+    log.info("%d rows of %d task(s) in %.1f s (%.1f rows/s)", n_rows, len(scored), seconds, n_rows / seconds)
+    entries = [
+        {"key": f"{t.split}/{t.name}", "task": get_task(t.name), "split": t.split, "rows": rows,
+         "metrics": task_metrics_entry(get_task(t.name), rows)}
+        for t, rows in zip(cfg.tasks, scored, strict=True)
+    ]
     metadata = {
         "checkpoint": cfg.checkpoint, "eeg_max_len": eeg_max_len, "official_generation": cfg.official_generation,
         "max_new_tokens": cfg.max_new_tokens, "use_cache": cfg.use_cache, "length_normalize": cfg.length_normalize,
         "concurrency": cfg.concurrency, "batch_size": cfg.batch_size, "model_overrides": dict(cfg.model_overrides),
         "shards": {f"{t.split}/{t.name}": _uris(t.test) for t in cfg.tasks},
+        "rows": n_rows, "scoring_seconds": round(seconds, 2), "rows_per_s": round(n_rows / seconds, 2),
     }
     with tempfile.TemporaryDirectory(prefix="neurolm-eval-") as tmp:
         local = Path(tmp) if storage.is_s3(cfg.output) else Path(storage.resolve(cfg.output)[1])
         files = write_evaluation_report(entries, local, title=cfg.title, metadata=metadata)
         uris = _publish(files, local, cfg.output)
     metrics = {f"{e['key']}/{m}": v for e in entries for m, v in e["metrics"].items()}
-    tasks = {e["key"]: {"n": e["metrics"]["n"], "parse_failures": e["metrics"]["parse_failures"],
-                        "seconds": round(e["seconds"], 3),
-                        "rows_per_s": round(e["metrics"]["n"] / max(e["seconds"], 1e-9), 2)} for e in entries}
-    return {"output": cfg.output, "files": uris, "metrics": metrics, "tasks": tasks,
+    tasks = {e["key"]: {"n": e["metrics"]["n"], "parse_failures": e["metrics"]["parse_failures"]} for e in entries}
+    return {"output": cfg.output, "files": uris, "metrics": metrics, "tasks": tasks, "rows": n_rows,
+            "scoring_seconds": round(seconds, 2), "rows_per_s": round(n_rows / seconds, 2),
             "wall_s": round(time.perf_counter() - t0, 2)}
 
 

@@ -135,14 +135,26 @@ def test_layout_keeps_sample_ids_and_flags_truncated_samples(bpe) -> None:
     assert not fits["truncated"].any()
 
 
-def test_actor_class_loads_the_export_once_and_returns_small_rows(tmp_path: Path, bpe) -> None:
+def test_actor_class_scores_mixed_task_batches_with_each_tasks_options(tmp_path: Path, bpe) -> None:
     save_pretrained(_model(), str(tmp_path / "export"))
-    scorer = TaskScorer(str(tmp_path / "export"), "SelfRegulationSCP1", max_new_tokens=3)
-    _, _, batch = _layout("SelfRegulationSCP1", bpe, n=4)
-    out = scorer(batch)
-    assert set(out) == {"probs", "pred", "gen_pred", "generated", "label", "sample_id", "truncated"}
-    np.testing.assert_allclose(out["probs"].sum(axis=1), 1.0, atol=1e-12)
-    assert out["gen_pred"].dtype == np.int64 and set(out["gen_pred"]) <= {-1, 0, 1}
+    scorer = TaskScorer(str(tmp_path / "export"), ["TUEV", "SelfRegulationSCP1"], max_new_tokens=3)
+    tuev, tuev_tokens, a = _layout("TUEV", bpe, n=3)
+    scp1, scp1_tokens, b = _layout("SelfRegulationSCP1", bpe, n=2)
+    a_rows = eval_layout(_shard_rows(3), tuev_tokens, eeg_max_len=8, text_max_len=80, entry=0)
+    b_rows = eval_layout(_shard_rows(2), scp1_tokens, eeg_max_len=8, text_max_len=80, entry=1)
+    assert "prompt" not in a_rows and set(a_rows["entry"]) == {0}
+    mixed = {k: np.concatenate([b_rows[k][:1], a_rows[k], b_rows[k][1:]]) for k in a_rows}  # rows 0, 4: SCP1
+    out = scorer(mixed)
+    assert set(out) == {"entry", "probs", "pred", "gen_pred", "generated", "label", "sample_id", "truncated"}
+    assert out["probs"].shape == (5, 6)
+    np.testing.assert_allclose(np.nansum(out["probs"], axis=1), 1.0, atol=1e-12)
+    assert np.isnan(out["probs"][[0, 4], 2:]).all() and not np.isnan(out["probs"][1:4]).any()
+    # Each group equals scoring that task alone, with its own prompt.
+    alone = score_batch(scorer.model, tuev, tuev_tokens, a, decode=bpe.decode, max_new_tokens=3)
+    np.testing.assert_allclose(out["probs"][1:4], alone["probs"], atol=1e-6)
+    np.testing.assert_array_equal(out["gen_pred"][1:4], alone["gen_pred"])
+    alone = score_batch(scorer.model, scp1, scp1_tokens, b, decode=bpe.decode, max_new_tokens=3)
+    np.testing.assert_allclose(out["probs"][[0, 4], :2], alone["probs"], atol=1e-6)
 
 
 def test_report_files_and_failure_column(tmp_path: Path) -> None:
@@ -151,8 +163,7 @@ def test_report_files_and_failure_column(tmp_path: Path) -> None:
             "pred": np.array([0, 1, 0, 1]), "gen_pred": np.array([0, 1, -1, -1]),
             "generated": np.array([" No", " Yes", " Maybe", "!"], dtype=object),
             "sample_id": np.array(["a", "b", "c", "d"], dtype=object), "truncated": np.zeros(4, bool)}
-    entry = {"key": "test/TUAB", "task": task, "split": "test", "rows": rows, "seconds": 2.0,
-             "metrics": task_metrics_entry(task, rows)}
+    entry = {"key": "test/TUAB", "task": task, "split": "test", "rows": rows, "metrics": task_metrics_entry(task, rows)}
     files = write_evaluation_report([entry], tmp_path, title="t", metadata={"checkpoint": "ckpt"})
     names = {f.name for f in files}
     assert {"metrics.json", "report.md", "summary.png", "confusion_test_TUAB.png",
@@ -162,7 +173,6 @@ def test_report_files_and_failure_column(tmp_path: Path) -> None:
     assert t["metrics"]["parse_failures"] == 2
     assert t["confusion_matrix_generated"] == [[1, 0, 1], [0, 1, 1]]  # failures in their own column
     assert t["parse_failure_examples"] == [" Maybe", "!"]
-    assert t["rows_per_s"] == 2.0
     lines = (tmp_path / "predictions_test_TUAB.csv").read_text().splitlines()
     assert lines[0] == "sample_id,label,pred,p_No,p_Yes,gen_pred,generated" and len(lines) == 5
     assert "| test/TUAB | 4 | 2 |" in (tmp_path / "report.md").read_text()

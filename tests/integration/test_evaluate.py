@@ -1,0 +1,104 @@
+"""``neurolm eval`` on the local Ray instance and S3 server: Ray Data actors score the real SelfRegulationSCP1 test
+shards, the report lands on S3, and the distributed rows equal in-process scoring. ``neurolm predict`` reads its
+checkpoint from and writes its answers to S3."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neurolm import storage
+
+REPO = Path(__file__).resolve().parents[2]
+TASK = "SelfRegulationSCP1"
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.s3]
+
+
+@pytest.fixture(scope="module")
+def instruct_export(request: pytest.FixtureRequest, s3_uri: str) -> str:
+    """The pipeline's instruction-tuned export when the session has one, else a tiny untrained NeuroLM on S3
+    (the evaluation path does not depend on what the model learnt)."""
+    try:
+        return request.getfixturevalue("debug_pipeline")["instruct_export"]
+    except pytest.FixtureLookupError:
+        from neurolm.models.io import save_pretrained
+        from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+
+        torch.manual_seed(0)
+        model = NeuroLM(NeuroLMConfig.preset("debug", per_sample_text_positions=True))
+        return save_pretrained(model, storage.join(s3_uri, "eval-test", "export"))
+
+
+def _csv(uri: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(storage.read_text(uri))))
+
+
+def test_actor_evaluation_writes_the_report_to_s3(eeg_shards, instruct_export, s3_uri, capsys) -> None:
+    from neurolm.eval.evaluate import cli
+
+    output = storage.join(s3_uri, "eval-test", "report")
+    tasks = (f"tasks=[{{name: {TASK}, test: '{eeg_shards['scp1_test']}'}}, "
+             f"{{name: {TASK}, test: '{eeg_shards['scp1_val']}', split: val}}]")  # two streams, one actor pool
+    code = cli(["--config", str(REPO / "configs/evaluate/debug.yaml"), f"checkpoint={instruct_export}", tasks,
+                f"output={output}", "concurrency=2", "batch_size=48"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    key = f"test/{TASK}"
+    m = {k.removeprefix(key + "/"): v for k, v in summary["metrics"].items() if k.startswith(key + "/")}
+    ours = {"balanced_accuracy", "cohen_kappa", "f1_weighted", "roc_auc", "pr_auc", "accuracy"}
+    official = {f"official/{k}" for k in ("balanced_accuracy", "roc_auc", "pr_auc", "accuracy")}
+    assert ours | official | {"n", "parse_failures"} <= set(m)
+    assert m["n"] == 293 and summary["tasks"][f"val/{TASK}"]["n"] == 30
+    assert summary["rows"] == 323 and summary["rows_per_s"] > 0
+
+    names = {u.rsplit("/", 1)[1] for u in storage.list_files(output)}
+    slug = f"test_{TASK}"
+    assert {"metrics.json", "report.md", "summary.png", f"confusion_{slug}.png", f"confusion_{slug}_generated.png",
+            f"metrics_{slug}.png", f"predictions_{slug}.csv", f"predictions_val_{TASK}.csv"} <= names
+    report = json.loads(storage.read_text(storage.join(output, "metrics.json")))
+    rows = _csv(storage.join(output, f"predictions_{slug}.csv"))
+    assert len(rows) == 293 and len({r["sample_id"] for r in rows}) == 293  # every row scored exactly once
+    failures = sum(int(r["gen_pred"]) == -1 for r in rows)
+    assert report["tasks"][key]["metrics"]["parse_failures"] == m["parse_failures"] == failures
+    probs = np.array([[float(r["p_negativity"]), float(r["p_positivity"])] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert "| test/SelfRegulationSCP1 | 293 |" in storage.read_text(storage.join(output, "report.md"))
+
+    # The actors' answers are the in-process answers (per-sample text positions: batch composition is irrelevant).
+    from neurolm.data.bpe import load_gpt2_tokenizer
+    from neurolm.data.shards import read_shards, table_to_signals
+    from neurolm.data.tasks import get_task, tokenize_task
+    from neurolm.eval.evaluate import eval_layout, load_scoring_model, score_batch
+
+    table = read_shards(eeg_shards["scp1_test"])
+    pick = np.argsort(table.column("sample_id").to_pylist())[:8]
+    signals = table_to_signals(table)
+    batch = {c: np.asarray(table.column(c).to_pylist(), dtype=object if c in ("sample_id", "channels") else None)[pick]
+             for c in ("sample_id", "label", "n_channels", "n_seconds", "channels")}
+    batch["signal"] = np.stack([signals[i] for i in pick])  # (8, C, T·200)
+    bpe = load_gpt2_tokenizer()
+    tokens = tokenize_task(get_task(TASK), bpe.encode)
+    local = score_batch(load_scoring_model(instruct_export), get_task(TASK), tokens,
+                        eval_layout(batch, tokens, eeg_max_len=64, text_max_len=40), decode=bpe.decode)
+    by_id = {r["sample_id"]: r for r in rows}
+    for i, sid in enumerate(local["sample_id"]):
+        np.testing.assert_allclose([float(by_id[sid]["p_negativity"]), float(by_id[sid]["p_positivity"])],
+                                   local["probs"][i], atol=1e-5)
+        assert int(by_id[sid]["gen_pred"]) == local["gen_pred"][i]
+
+
+def test_predict_reads_checkpoint_and_writes_answers_on_s3(instruct_export, s3_uri) -> None:
+    from neurolm.data.samples import fetch_sample
+    from neurolm.eval.predict import cli
+
+    out = storage.join(s3_uri, "eval-test", "predict", "answers.json")
+    assert cli(["--checkpoint", instruct_export, "--task", TASK, str(fetch_sample("S001R02.edf")), "-o", out]) == 0
+    doc = json.loads(storage.read_text(out))
+    assert len(doc["rows"]) == 20 and doc["classes"] == ["negativity", "positivity"]
