@@ -161,7 +161,8 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info:
         )
 
     run = _init_wandb(cfg, rank)
-    peak = peak_flops_per_device(device)
+    # Every rank measures; the mean keeps MFU consistent across ranks (a CPU measurement is noisy).
+    peak = all_reduce_sum([peak_flops_per_device(device)], device)[0] / world
     flops_per_token = stage.flops_per_token(model)
     acc = MetricAccumulator()
     accum = cfg.train.grad_accum_steps
