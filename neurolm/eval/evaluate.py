@@ -580,7 +580,7 @@ def cli(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    except storage.StorageError as err:
+    except (storage.StorageError, ValueError) as err:  # unreachable storage, empty shards, bad checkpoint
         print(f"neurolm eval: {err}", file=sys.stderr)
         return 1
     print(json.dumps(_strict_json(result), indent=1, default=str))

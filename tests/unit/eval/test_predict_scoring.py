@@ -176,3 +176,29 @@ def test_report_files_and_failure_column(tmp_path: Path) -> None:
     lines = (tmp_path / "predictions_test_TUAB.csv").read_text().splitlines()
     assert lines[0] == "sample_id,label,pred,p_No,p_Yes,gen_pred,generated" and len(lines) == 5
     assert "| test/TUAB | 4 | 2 |" in (tmp_path / "report.md").read_text()
+
+
+def test_report_without_generation_shows_no_failure_count(tmp_path: Path) -> None:
+    task = get_task("SEED")
+    rows = {"label": np.array([0, 1, 2]), "probs": np.eye(3) * 0.7 + 0.1, "pred": np.array([0, 1, 2]),
+            "sample_id": np.array(["a", "b", "c"], dtype=object)}
+    entry = {"key": "val/SEED", "task": task, "split": "val", "rows": rows, "metrics": task_metrics_entry(task, rows)}
+    write_evaluation_report([entry], tmp_path, title="t", metadata={})
+    t = json.loads((tmp_path / "metrics.json").read_text())["tasks"]["val/SEED"]
+    assert t["metrics"]["parse_failures"] is None and "confusion_matrix_generated" not in t
+    assert not (tmp_path / "confusion_val_SEED_generated.png").exists()
+    assert "| val/SEED | 3 | – | 1.0000 | – |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "predictions_val_SEED.csv").read_text().splitlines()[0] == (
+        "sample_id,label,pred,p_Positive,p_Neutral,p_Negative")
+
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[3] / "configs" / "evaluate").glob("*.yaml")))
+def test_evaluate_presets_build_valid_configs(preset: Path) -> None:
+    from neurolm.config import EvaluateJobConfig, load_config
+
+    overrides = ["checkpoint=/ckpt", "output=/out"]
+    if "tasks: []" in preset.read_text():
+        overrides.append("tasks=[{name: TUAB, test: /shards/tuab/test}]")
+    cfg = load_config(EvaluateJobConfig, preset, overrides)
+    assert cfg.tasks and all(get_task(t.name) for t in cfg.tasks)
+    assert cfg.num_cpus_per_actor * cfg.concurrency <= 8
