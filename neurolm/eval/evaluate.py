@@ -310,6 +310,10 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
     streams = []
     for i, t in enumerate(cfg.tasks):
         tokens = tokenize_task(get_task(t.name), bpe.encode)
+        longest = max(len(text) for text in tokens.texts)
+        if longest > cfg.text_max_len:  # instruction tuning would have refused this task at that length
+            log.warning("%s: prompt + answer take %d text tokens > text_max_len %d: was the model tuned on it?",
+                        t.name, longest, cfg.text_max_len)
         # Blocks of one batch each, so every actor gets work even when a split is a single Parquet file.
         streams.append(read_shards(_uris(t.test)).repartition(target_num_rows_per_block=cfg.batch_size).map_batches(
             functools.partial(eval_layout, tokens=tokens, eeg_max_len=eeg_max_len, text_max_len=cfg.text_max_len,
