@@ -129,7 +129,9 @@ def resolve_eeg_max_len(checkpoint: str, configured: int | None) -> int:
     return OFFICIAL_EEG_MAX_LEN
 
 
-def _to_tensors(batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _to_tensors(
+    batch: Mapping[str, Any], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     # Ray Data hands out read-only views; torch wants writable memory (copied only when needed).
     out = {k: torch.from_numpy(np.require(batch[k], requirements="W")).to(device) for k in _LAYOUT_KEYS}
     out["x"] = out["x"].to(dtype)
@@ -169,8 +171,16 @@ def score_batch(
     if "prompt" not in batch:  # multi-task batches carry no prompt column (prompt lengths differ per task)
         batch = {**batch, "prompt": prompt_batch(len(batch["x"]), tokens.prompt)["prompt"]}
     b = _to_tensors(batch, device, dtype)
-    loglik = score_options(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
-                           tokens.options, length_normalize=length_normalize).double()  # (N, K)
+    loglik = score_options(
+        model,
+        b["x"],
+        b["input_chans"],
+        b["input_time"],
+        b["input_mask"],
+        b["prompt"],
+        tokens.options,
+        length_normalize=length_normalize,
+    ).double()  # (N, K)
     probs = option_probabilities(loglik)  # (N, K), softmax over the options
     out: dict[str, np.ndarray] = {
         "loglik": loglik.cpu().numpy(),
@@ -178,8 +188,16 @@ def score_batch(
         "pred": probs.argmax(dim=-1).cpu().numpy().astype(np.int64),
     }
     if generation:
-        result = generate(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
-                          max_new_tokens=max_new_tokens, use_cache=use_cache)
+        result = generate(
+            model,
+            b["x"],
+            b["input_chans"],
+            b["input_time"],
+            b["input_mask"],
+            b["prompt"],
+            max_new_tokens=max_new_tokens,
+            use_cache=use_cache,
+        )
         _, parsed = decode_answers(result.tokens.cpu(), decode, task)
         P = b["prompt"].shape[1]
         out["gen_pred"] = np.asarray(parsed, dtype=np.int64)
@@ -223,7 +241,9 @@ class TaskScorer:
         self.max_classes = max(t.num_classes for t in self.tasks)
         self.decode = bpe.decode
         self.generation = generation
-        self.options = dict(max_new_tokens=max_new_tokens, use_cache=use_cache, length_normalize=length_normalize)
+        self.options = dict(
+            max_new_tokens=max_new_tokens, use_cache=use_cache, length_normalize=length_normalize
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         entries = np.asarray(batch["entry"]).astype(np.int64)
@@ -243,9 +263,17 @@ class TaskScorer:
             rows = np.flatnonzero(entries == entry)
             task = self.tasks[int(entry)]
             group = {k: np.asarray(batch[k])[rows] for k in _LAYOUT_KEYS if k in batch}
-            scored = score_batch(self.model, task, self.tokens[task.name], group, decode=self.decode,
-                                 generation=self.generation, device=self.device, dtype=self.dtype,
-                                 **self.options)  # type: ignore[arg-type]
+            scored = score_batch(
+                self.model,
+                task,
+                self.tokens[task.name],
+                group,
+                decode=self.decode,
+                generation=self.generation,
+                device=self.device,
+                dtype=self.dtype,
+                **self.options,
+            )  # type: ignore[arg-type]
             out["probs"][rows, : task.num_classes] = scored["probs"]
             out["pred"][rows] = scored["pred"]
             if self.generation:
@@ -269,7 +297,9 @@ def eval_layout(
     out = instruction_layout(batch, tokens, eeg_max_len, text_max_len, evaluation=True)
     n = len(out["label"])
     out["sample_id"] = np.asarray(batch["sample_id"]) if "sample_id" in batch else np.arange(n).astype(str)
-    tokens_needed = np.asarray(batch["n_channels"]).astype(np.int64) * np.asarray(batch["n_seconds"]).astype(np.int64)
+    tokens_needed = np.asarray(batch["n_channels"]).astype(np.int64) * np.asarray(batch["n_seconds"]).astype(
+        np.int64
+    )
     out["truncated"] = tokens_needed > eeg_max_len
     if entry is not None:
         out.pop("prompt")
@@ -312,26 +342,50 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
         tokens = tokenize_task(get_task(t.name), bpe.encode)
         longest = max(len(text) for text in tokens.texts)
         if longest > cfg.text_max_len:  # instruction tuning would have refused this task at that length
-            log.warning("%s: prompt + answer take %d text tokens > text_max_len %d: was the model tuned on it?",
-                        t.name, longest, cfg.text_max_len)
+            log.warning(
+                "%s: prompt + answer take %d text tokens > text_max_len %d: was the model tuned on it?",
+                t.name,
+                longest,
+                cfg.text_max_len,
+            )
         # Blocks of one batch each, so every actor gets work even when a split is a single Parquet file.
-        streams.append(read_shards(_uris(t.test)).repartition(target_num_rows_per_block=cfg.batch_size).map_batches(
-            functools.partial(eval_layout, tokens=tokens, eeg_max_len=eeg_max_len, text_max_len=cfg.text_max_len,
-                              entry=i),
-            batch_format="numpy", num_cpus=cfg.layout_num_cpus,
-        ))
+        streams.append(
+            read_shards(_uris(t.test))
+            .repartition(target_num_rows_per_block=cfg.batch_size)
+            .map_batches(
+                functools.partial(
+                    eval_layout,
+                    tokens=tokens,
+                    eeg_max_len=eeg_max_len,
+                    text_max_len=cfg.text_max_len,
+                    entry=i,
+                ),
+                batch_format="numpy",
+                num_cpus=cfg.layout_num_cpus,
+            )
+        )
     ds = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
     use_gpu = cfg.num_gpus_per_actor > 0
     ds = ds.map_batches(
         TaskScorer,
         fn_constructor_kwargs=dict(
-            checkpoint=cfg.checkpoint, tasks=[t.name for t in cfg.tasks], generation=cfg.official_generation,
-            max_new_tokens=cfg.max_new_tokens, use_cache=cfg.use_cache, length_normalize=cfg.length_normalize,
-            model_overrides=dict(cfg.model_overrides), torch_threads=cfg.torch_threads, precision=cfg.precision,
+            checkpoint=cfg.checkpoint,
+            tasks=[t.name for t in cfg.tasks],
+            generation=cfg.official_generation,
+            max_new_tokens=cfg.max_new_tokens,
+            use_cache=cfg.use_cache,
+            length_normalize=cfg.length_normalize,
+            model_overrides=dict(cfg.model_overrides),
+            torch_threads=cfg.torch_threads,
+            precision=cfg.precision,
             use_gpu=use_gpu,
         ),
-        batch_size=cfg.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-        num_cpus=cfg.num_cpus_per_actor, num_gpus=cfg.num_gpus_per_actor or None, udf_modifying_row_count=False,
+        batch_size=cfg.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
+        num_cpus=cfg.num_cpus_per_actor,
+        num_gpus=cfg.num_gpus_per_actor or None,
+        udf_modifying_row_count=False,
     )
     rows = _collect(ds)
     out = []
@@ -355,8 +409,13 @@ def task_metrics_entry(task: Task, rows: Mapping[str, np.ndarray]) -> dict[str, 
     probs = np.asarray(rows["probs"], dtype=np.float64)
     scored = task_metrics(kind, probs, probs.argmax(axis=1), labels, num_classes=k)  # type: ignore[arg-type]
     metrics: dict[str, Any] = {"n": int(labels.size), "parse_failures": None}
-    metrics.update({key: v for key, v in scored.items() if key not in ("n", "parse_failures")
-                    and not key.startswith("official/")})
+    metrics.update(
+        {
+            key: v
+            for key, v in scored.items()
+            if key not in ("n", "parse_failures") and not key.startswith("official/")
+        }
+    )
     if "gen_pred" in rows:
         gen = task_metrics(kind, None, rows["gen_pred"], labels, num_classes=k)  # type: ignore[arg-type]
         metrics["parse_failures"] = int(gen["parse_failures"])
@@ -395,8 +454,12 @@ def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
         header += ["gen_pred", "generated"]
     writer.writerow(header)
     for i in range(len(rows["label"])):
-        line = [rows["sample_id"][i], int(rows["label"][i]), int(rows["pred"][i]),
-                *(f"{p:.6g}" for p in rows["probs"][i])]
+        line = [
+            rows["sample_id"][i],
+            int(rows["label"][i]),
+            int(rows["pred"][i]),
+            *(f"{p:.6g}" for p in rows["probs"][i]),
+        ]
         if generated:
             line += [int(rows["gen_pred"][i]), rows["generated"][i]]
         writer.writerow(line)
@@ -427,19 +490,35 @@ def write_evaluation_report(
         failures = rows["gen_pred"] == PARSE_FAILURE if "gen_pred" in rows else np.zeros(len(labels), bool)
 
         entry: dict[str, Any] = {
-            "task": task.name, "split": e["split"], "kind": task_kind(task), "class_names": names,
+            "task": task.name,
+            "split": e["split"],
+            "kind": task_kind(task),
+            "class_names": names,
             "metrics": {m: _json_value(v) for m, v in e["metrics"].items()},
             "confusion_matrix": confusion_matrix(labels, rows["pred"], k)[:, :k].tolist(),
             "truncated_samples": int(np.sum(rows["truncated"])) if "truncated" in rows else 0,
         }
-        images = [plot_confusion_matrix(labels, rows["pred"], names, out / f"confusion_{slug}.png",
-                                        title=f"{e['key']}: scored (argmax of option probabilities)")]
+        images = [
+            plot_confusion_matrix(
+                labels,
+                rows["pred"],
+                names,
+                out / f"confusion_{slug}.png",
+                title=f"{e['key']}: scored (argmax of option probabilities)",
+            )
+        ]
         if "gen_pred" in rows:
             entry["confusion_matrix_generated"] = confusion_matrix(labels, rows["gen_pred"], k).tolist()
             entry["parse_failure_examples"] = [str(t) for t in rows["generated"][failures][:5]]
-            images.append(plot_confusion_matrix(labels, rows["gen_pred"], names,
-                                                out / f"confusion_{slug}_generated.png",
-                                                title=f"{e['key']}: generated (official parse)"))
+            images.append(
+                plot_confusion_matrix(
+                    labels,
+                    rows["gen_pred"],
+                    names,
+                    out / f"confusion_{slug}_generated.png",
+                    title=f"{e['key']}: generated (official parse)",
+                )
+            )
         images.append(plot_task_metrics(e["metrics"], out / f"metrics_{slug}.png", title=e["key"]))
         report["tasks"][e["key"]] = entry
         csv_path = out / f"predictions_{slug}.csv"
@@ -453,9 +532,20 @@ def write_evaluation_report(
     json_path = out / "metrics.json"
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     summary = plot_summary(report, out / "summary.png")
-    table_view = {"tasks": {key: {**t, "metrics": {**t["metrics"], "parse_failures": (
-        "–" if t["metrics"]["parse_failures"] is None else t["metrics"]["parse_failures"])}}
-        for key, t in report["tasks"].items()}}
+    table_view = {
+        "tasks": {
+            key: {
+                **t,
+                "metrics": {
+                    **t["metrics"],
+                    "parse_failures": (
+                        "–" if t["metrics"]["parse_failures"] is None else t["metrics"]["parse_failures"]
+                    ),
+                },
+            }
+            for key, t in report["tasks"].items()
+        }
+    }
     header = [
         f"# {title}\n\n",
         f"Checkpoint `{metadata.get('checkpoint')}`; EEG tokens per sample {metadata.get('eeg_max_len')}; "
@@ -541,26 +631,48 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     n_rows = sum(len(rows["label"]) for rows in scored)
     log.info("%d rows of %d task(s) in %.1f s (%.1f rows/s)", n_rows, len(scored), seconds, n_rows / seconds)
     entries = [
-        {"key": f"{t.split}/{t.name}", "task": get_task(t.name), "split": t.split, "rows": rows,
-         "metrics": task_metrics_entry(get_task(t.name), rows)}
+        {
+            "key": f"{t.split}/{t.name}",
+            "task": get_task(t.name),
+            "split": t.split,
+            "rows": rows,
+            "metrics": task_metrics_entry(get_task(t.name), rows),
+        }
         for t, rows in zip(cfg.tasks, scored, strict=True)
     ]
     metadata = {
-        "checkpoint": cfg.checkpoint, "eeg_max_len": eeg_max_len, "official_generation": cfg.official_generation,
-        "max_new_tokens": cfg.max_new_tokens, "use_cache": cfg.use_cache, "length_normalize": cfg.length_normalize,
-        "concurrency": cfg.concurrency, "batch_size": cfg.batch_size, "model_overrides": dict(cfg.model_overrides),
+        "checkpoint": cfg.checkpoint,
+        "eeg_max_len": eeg_max_len,
+        "official_generation": cfg.official_generation,
+        "max_new_tokens": cfg.max_new_tokens,
+        "use_cache": cfg.use_cache,
+        "length_normalize": cfg.length_normalize,
+        "concurrency": cfg.concurrency,
+        "batch_size": cfg.batch_size,
+        "model_overrides": dict(cfg.model_overrides),
         "shards": {f"{t.split}/{t.name}": _uris(t.test) for t in cfg.tasks},
-        "rows": n_rows, "scoring_seconds": round(seconds, 2), "rows_per_s": round(n_rows / seconds, 2),
+        "rows": n_rows,
+        "scoring_seconds": round(seconds, 2),
+        "rows_per_s": round(n_rows / seconds, 2),
     }
     with tempfile.TemporaryDirectory(prefix="neurolm-eval-") as tmp:
         local = Path(tmp) if storage.is_s3(cfg.output) else Path(storage.resolve(cfg.output)[1])
         files = write_evaluation_report(entries, local, title=cfg.title, metadata=metadata)
         uris = _publish(files, local, cfg.output)
     metrics = {f"{e['key']}/{m}": v for e in entries for m, v in e["metrics"].items()}
-    tasks = {e["key"]: {"n": e["metrics"]["n"], "parse_failures": e["metrics"]["parse_failures"]} for e in entries}
-    return {"output": cfg.output, "files": uris, "metrics": metrics, "tasks": tasks, "rows": n_rows,
-            "scoring_seconds": round(seconds, 2), "rows_per_s": round(n_rows / seconds, 2),
-            "wall_s": round(time.perf_counter() - t0, 2)}
+    tasks = {
+        e["key"]: {"n": e["metrics"]["n"], "parse_failures": e["metrics"]["parse_failures"]} for e in entries
+    }
+    return {
+        "output": cfg.output,
+        "files": uris,
+        "metrics": metrics,
+        "tasks": tasks,
+        "rows": n_rows,
+        "scoring_seconds": round(seconds, 2),
+        "rows_per_s": round(n_rows / seconds, 2),
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
 
 
 def evaluation_config(**fields: Any) -> EvaluateJobConfig:
@@ -575,7 +687,9 @@ def cli(argv: list[str] | None = None) -> int:
         prog="neurolm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", help="YAML preset, e.g. configs/evaluate/debug.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. checkpoint=DIR output=s3://b/eval")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides, e.g. checkpoint=DIR output=s3://b/eval"
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

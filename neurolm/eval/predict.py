@@ -83,15 +83,17 @@ class TaskRules:
     exclude: tuple[str, ...] = ()
 
 
-TASK_RULES: Mapping[str, TaskRules] = MappingProxyType({
-    "TUAB": TaskRules(10.0, 50.0, TUH_CHANNELS),
-    "TUEV": TaskRules(5.0, 50.0, TUH_CHANNELS),
-    "SEED": TaskRules(4.0, 50.0, None, exclude=("M1", "M2")),
-    "HMC": TaskRules(30.0, 50.0, HMC_CHANNELS),
-    "Workload": TaskRules(4.0, 50.0, WORKLOAD_CHANNELS),
-    "TUSL": TaskRules(10.0, 60.0, TUH_CHANNELS),
-    "SelfRegulationSCP1": TaskRules(3.0, 50.0, TS_CHANNELS["SelfRegulationSCP1"]),
-})
+TASK_RULES: Mapping[str, TaskRules] = MappingProxyType(
+    {
+        "TUAB": TaskRules(10.0, 50.0, TUH_CHANNELS),
+        "TUEV": TaskRules(5.0, 50.0, TUH_CHANNELS),
+        "SEED": TaskRules(4.0, 50.0, None, exclude=("M1", "M2")),
+        "HMC": TaskRules(30.0, 50.0, HMC_CHANNELS),
+        "Workload": TaskRules(4.0, 50.0, WORKLOAD_CHANNELS),
+        "TUSL": TaskRules(10.0, 60.0, TUH_CHANNELS),
+        "SelfRegulationSCP1": TaskRules(3.0, 50.0, TS_CHANNELS["SelfRegulationSCP1"]),
+    }
+)
 """Per-task sample length, notch and channels of the training shards."""
 
 GENERIC_RULES = TaskRules(10.0, 50.0)
@@ -153,12 +155,18 @@ def window_recording(path: str | Path, cfg: PredictConfig) -> RecordingWindows:
     window, hop = int(round(window_s * rec.sfreq)), int(round(hop_s * rec.sfreq))
     starts = fixed_window_starts(rec.data.shape[1], window, hop)
     if len(starts) == 0:
-        raise RecordingError(path, f"recording is {rec.duration_s:.1f} s long, shorter than one {window_s:g} s window")
+        raise RecordingError(
+            path, f"recording is {rec.duration_s:.1f} s long, shorter than one {window_s:g} s window"
+        )
     index = starts[:, None] + np.arange(window)[None, :]  # (n, window)
     signals = np.ascontiguousarray(np.transpose(rec.data[:, index], (1, 0, 2)))  # (n, C, window)
     return RecordingWindows(
-        source=str(path), signals=signals, start_s=starts / rec.sfreq,
-        channel_indices=np.asarray(rec.channels.indices), channel_names=tuple(rec.channels.names), window_s=window_s,
+        source=str(path),
+        signals=signals,
+        start_s=starts / rec.sfreq,
+        channel_indices=np.asarray(rec.channels.indices),
+        channel_names=tuple(rec.channels.names),
+        window_s=window_s,
     )
 
 
@@ -194,8 +202,13 @@ def predict_windows(
     for lo in range(0, len(windows), batch_size):
         signals = list(windows.signals[lo : lo + batch_size])
         batch = layout_instruction_batch(
-            signals, [windows.channel_indices] * len(signals), np.zeros(len(signals), dtype=np.int64), tokens,
-            eeg_max_len=eeg_max_len, evaluation=True, max_seconds=model.config.encoder.time_rows,
+            signals,
+            [windows.channel_indices] * len(signals),
+            np.zeros(len(signals), dtype=np.int64),
+            tokens,
+            eeg_max_len=eeg_max_len,
+            evaluation=True,
+            max_seconds=model.config.encoder.time_rows,
         )
         out = score_batch(model, task, tokens, batch, decode=decode, generation=generation)
         for i in range(len(signals)):
@@ -238,11 +251,21 @@ def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> l
             continue
         needed = windows.signals.shape[1] * int(round(windows.window_s))
         if needed > eeg_max_len:
-            print(f"neurolm predict: {path}: {windows.signals.shape[1]} channels x {windows.window_s:g} s = {needed} "
-                  f"tokens > {eeg_max_len} (the tuned length); windows are laid out unpadded at {needed} tokens",
-                  file=sys.stderr)
-        for row in predict_windows(model, task, tokens, windows, eeg_max_len=max(eeg_max_len, needed),
-                                   batch_size=cfg.batch_size, generation=cfg.generate, decode=bpe.decode):
+            print(
+                f"neurolm predict: {path}: {windows.signals.shape[1]} channels x {windows.window_s:g} s = {needed} "
+                f"tokens > eeg_max_len {eeg_max_len}; windows are laid out unpadded at {needed} tokens",
+                file=sys.stderr,
+            )
+        for row in predict_windows(
+            model,
+            task,
+            tokens,
+            windows,
+            eeg_max_len=max(eeg_max_len, needed),
+            batch_size=cfg.batch_size,
+            generation=cfg.generate,
+            decode=bpe.decode,
+        ):
             rows.append({"recording": Path(path).name, **row})
     return rows
 
@@ -271,25 +294,38 @@ def _output_format(output: str | None) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="neurolm predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="neurolm predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("recordings", nargs="+", help="raw recording(s): EDF, BDF, BrainVision, EEGLAB, FIF, ...")
     p.add_argument("--checkpoint", required=True, help="instruction-tuned export dir (local or s3://)")
     p.add_argument("--task", required=True, help="task name, e.g. TUAB, HMC, SelfRegulationSCP1")
     p.add_argument("--output", "-o", help="out.csv or out.json (local or s3://); default: CSV on stdout")
     p.add_argument("--window-s", type=float, help="window length in s (default: the task's sample length)")
     p.add_argument("--hop-s", type=float, help="window hop in s (default: the window length)")
-    p.add_argument("--channels", default="all",
-                   help="all (every 10-20 channel of the file), task (the task's training channels, all required) "
-                        "or a comma-separated list")
+    p.add_argument(
+        "--channels",
+        default="all",
+        help="all (every 10-20 channel of the file), task (the task's training channels, all required) "
+        "or a comma-separated list",
+    )
     p.add_argument("--l-freq", type=float, default=0.1, help="band-pass lower edge in Hz (default 0.1)")
     p.add_argument("--h-freq", type=float, default=75.0, help="band-pass upper edge in Hz (default 75)")
     p.add_argument("--notch", type=float, help="notch in Hz, 0 = off (default: the task's, 50 or 60)")
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
-    p.add_argument("--eeg-max-len", type=int, help="EEG tokens per window after padding (default: as evaluation)")
-    p.add_argument("--generate", action="store_true", help="also greedy-generate and parse the answer (official)")
-    p.add_argument("--model-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="NeuroLM config field to override at load, e.g. per_sample_text_positions=true")
+    p.add_argument(
+        "--eeg-max-len", type=int, help="EEG tokens per window after padding (default: as evaluation)"
+    )
+    p.add_argument(
+        "--generate", action="store_true", help="also greedy-generate and parse the answer (official)"
+    )
+    p.add_argument(
+        "--model-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="NeuroLM config field to override at load, e.g. per_sample_text_positions=true",
+    )
     return p
 
 
@@ -297,10 +333,20 @@ def build_config(argv: Sequence[str]) -> PredictConfig:
     """A validated :class:`~neurolm.config.PredictConfig` from command-line arguments."""
     args = _parser().parse_args(list(argv))
     fields = {
-        "checkpoint": args.checkpoint, "task": args.task, "recordings": args.recordings, "output": args.output,
-        "window_s": args.window_s, "hop_s": args.hop_s, "channels": args.channels, "l_freq": args.l_freq,
-        "h_freq": args.h_freq, "notch": args.notch, "batch_size": args.batch_size, "eeg_max_len": args.eeg_max_len,
-        "generate": args.generate, "model_overrides": apply_overrides({}, args.model_override),
+        "checkpoint": args.checkpoint,
+        "task": args.task,
+        "recordings": args.recordings,
+        "output": args.output,
+        "window_s": args.window_s,
+        "hop_s": args.hop_s,
+        "channels": args.channels,
+        "l_freq": args.l_freq,
+        "h_freq": args.h_freq,
+        "notch": args.notch,
+        "batch_size": args.batch_size,
+        "eeg_max_len": args.eeg_max_len,
+        "generate": args.generate,
+        "model_overrides": apply_overrides({}, args.model_override),
     }
     cfg = load_config(PredictConfig, base=fields)
     try:
@@ -334,8 +380,12 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"neurolm predict: {err.source}: {err.reason}", file=sys.stderr)
     if rows:
         fmt = _output_format(cfg.output)
-        meta = {"task": cfg.task, "checkpoint": cfg.checkpoint, "classes": list(get_task(cfg.task).answers),
-                "window_s": cfg.window_s or task_rules(cfg.task).window_s}
+        meta = {
+            "task": cfg.task,
+            "checkpoint": cfg.checkpoint,
+            "classes": list(get_task(cfg.task).answers),
+            "window_s": cfg.window_s or task_rules(cfg.task).window_s,
+        }
         text = format_predictions(rows, fmt, meta)
         if cfg.output is None:
             sys.stdout.write(text)

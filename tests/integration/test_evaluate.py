@@ -44,10 +44,21 @@ def test_actor_evaluation_writes_the_report_to_s3(eeg_shards, instruct_export, s
     from neurolm.eval.evaluate import cli
 
     output = storage.join(s3_uri, "eval-test", "report")
-    tasks = (f"tasks=[{{name: {TASK}, test: '{eeg_shards['scp1_test']}'}}, "
-             f"{{name: {TASK}, test: '{eeg_shards['scp1_val']}', split: val}}]")  # two streams, one actor pool
-    code = cli(["--config", str(REPO / "configs/evaluate/debug.yaml"), f"checkpoint={instruct_export}", tasks,
-                f"output={output}", "concurrency=2", "batch_size=48"])
+    tasks = (
+        f"tasks=[{{name: {TASK}, test: '{eeg_shards['scp1_test']}'}}, "
+        f"{{name: {TASK}, test: '{eeg_shards['scp1_val']}', split: val}}]"
+    )  # two streams, one actor pool
+    code = cli(
+        [
+            "--config",
+            str(REPO / "configs/evaluate/debug.yaml"),
+            f"checkpoint={instruct_export}",
+            tasks,
+            f"output={output}",
+            "concurrency=2",
+            "batch_size=48",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     key = f"test/{TASK}"
@@ -60,8 +71,16 @@ def test_actor_evaluation_writes_the_report_to_s3(eeg_shards, instruct_export, s
 
     names = {u.rsplit("/", 1)[1] for u in storage.list_files(output)}
     slug = f"test_{TASK}"
-    assert {"metrics.json", "report.md", "summary.png", f"confusion_{slug}.png", f"confusion_{slug}_generated.png",
-            f"metrics_{slug}.png", f"predictions_{slug}.csv", f"predictions_val_{TASK}.csv"} <= names
+    assert {
+        "metrics.json",
+        "report.md",
+        "summary.png",
+        f"confusion_{slug}.png",
+        f"confusion_{slug}_generated.png",
+        f"metrics_{slug}.png",
+        f"predictions_{slug}.csv",
+        f"predictions_val_{TASK}.csv",
+    } <= names
     report = json.loads(storage.read_text(storage.join(output, "metrics.json")))
     rows = _csv(storage.join(output, f"predictions_{slug}.csv"))
     assert len(rows) == 293 and len({r["sample_id"] for r in rows}) == 293  # every row scored exactly once
@@ -80,17 +99,29 @@ def test_actor_evaluation_writes_the_report_to_s3(eeg_shards, instruct_export, s
     table = read_shards(eeg_shards["scp1_test"])
     pick = np.argsort(table.column("sample_id").to_pylist())[:8]
     signals = table_to_signals(table)
-    batch = {c: np.asarray(table.column(c).to_pylist(), dtype=object if c in ("sample_id", "channels") else None)[pick]
-             for c in ("sample_id", "label", "n_channels", "n_seconds", "channels")}
+    batch = {
+        c: np.asarray(table.column(c).to_pylist(), dtype=object if c in ("sample_id", "channels") else None)[
+            pick
+        ]
+        for c in ("sample_id", "label", "n_channels", "n_seconds", "channels")
+    }
     batch["signal"] = np.stack([signals[i] for i in pick])  # (8, C, T·200)
     bpe = load_gpt2_tokenizer()
     tokens = tokenize_task(get_task(TASK), bpe.encode)
-    local = score_batch(load_scoring_model(instruct_export), get_task(TASK), tokens,
-                        eval_layout(batch, tokens, eeg_max_len=64, text_max_len=40), decode=bpe.decode)
+    local = score_batch(
+        load_scoring_model(instruct_export),
+        get_task(TASK),
+        tokens,
+        eval_layout(batch, tokens, eeg_max_len=64, text_max_len=40),
+        decode=bpe.decode,
+    )
     by_id = {r["sample_id"]: r for r in rows}
     for i, sid in enumerate(local["sample_id"]):
-        np.testing.assert_allclose([float(by_id[sid]["p_negativity"]), float(by_id[sid]["p_positivity"])],
-                                   local["probs"][i], atol=1e-5)
+        np.testing.assert_allclose(
+            [float(by_id[sid]["p_negativity"]), float(by_id[sid]["p_positivity"])],
+            local["probs"][i],
+            atol=1e-5,
+        )
         assert int(by_id[sid]["gen_pred"]) == local["gen_pred"][i]
 
 
@@ -99,6 +130,9 @@ def test_predict_reads_checkpoint_and_writes_answers_on_s3(instruct_export, s3_u
     from neurolm.eval.predict import cli
 
     out = storage.join(s3_uri, "eval-test", "predict", "answers.json")
-    assert cli(["--checkpoint", instruct_export, "--task", TASK, str(fetch_sample("S001R02.edf")), "-o", out]) == 0
+    assert (
+        cli(["--checkpoint", instruct_export, "--task", TASK, str(fetch_sample("S001R02.edf")), "-o", out])
+        == 0
+    )
     doc = json.loads(storage.read_text(out))
     assert len(doc["rows"]) == 20 and doc["classes"] == ["negativity", "positivity"]

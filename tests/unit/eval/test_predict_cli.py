@@ -45,12 +45,33 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_writes_one_csv_row_per_window_with_class_probabilities(tmp_path, recording, checkpoint) -> None:
     out = tmp_path / "answers.csv"
-    assert cli(["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", recording, "--output", str(out),
-                "--generate"]) == 0
+    assert (
+        cli(
+            [
+                "--checkpoint",
+                checkpoint,
+                "--task",
+                "SelfRegulationSCP1",
+                recording,
+                "--output",
+                str(out),
+                "--generate",
+            ]
+        )
+        == 0
+    )
     rows = _rows(out)
     assert len(rows) == 61 // 3  # 61 s in non-overlapping 3 s windows, remainder dropped
-    assert list(rows[0]) == ["recording", "window", "start_s", "answer", "p_negativity", "p_positivity",
-                             "generated", "generated_answer"]
+    assert list(rows[0]) == [
+        "recording",
+        "window",
+        "start_s",
+        "answer",
+        "p_negativity",
+        "p_positivity",
+        "generated",
+        "generated_answer",
+    ]
     assert [int(r["window"]) for r in rows] == list(range(20))
     assert [float(r["start_s"]) for r in rows] == [3.0 * i for i in range(20)]
     probs = np.array([[float(r["p_negativity"]), float(r["p_positivity"])] for r in rows])
@@ -62,8 +83,26 @@ def test_writes_one_csv_row_per_window_with_class_probabilities(tmp_path, record
 
 def test_json_output_and_window_overrides(tmp_path, recording, checkpoint) -> None:
     out = tmp_path / "answers.json"
-    assert cli(["--checkpoint", checkpoint, "--task", "TUAB", recording, "-o", str(out), "--window-s", "10",
-                "--hop-s", "5", "--notch", "60"]) == 0
+    assert (
+        cli(
+            [
+                "--checkpoint",
+                checkpoint,
+                "--task",
+                "TUAB",
+                recording,
+                "-o",
+                str(out),
+                "--window-s",
+                "10",
+                "--hop-s",
+                "5",
+                "--notch",
+                "60",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert doc["task"] == "TUAB" and doc["classes"] == ["No", "Yes"] and doc["window_s"] == 10.0
     assert [r["start_s"] for r in doc["rows"]] == [5.0 * i for i in range(11)]  # (61 - 10) // 5 + 1 windows
@@ -76,13 +115,27 @@ def test_csv_goes_to_stdout_without_output(capsys, recording, checkpoint) -> Non
     assert lines[0] == "recording,window,start_s,answer,p_No,p_Yes" and len(lines) == 1 + 61 // 4
 
 
-def test_a_bad_file_fails_naming_file_and_reason_while_good_files_are_answered(tmp_path, capsys, recording,
-                                                                               checkpoint) -> None:
+def test_a_bad_file_fails_naming_file_and_reason_while_good_files_are_answered(
+    tmp_path, capsys, recording, checkpoint
+) -> None:
     broken = tmp_path / "broken.edf"
     broken.write_bytes(b"this is not an EDF file")
     out = tmp_path / "answers.csv"
-    assert cli(["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", str(broken), recording, "-o",
-                str(out)]) == 1
+    assert (
+        cli(
+            [
+                "--checkpoint",
+                checkpoint,
+                "--task",
+                "SelfRegulationSCP1",
+                str(broken),
+                recording,
+                "-o",
+                str(out),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"{broken}: cannot read the recording" in err
     assert {r["recording"] for r in _rows(out)} == {"S001R02.edf"}
@@ -91,12 +144,16 @@ def test_a_bad_file_fails_naming_file_and_reason_while_good_files_are_answered(t
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--task", "TUAB", "--channels", "task"], "missing required channels"),  # no A1/A2/T1/T2 in a 10-10 cap
+        (
+            ["--task", "TUAB", "--channels", "task"],
+            "missing required channels",
+        ),  # no A1/A2/T1/T2 in a 10-10 cap
         (["--task", "TUAB", "--window-s", "64"], "shorter than one 64 s window"),
     ],
 )
-def test_recordings_that_cannot_meet_the_task_rules_fail(tmp_path, capsys, recording, checkpoint, args,
-                                                         message) -> None:
+def test_recordings_that_cannot_meet_the_task_rules_fail(
+    tmp_path, capsys, recording, checkpoint, args, message
+) -> None:
     assert cli(["--checkpoint", checkpoint, recording, "-o", str(tmp_path / "x.csv"), *args]) == 1
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
@@ -120,6 +177,12 @@ def test_every_registered_task_has_preprocessing_rules() -> None:
 
     assert set(TASKS) == set(TASK_RULES)
     assert {name: task_rules(name).window_s for name in TASKS} == {
-        "TUAB": 10, "TUEV": 5, "SEED": 4, "HMC": 30, "Workload": 4, "TUSL": 10, "SelfRegulationSCP1": 3,
+        "TUAB": 10,
+        "TUEV": 5,
+        "SEED": 4,
+        "HMC": 30,
+        "Workload": 4,
+        "TUSL": 10,
+        "SelfRegulationSCP1": 3,
     }
     assert task_rules("TUSL").notch_hz == 60 and task_rules("TUAB").notch_hz == 50

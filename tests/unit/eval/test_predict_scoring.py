@@ -74,7 +74,9 @@ def test_probabilities_are_a_softmax_over_options_and_sum_to_one(bpe) -> None:
     out = score_batch(_model(), task, tokens, batch, decode=bpe.decode)
     assert out["probs"].shape == (6, 6) and out["loglik"].shape == (6, 6)
     np.testing.assert_allclose(out["probs"].sum(axis=1), 1.0, atol=1e-12)
-    np.testing.assert_allclose(out["probs"], torch.softmax(torch.from_numpy(out["loglik"]), -1).numpy(), atol=1e-12)
+    np.testing.assert_allclose(
+        out["probs"], torch.softmax(torch.from_numpy(out["loglik"]), -1).numpy(), atol=1e-12
+    )
     assert (out["loglik"] < 0).all()
     np.testing.assert_array_equal(out["pred"], out["probs"].argmax(axis=1))
     np.testing.assert_array_equal(out["label"], batch["label"])
@@ -85,7 +87,9 @@ def test_generated_answer_is_parsed_by_position_and_agrees_with_scoring(bpe) -> 
     yes = bpe.encode(" Yes")
     assert len(yes) == 1
     task, tokens, batch = _layout("TUAB", bpe)
-    out = score_batch(_always_emit(_model(), yes[0]), task, tokens, batch, decode=bpe.decode, max_new_tokens=5)
+    out = score_batch(
+        _always_emit(_model(), yes[0]), task, tokens, batch, decode=bpe.decode, max_new_tokens=5
+    )
     assert list(out["generated"]) == [" Yes Yes Yes Yes Yes"] * 6
     np.testing.assert_array_equal(out["gen_pred"], 1)  # "Yes" is the word at result_idx 7 → label 1
     assert (out["probs"][:, 1] > 0.99).all() and (out["pred"] == 1).all()
@@ -114,7 +118,10 @@ def test_multiclass_failures_count_as_last_class_only_in_official_metrics() -> N
 
 
 def test_without_generation_there_is_no_official_score_and_no_failure_count() -> None:
-    rows = {"label": np.array([0, 1, 1, 0]), "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])}
+    rows = {
+        "label": np.array([0, 1, 1, 0]),
+        "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
+    }
     m = task_metrics_entry(get_task("TUAB"), rows)
     assert m["parse_failures"] is None
     assert not any(k.startswith(("official/", "generation/")) for k in m)
@@ -159,15 +166,33 @@ def test_actor_class_scores_mixed_task_batches_with_each_tasks_options(tmp_path:
 
 def test_report_files_and_failure_column(tmp_path: Path) -> None:
     task = get_task("TUAB")
-    rows = {"label": np.array([0, 1, 1, 0]), "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
-            "pred": np.array([0, 1, 0, 1]), "gen_pred": np.array([0, 1, -1, -1]),
-            "generated": np.array([" No", " Yes", " Maybe", "!"], dtype=object),
-            "sample_id": np.array(["a", "b", "c", "d"], dtype=object), "truncated": np.zeros(4, bool)}
-    entry = {"key": "test/TUAB", "task": task, "split": "test", "rows": rows, "metrics": task_metrics_entry(task, rows)}
+    rows = {
+        "label": np.array([0, 1, 1, 0]),
+        "probs": np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]),
+        "pred": np.array([0, 1, 0, 1]),
+        "gen_pred": np.array([0, 1, -1, -1]),
+        "generated": np.array([" No", " Yes", " Maybe", "!"], dtype=object),
+        "sample_id": np.array(["a", "b", "c", "d"], dtype=object),
+        "truncated": np.zeros(4, bool),
+    }
+    entry = {
+        "key": "test/TUAB",
+        "task": task,
+        "split": "test",
+        "rows": rows,
+        "metrics": task_metrics_entry(task, rows),
+    }
     files = write_evaluation_report([entry], tmp_path, title="t", metadata={"checkpoint": "ckpt"})
     names = {f.name for f in files}
-    assert {"metrics.json", "report.md", "summary.png", "confusion_test_TUAB.png",
-            "confusion_test_TUAB_generated.png", "metrics_test_TUAB.png", "predictions_test_TUAB.csv"} <= names
+    assert {
+        "metrics.json",
+        "report.md",
+        "summary.png",
+        "confusion_test_TUAB.png",
+        "confusion_test_TUAB_generated.png",
+        "metrics_test_TUAB.png",
+        "predictions_test_TUAB.csv",
+    } <= names
     report = json.loads((tmp_path / "metrics.json").read_text())
     t = report["tasks"]["test/TUAB"]
     assert t["metrics"]["parse_failures"] == 2
@@ -180,19 +205,32 @@ def test_report_files_and_failure_column(tmp_path: Path) -> None:
 
 def test_report_without_generation_shows_no_failure_count(tmp_path: Path) -> None:
     task = get_task("SEED")
-    rows = {"label": np.array([0, 1, 2]), "probs": np.eye(3) * 0.7 + 0.1, "pred": np.array([0, 1, 2]),
-            "sample_id": np.array(["a", "b", "c"], dtype=object)}
-    entry = {"key": "val/SEED", "task": task, "split": "val", "rows": rows, "metrics": task_metrics_entry(task, rows)}
+    rows = {
+        "label": np.array([0, 1, 2]),
+        "probs": np.eye(3) * 0.7 + 0.1,
+        "pred": np.array([0, 1, 2]),
+        "sample_id": np.array(["a", "b", "c"], dtype=object),
+    }
+    entry = {
+        "key": "val/SEED",
+        "task": task,
+        "split": "val",
+        "rows": rows,
+        "metrics": task_metrics_entry(task, rows),
+    }
     write_evaluation_report([entry], tmp_path, title="t", metadata={})
     t = json.loads((tmp_path / "metrics.json").read_text())["tasks"]["val/SEED"]
     assert t["metrics"]["parse_failures"] is None and "confusion_matrix_generated" not in t
     assert not (tmp_path / "confusion_val_SEED_generated.png").exists()
     assert "| val/SEED | 3 | – | 1.0000 | – |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "predictions_val_SEED.csv").read_text().splitlines()[0] == (
-        "sample_id,label,pred,p_Positive,p_Neutral,p_Negative")
+        "sample_id,label,pred,p_Positive,p_Neutral,p_Negative"
+    )
 
 
-@pytest.mark.parametrize("preset", sorted((Path(__file__).resolve().parents[3] / "configs" / "evaluate").glob("*.yaml")))
+@pytest.mark.parametrize(
+    "preset", sorted((Path(__file__).resolve().parents[3] / "configs" / "evaluate").glob("*.yaml"))
+)
 def test_evaluate_presets_build_valid_configs(preset: Path) -> None:
     from neurolm.config import EvaluateJobConfig, load_config
 
