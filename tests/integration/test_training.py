@@ -108,3 +108,31 @@ def test_killed_worker_restarts_from_last_checkpoint_and_finishes(eeg_shards, te
     assert done.metrics["step"] == 24
     state = _state(done.checkpoint)
     assert state.resumes >= 1 and state.step == 24
+
+
+def test_zero_stages_train_the_same_weights(eeg_shards, text_shards, s3_uri) -> None:
+    """ZeRO-3 partitions parameters, gradients and optimizer state; the math must not change (fp32)."""
+    from neurolm.config import PretrainJobConfig
+    from neurolm.models.io import save_pretrained
+    from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+    from neurolm.train.launch import fit_stage
+
+    torch.manual_seed(0)
+    tokenizer = storage.join(s3_uri, "zero-test-tokenizer")
+    save_pretrained(NeuralTokenizer(TokenizerConfig.preset("tiny", kmeans_init=False)), tokenizer)
+    exports = {}
+    for stage in (0, 3):
+        cfg = load_config(PretrainJobConfig, "configs/pretrain/debug.yaml", [
+            f"data.train=[{eeg_shards['mmidb_train']},{eeg_shards['scp1_train']}]", f"data.text={text_shards}",
+            "data.text_seq_len=64", f"tokenizer={tokenizer}", f"run.storage_path={storage.join(s3_uri, 'runs')}",
+            f"run.name=zero{stage}", "run.wandb=false", "train.max_steps=3", "train.checkpoint_every=3",
+            f"deepspeed.zero_stage={stage}",
+        ])
+        exports[stage] = fit_stage(cfg).export_dir
+    a, b = _weights(exports[0]), _weights(exports[3])
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst < 1e-4, f"ZeRO-3 weights differ from ZeRO-0 by {worst}"
+    frozen = load_pretrained(tokenizer).state_dict()
+    encoder_keys = [k for k in a if k.startswith("encoder.")]
+    assert encoder_keys and all(k in frozen for k in encoder_keys)
+    assert all(torch.equal(a[k], frozen[k]) for k in encoder_keys)  # the frozen encoder did not train

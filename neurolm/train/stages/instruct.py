@@ -234,8 +234,11 @@ class InstructStage:
             self.build_model()
         model = NeuroLM(self._built_config)
         model.load_state_dict(state_dict, strict=True)
+        # The sequence lengths it was tuned with: without patch_norm_over_real_tokens features depend on padding.
         save_pretrained(model, out_dir, extra={"stage": "instruct", "run": self.cfg.run.name,
-                                               "tasks": [t.name for t in self.cfg.tasks]})
+                                               "tasks": [t.name for t in self.cfg.tasks],
+                                               "eeg_max_len": self.cfg.eeg_max_len,
+                                               "text_max_len": self.cfg.text_max_len})
 
     def config_dict(self) -> dict[str, Any]:
         return {"init": self.cfg.init, **self.model_overrides}
