@@ -2,6 +2,16 @@
 
 A stage knows its model, how Ray Data batches become model inputs, and how to compute its loss; the loop knows
 DeepSpeed, checkpoints, resume, metrics and Ray. Stages live in ``neurolm/train/stages/``.
+
+Optional hooks, used when a stage defines them:
+
+- ``after_engine(engine)``: fix-ups after ``deepspeed.initialize`` (e.g. keep EMA codebooks in fp32 under bf16);
+- ``datasets(read_shards) -> (datasets, info)``: the driver builds several datasets itself (stage 3: one per
+  task) instead of the default ``train``/``val``; ``info`` reaches every worker (``info["rows"]`` sizes an epoch);
+- ``train_stream(info, position, rank, seed)``: an object whose ``next()`` gives micro-batches, replacing the
+  default iteration of the ``train`` shard (stage 3: the task mixture), resumable at ``position`` samples;
+- ``evaluate(model, device, dtype) -> dict``: validation metrics (already namespaced and rank-reduced) instead of
+  the default mean of :meth:`Stage.eval_step` over the ``val`` shard.
 """
 
 from __future__ import annotations
