@@ -4,7 +4,13 @@ import pytest
 from torch import nn
 
 from neurolm.config import DeepSpeedSection, OptimSection, TrainSection
-from neurolm.train.engine import deepspeed_config, param_groups, resolve_precision, warmup_cosine, warmup_steps
+from neurolm.train.engine import (
+    deepspeed_config,
+    param_groups,
+    resolve_precision,
+    warmup_cosine,
+    warmup_steps,
+)
 
 
 def test_precision_follows_the_hardware_unless_forced() -> None:
