@@ -582,3 +582,122 @@ class TuneJobConfig(Section):
             return InstructJobConfig.model_validate(tree)
         except ValidationError as err:
             raise _explain(err, f"instruct ({source} + inline keys + overrides)") from None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ray Tune search over the instruction-tuning task mixture (neurolm.tune.mixing).
+# ----------------------------------------------------------------------------------------------------------
+
+
+class InstructSource(Section):
+    """The stage-3 config every trial starts from: a preset, inline keys deep-merged over it, then overrides."""
+
+    preset: str | None = Field(default=None, description="Stage-3 YAML preset, e.g. configs/instruct/debug.yaml.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Inline stage-3 keys deep-merged over the preset (e.g. init, tasks)."
+    )
+    overrides: list[str] = Field(default_factory=list, description="Dotted stage-3 overrides, applied last.")
+
+
+class MixingSearchSection(Section):
+    """The search space over task mixtures."""
+
+    space: Literal["logits", "temperature"] = Field(
+        default="logits",
+        description="logits: one logit per task (the first task's is fixed at 0), weights = softmax; "
+        "temperature: p ~ size^(1/T) with T searched (one dimension).",
+    )
+    logit_bounds: tuple[float, float] = Field(default=(-3.0, 3.0), description="Uniform range of each logit.")
+    temperature_bounds: tuple[float, float] = Field(
+        default=(0.5, 20.0), description="Log-uniform range of the temperature T."
+    )
+    include_proportional: bool = Field(
+        default=True, description="Evaluate the official size-proportional mixture (spec §4.4) as the first trial."
+    )
+
+    @field_validator("logit_bounds", "temperature_bounds")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not v[0] < v[1]:
+            raise ValueError(f"must be [low, high] with low < high, got {list(v)}")
+        return v
+
+    @field_validator("temperature_bounds")
+    @classmethod
+    def _positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] <= 0:
+            raise ValueError(f"temperatures must be > 0, got {list(v)}")
+        return v
+
+
+class TuneJobConfig(Section):
+    """``neurolm tune``: Optuna + ASHA search over the stage-3 task mixing weights (issue 6, item 4)."""
+
+    stage: Literal["tune"] = "tune"
+    name: str = Field(description="Tune experiment name; results go to storage_path/name.")
+    storage_path: str = Field(description="Where the experiment goes: local dir or s3://bucket/prefix.")
+    output: str | None = Field(
+        default=None, description="Where the best mixture config and the plot go; None = storage_path/name."
+    )
+    instruct: InstructSource = Field(description="The stage-3 config of every trial.")
+    search: MixingSearchSection = Field(default_factory=MixingSearchSection)
+    num_samples: int = Field(default=8, ge=1, description="Number of trials.")
+    objective: Literal["mean", "worst", "weighted"] = Field(
+        default="mean", description="Reduction of val/<task>/balanced_accuracy over tasks."
+    )
+    importance: dict[str, float] = Field(
+        default_factory=dict, description="Task -> importance for objective=weighted (missing tasks: 1)."
+    )
+    time_attr: Literal["step", "training_iteration"] = Field(
+        default="step",
+        description="ASHA's clock: optimizer steps (trials then train exactly max_t steps) or validation reports.",
+    )
+    max_t: int = Field(default=8, ge=1, description="ASHA: a trial runs at most this long (time_attr units).")
+    grace_period: int = Field(default=1, ge=1, description="ASHA: no trial is stopped before this.")
+    reduction_factor: float = Field(default=2.0, gt=1, description="ASHA: keep the top 1/reduction_factor.")
+    max_concurrent_trials: int | None = Field(
+        default=None, ge=1, description="None = as many as the cluster's CPUs/GPUs fit (see data_cpus)."
+    )
+    data_cpus: float = Field(
+        default=1.0, ge=0, description="CPUs left free for Ray Data when deriving max_concurrent_trials."
+    )
+    driver_cpus: float = Field(
+        default=0.0, ge=0, description="CPUs of each trial's driver; 0 = none (it only waits on its Train run)."
+    )
+    export_best: bool = Field(default=True, description="Export the best trial's last checkpoint (safetensors).")
+    final_overrides: list[str] = Field(
+        default_factory=list, description="Dotted stage-3 overrides applied to the written best config only."
+    )
+    tensorboard: bool = Field(default=True, description="TensorBoard event files per trial (TBXLoggerCallback).")
+    wandb: bool = Field(default=False, description="One W&B run per trial (offline without an API key).")
+    wandb_project: str = "neurolm-tune"
+    seed: int = Field(default=0, description="Seed of the Optuna sampler.")
+    ray_address: str | None = Field(default=None, description="None: RAY_ADDRESS or a new local instance.")
+
+    @field_validator("importance")
+    @classmethod
+    def _importance_positive(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: w for k, w in v.items() if not w >= 0}
+        if bad:
+            raise ValueError(f"importances must be >= 0, got {bad}")
+        return v
+
+    def instruct_config(self) -> InstructJobConfig:
+        """The stage-3 config of the trials: preset, deep-merged inline keys, then the dotted overrides."""
+        tree: dict[str, Any] = {}
+        source = "tune instruct section"
+        if self.instruct.preset is not None:
+            p = Path(self.instruct.preset)
+            if not p.is_file():
+                raise ConfigError(f"instruct.preset: config file {str(p)!r} does not exist")
+            loaded = _yaml(p.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"instruct.preset: {str(p)!r} must hold a mapping of keys")
+            tree = loaded
+            source = str(p)
+        tree = _deep_merge(tree, self.instruct.config)
+        apply_overrides(tree, self.instruct.overrides)
+        try:
+            return InstructJobConfig.model_validate(tree)
+        except ValidationError as err:
+            raise _explain(err, f"instruct ({source} + inline keys + overrides)") from None
