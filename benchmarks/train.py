@@ -98,11 +98,9 @@ def main() -> None:
     out: dict = {"machine": {"cpus": os.cpu_count()}, "stages": {}}
     with tempfile.TemporaryDirectory() as tmp, LocalS3Server(os.path.join(tmp, "s3")) as server:
         os.environ.update(server.env())
-        from neurolm.train.launch import worker_env
+        from neurolm.train.launch import init_local_ray, worker_env
 
-        # Worker logs stay in Ray's log files so that stdout is the JSON alone.
-        ray.init(address="local", object_store_memory=int(1e9), log_to_driver=False,
-                 runtime_env={"env_vars": worker_env()})
+        init_local_ray(worker_env(), log_to_driver=False)  # worker logs stay in Ray's files: stdout is the JSON
         ensure_ray(None)
         root = "s3://neurolm/bench"
         for corpus, name, dataset, overrides in (

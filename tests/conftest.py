@@ -52,18 +52,10 @@ def ray_cluster(s3_server: dict[str, str]) -> Iterator[None]:
     """
     import ray
 
-    from neurolm.storage import storage_env
+    from neurolm.train.launch import init_local_ray, worker_env
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        object_store_memory=int(1e9),
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        runtime_env={"env_vars": {**storage_env(), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline",
-                                  "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}},
-        log_to_driver=True,
-    )
+    init_local_ray({**worker_env(), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
+                    "TRANSFORMERS_OFFLINE": "1"}, num_cpus=2)
     try:
         yield
     finally:

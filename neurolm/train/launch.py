@@ -64,8 +64,24 @@ def ensure_ray(address: str | None) -> None:
     if address:
         ray.init(address=address, runtime_env=runtime_env)
     else:
-        ray.init(address="local", object_store_memory=int(1e9), runtime_env=runtime_env,
-                 dashboard_host="127.0.0.1")
+        init_local_ray(runtime_env["env_vars"])
+
+
+def init_local_ray(env_vars: dict[str, str], num_cpus: int | None = None, **kwargs: Any) -> None:
+    """A fresh local Ray instance (immune to a stale ``ray_current_cluster`` file) with the dashboard on.
+
+    Train V2's placement-group cleaner asks the state API for its controller; with several Ray instances on
+    one machine its address auto-detection fails ("Found multiple active Ray instances") and finished runs
+    leak their placement groups. Pinning the dashboard port and handing its URL to every worker avoids that.
+    """
+    import ray
+
+    from neurolm.s3server import free_ports
+
+    port = free_ports(1)[0]
+    env = {**env_vars, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=int(1e9), include_dashboard=True,
+             dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": env}, **kwargs)
 
 
 def _uris(value: str | list[str] | None) -> list[str]:

@@ -189,7 +189,7 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info:
     mixed = None
     if hasattr(stage, "train_stream"):  # stage 3: a task mixture over several datasets
         position = (state.epoch * micro_per_epoch + state.micro_in_epoch) * cfg.train.micro_batch_size
-        mixed = stage.train_stream(info, position, rank, derived_seed(cfg.train.seed, rank))
+        mixed = stage.train_stream(info, position, rank, derived_seed(cfg.train.seed))
 
     def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         if mixed is not None:

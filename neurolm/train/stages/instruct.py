@@ -1,9 +1,12 @@
 """Stage 3: multi-task instruction tuning (spec §4) with a block-deterministic task mixture.
 
-Each task's shards are their own Ray dataset, split across workers. A worker draws its micro-batches from its
-task streams in the order given by :class:`neurolm.data.mixture.MixtureSampler` (seeded per rank), so the data
-order is a pure function of the seed and the stream position: a resume fast-forwards every task stream by the
-closed-form count of samples it had given, and continues exactly.
+Each task's shards are their own Ray dataset, split across workers (``streaming_split``). The mixture picks one
+task per micro-batch, from :class:`neurolm.data.mixture.MixtureSampler` with the same seed on every rank, so all
+ranks read the same task's split at the same step. That lockstep is required: a streaming split's consumers
+start each pass together, and ranks reading different tasks' splits would wait on each other forever. The
+data order is a pure function of the seed and the step: a resume fast-forwards every task stream by the
+closed-form count of batches it had given, and continues exactly. Task weights thus apply to micro-batches
+(the share of samples is the same in expectation), and every batch holds one task (one prompt length).
 """
 
 from __future__ import annotations
@@ -50,50 +53,68 @@ def instruction_layout(
 
 
 class _RowStream:
-    """Rows of one task's shard on this worker, forever: each pass re-reads the shard (new shuffle seed)."""
+    """Rows of one task's shard on this worker, forever: each pass re-reads the shard (new shuffle seed).
+
+    Rows are handed out as slices of the buffered Ray Data batch, never one Python dict per row."""
 
     def __init__(self, shard: Any, chunk: int, seed: int, shuffle_buffer: int) -> None:
         self.shard, self.chunk, self.seed, self.shuffle_buffer = shard, chunk, seed, shuffle_buffer
         self.passes = 0
-        self._rows: Iterator[dict[str, np.ndarray]] = iter(())
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(())
+        self._buffer: dict[str, np.ndarray] = {}
+        self._offset = 0
+        self._size = 0
 
     def _new_pass(self) -> Iterator[dict[str, np.ndarray]]:
         self.passes += 1
-        for batch in self.shard.iter_batches(
+        return iter(self.shard.iter_batches(
             batch_size=self.chunk, batch_format="numpy",
             local_shuffle_buffer_size=self.shuffle_buffer or None,
             local_shuffle_seed=(self.seed + self.passes) if self.shuffle_buffer else None,
-        ):
-            n = len(next(iter(batch.values())))
-            for i in range(n):
-                yield {k: v[i] for k, v in batch.items()}
+        ))
 
-    def next(self) -> dict[str, np.ndarray]:
+    def _refill(self) -> None:
         for _ in range(2):
             try:
-                return next(self._rows)
+                self._buffer = next(self._batches)
+                self._size, self._offset = len(next(iter(self._buffer.values()))), 0
+                return
             except StopIteration:
-                self._rows = self._new_pass()
+                self._batches = self._new_pass()
         raise RuntimeError("a task shard of this worker is empty")
+
+    def take(self, n: int) -> list[dict[str, np.ndarray]]:
+        """The next ``n`` rows as a list of column slices (crossing batch and pass boundaries as needed)."""
+        parts = []
+        while n > 0:
+            if self._offset >= self._size:
+                self._refill()
+            k = min(n, self._size - self._offset)
+            parts.append({key: v[self._offset : self._offset + k] for key, v in self._buffer.items()})
+            self._offset += k
+            n -= k
+        return parts
 
 
 class MixedTaskStream:
-    """Micro-batches of one worker mixed over tasks by a :class:`MixtureSampler`."""
+    """Micro-batches of one worker, one task per micro-batch, in the order of a :class:`MixtureSampler` over
+    micro-batch indices (identical on every rank)."""
 
-    def __init__(self, shards: dict[str, Any], sampler: MixtureSampler, batch_size: int, position: int,
-                 seed: int, shuffle_buffer: int) -> None:
+    def __init__(self, shards: dict[str, Any], sampler: MixtureSampler, batch_size: int, micro_batch: int,
+                 shuffle_seed: int, shuffle_buffer: int) -> None:
         self.sampler, self.batch_size = sampler, batch_size
-        self.streams = {t: _RowStream(s, 32, seed + i, shuffle_buffer) for i, (t, s) in enumerate(sorted(shards.items()))}
-        self.position = position
-        for task, count in sampler.task_counts(position).items():  # resume: replay each stream's consumption
-            for _ in range(count):
-                self.streams[task].next()
+        self.streams = {t: _RowStream(s, 64, shuffle_seed + i, shuffle_buffer)
+                        for i, (t, s) in enumerate(sorted(shards.items()))}
+        self.micro_batch = micro_batch
+        for task, count in sampler.task_counts(micro_batch).items():  # resume: replay each stream's batches
+            if count:
+                self.streams[task].take(count * batch_size)
 
     def next(self) -> dict[str, torch.Tensor]:
-        picks = self.sampler.indices(self.position, self.position + self.batch_size)
-        self.position += self.batch_size
-        rows = [self.streams[task].next() for task, _ in picks]
-        return {k: torch.as_tensor(np.stack([r[k] for r in rows])) for k in rows[0]}
+        (task, _), = self.sampler.indices(self.micro_batch, self.micro_batch + 1)
+        self.micro_batch += 1
+        parts = self.streams[task].take(self.batch_size)
+        return {k: torch.as_tensor(np.concatenate([p[k] for p in parts])) for k in parts[0]}
 
 
 class InstructStage:
@@ -152,11 +173,13 @@ class InstructStage:
         return model
 
     def train_stream(self, info: dict[str, Any], position: int, rank: int, seed: int) -> MixedTaskStream:
+        """The mixture stream at ``position`` samples; ``seed`` is the run's seed (the same on every rank)."""
         import ray.train
 
         sampler = MixtureSampler(info["sizes"], info["weights"], self.cfg.mixture.block_size, seed)
         shards = {t: ray.train.get_dataset_shard(f"train_{t}") for t in info["sizes"]}
-        return MixedTaskStream(shards, sampler, self.cfg.train.micro_batch_size, position, seed,
+        batch = self.cfg.train.micro_batch_size
+        return MixedTaskStream(shards, sampler, batch, position // batch, seed + 7919 * (rank + 1),
                                self.cfg.data.local_shuffle_buffer)
 
     def train_step(
