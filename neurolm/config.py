@@ -523,6 +523,10 @@ class TuneJobConfig(Section):
     instruct: InstructSource = Field(description="The stage-3 config of every trial.")
     search: MixingSearchSection = Field(default_factory=MixingSearchSection)
     num_samples: int = Field(default=8, ge=1, description="Number of trials.")
+    tie_break_loss: float = Field(
+        default=1e-3, ge=0, description="Search score = objective - this x val/loss: orders trials whose balanced "
+        "accuracies tie (small val splits) by the NLL of the true answers; 0 = the objective alone."
+    )
     objective: Literal["mean", "worst", "weighted"] = Field(
         default="mean", description="Reduction of val/<task>/balanced_accuracy over tasks."
     )

@@ -34,6 +34,7 @@ from neurolm import storage
 from neurolm.config import ConfigError, InstructJobConfig, TuneJobConfig, load_config
 from neurolm.tune.search import (
     LOGIT_PREFIX,
+    SEARCH_METRIC,
     best_config_yaml,
     best_instruct_config,
     derive_max_concurrent_trials,
@@ -41,6 +42,7 @@ from neurolm.tune.search import (
     objective_value,
     proportional_params,
     search_dimensions,
+    search_score,
     task_names,
     task_sizes,
     trial_instruct_config,
@@ -60,15 +62,17 @@ class ObjectiveReportCallback(TuneReportCallback):
     """A ``TuneReportCallback`` that adds ``objective_key(objective)`` to the workers' validation reports and
     forwards only those (Tune requires the objective in every result it sees; training-only reports lack it)."""
 
-    def __init__(self, tasks: list[str], objective: str, importance: dict[str, float]) -> None:
+    def __init__(self, tasks: list[str], objective: str, importance: dict[str, float], tie_break_loss: float) -> None:
         super().__init__()
         self.tasks, self.objective, self.importance = tasks, objective, importance
+        self.tie_break_loss = tie_break_loss
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         value = objective_value(metrics[0], self.tasks, self.objective, self.importance)
         if value is None:
             return
-        first = {**metrics[0], objective_key(self.objective): value}
+        first = {**metrics[0], objective_key(self.objective): value,
+                 SEARCH_METRIC: search_score(value, metrics[0], self.tie_break_loss)}
         super().after_report(run_context, [first, *metrics[1:]], checkpoint)
 
 
@@ -104,7 +108,7 @@ def train_driver_fn(config: dict[str, Any], setup: dict[str, Any]) -> None:
     weights = weights_from_params(cfg.search.space, config, tasks, setup["sizes"])
     trial_id = tune.get_context().get_trial_id()
     instruct = trial_instruct_config(base, cfg, weights, trial_id)
-    callback = ObjectiveReportCallback(tasks, cfg.objective, dict(cfg.importance))
+    callback = ObjectiveReportCallback(tasks, cfg.objective, dict(cfg.importance), cfg.tie_break_loss)
     fit_stage(instruct, callbacks=[callback])
 
 
@@ -148,8 +152,8 @@ def _max_concurrent(cfg: TuneJobConfig, base: InstructJobConfig) -> int:
 def _trial_summaries(
     results: Any, cfg: TuneJobConfig, tasks: list[str], sizes: dict[str, int], stopped: dict[str, float]
 ) -> list[dict]:
-    """One row per trial: parameters, weights, last and best objective, how far it got, its last checkpoint."""
-    key = objective_key(cfg.objective)
+    """One row per trial: parameters, weights, last and best search score, how far it got, its last checkpoint."""
+    key = SEARCH_METRIC
     rows = []
     for result in results:
         params = {
@@ -226,7 +230,7 @@ def run_mixing_search(cfg: TuneJobConfig) -> dict[str, Any]:
     sizes = task_sizes(base)
     ensure_ray(cfg.ray_address or base.run.ray_address)
     concurrent = _max_concurrent(cfg, base)
-    key = objective_key(cfg.objective)
+    key = SEARCH_METRIC  # the objective with a small loss tie-break (search.SEARCH_METRIC)
     log.info(
         "mixing search %s: tasks %s (sizes %s), %d trials, %d at a time, objective %s",
         cfg.name,

@@ -29,6 +29,8 @@ __all__ = [
     "LOGIT_PREFIX",
     "TEMPERATURE_PARAM",
     "objective_key",
+    "SEARCH_METRIC",
+    "search_score",
     "task_names",
     "task_sizes",
     "search_dimensions",
@@ -46,6 +48,20 @@ __all__ = [
 LOGIT_PREFIX = "logit_"
 TEMPERATURE_PARAM = "temperature"
 _BACC = "val/{task}/balanced_accuracy"
+
+
+SEARCH_METRIC = "tune/score"
+"""What Optuna and ASHA rank: the objective minus ``tie_break_loss`` x ``val/loss`` (mean NLL of the true answer).
+Balanced accuracy on small validation splits is coarse and ties often (every untrained trial scores 0.5); the
+small loss term orders tied trials by how confidently they answer, without reordering different accuracies."""
+
+
+def search_score(objective: float, metrics: Mapping[str, Any], tie_break_loss: float) -> float:
+    """The :data:`SEARCH_METRIC` of one validation report."""
+    loss = metrics.get("val/loss")
+    if tie_break_loss and isinstance(loss, (int, float)) and math.isfinite(loss):
+        return float(objective - tie_break_loss * loss)
+    return float(objective)
 
 
 def objective_key(objective: str) -> str:

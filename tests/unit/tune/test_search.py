@@ -187,3 +187,13 @@ def test_best_config_round_trips_through_load_config(tmp_path: Path) -> None:
     assert loaded.run.name == "tune-mixing-debug-best-mixture" and loaded.init == "/nowhere/export"
     with pytest.raises(ConfigError, match="final_overrides"):
         best_instruct_config(base, tune_config(tmp_path, "final_overrides=[train.epochs=0]"), weights)
+
+
+def test_search_score_breaks_ties_by_val_loss_without_reordering_accuracies() -> None:
+    from neurolm.tune.search import search_score
+
+    tied = [search_score(0.5, {"val/loss": loss}, 1e-3) for loss in (0.69, 0.71)]
+    assert tied[0] > tied[1]
+    # A better balanced accuracy wins whatever the loss (losses are O(1), accuracy steps O(1 / n_val)).
+    assert search_score(0.55, {"val/loss": 5.0}, 1e-3) > search_score(0.5, {"val/loss": 0.1}, 1e-3)
+    assert search_score(0.5, {}, 1e-3) == 0.5 and search_score(0.5, {"val/loss": 3.0}, 0.0) == 0.5
