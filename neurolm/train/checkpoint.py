@@ -69,7 +69,8 @@ def validate_checkpoint_dir(directory: str) -> TrainState:
     missing = [r for r in range(state.world_size) if not Path(directory, f"rank_{r}.json").exists()]
     if missing:
         raise CheckpointError(f"{directory}: ranks {missing} did not finish writing their checkpoint files")
-    if not Path(directory, "ds", DS_TAG, "mp_rank_00_model_states.pt").exists():
+    # ZeRO 0-2 write mp_rank_00_model_states.pt; ZeRO-3 writes zero_pp_rank_<r>_mp_rank_00_model_states.pt.
+    if not any(Path(directory, "ds", DS_TAG).glob("*model_states.pt")):
         raise CheckpointError(f"{directory}: DeepSpeed model states are missing")
     return state
 
@@ -106,6 +107,7 @@ def consolidated_state_dict(checkpoint_dir: str) -> dict[str, torch.Tensor]:
 
         state = get_fp32_state_dict_from_zero_checkpoint(ds_dir, tag=DS_TAG)
     else:
-        blob = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+        blob = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
+                          weights_only=False)
         state = blob["module"]
     return {k: v.float().contiguous() for k, v in state.items()}
