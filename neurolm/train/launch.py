@@ -147,8 +147,9 @@ def fit_stage(cfg: _StageConfig, callbacks: list[Any] | None = None) -> StageRes
 
     from neurolm.train.stages import make_stage
 
-    for uri in _uris(cfg.data.train) + _uris(cfg.data.val) + [cfg.run.storage_path]:
-        storage.check_reachable(uri)
+    task_uris = [u for t in getattr(cfg, "tasks", []) for u in (t.train, t.val) if u]  # stage 3
+    for uri in _uris(cfg.data.train) + _uris(cfg.data.val) + task_uris + [cfg.run.storage_path]:
+        storage.check_reachable(uri)  # before any Ray resources are requested
     if storage.is_s3(cfg.run.storage_path):
         storage.ensure_bucket(cfg.run.storage_path[5:].split("/", 1)[0])
     stage = make_stage(cfg)  # validates model presets and loads nothing heavy on the driver
