@@ -1,6 +1,6 @@
 """The 10-20 channel vocabulary of NeuroLM and the normalisation of channel names found in real files.
 
-A token's spatial embedding row is the index of its channel name in :data:`STANDARD_1020` (spec §1.3): the
+A token's spatial embedding row is the index of its channel name in :data:`STANDARD_1020` (docs/reference.md §1.3): the
 official list of 139 names, in the official order, padding at :data:`PAD_INDEX`. Old and new names of the same
 site (T3/T7, T5/P7, T4/T8, T6/P8) keep their own rows, exactly as in the official code.
 
@@ -37,7 +37,7 @@ __all__ = [
     "select_channels",
 ]
 
-# Spec §1.3 (official `dataset.py: standard_1020`): the index is the embedding row; do not reorder.
+# docs/reference.md §1.3 (official `dataset.py: standard_1020`): the index is the embedding row; do not reorder.
 STANDARD_1020: tuple[str, ...] = (
     "FP1", "FPZ", "FP2",
     "AF9", "AF7", "AF5", "AF3", "AF1", "AFZ", "AF2", "AF4", "AF6", "AF8", "AF10",
@@ -76,7 +76,7 @@ _TRAILING_JUNK = re.compile(r"[.\s_]+$")
 
 
 class UnknownChannelError(KeyError):
-    """A channel name has no entry in the 10-20 vocabulary (spec §1.3)."""
+    """A channel name has no entry in the 10-20 vocabulary (docs/reference.md §1.3)."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
         return str(self.args[0]) if self.args else "unknown channel"
@@ -185,10 +185,10 @@ def select_channels(
         Channel names as in the file.
     required : sequence of str, optional
         Vocabulary names to keep, in this order (a corpus's fixed channel list, e.g. the 23 TUH channels of
-        spec §1.7). Channels not listed are dropped silently (the corpus does not use them); listed names the
+        docs/reference.md §1.7). Channels not listed are dropped silently (the corpus does not use them); listed names the
         recording lacks are reported in ``missing``. Without it every mappable channel is kept, in file order.
     exclude : iterable of str
-        Vocabulary names never to keep (e.g. SEED's M1/M2, spec §1.5).
+        Vocabulary names never to keep (e.g. SEED's M1/M2, docs/reference.md §1.5).
 
     Returns
     -------

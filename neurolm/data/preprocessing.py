@@ -1,7 +1,8 @@
 """Preprocessing as plain functions: plan the recordings, process one, finalise the dataset (no Ray here).
 
 :mod:`neurolm.preprocess` runs :func:`process_recording` as one Ray task per recording; tests and the benchmark
-call it directly. The resumability contract (spec: "idempotent and resumable") rests on three facts:
+call it directly. The resumability contract (idempotent and resumable; docs/architecture.md, "Contracts") rests
+on three facts:
 
 1. a recording's shards and record depend only on its files and the config (its *fingerprint*);
 2. a recording commits by writing its record ``_records/<key>.json`` *after* its shards, each object whole;

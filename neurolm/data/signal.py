@@ -1,4 +1,4 @@
-"""Signal processing of one recording with MNE, as the official data makers do it (spec §1.1).
+"""Signal processing of one recording with MNE, as the official data makers do it (docs/reference.md §1.1).
 
 read (any MNE reader) → pick and rename channels to the 10-20 vocabulary → check the values → a list of named
 steps (braindecode style; by default 0.1–75 Hz FIR band-pass, notch at 50 or 60 Hz, resample to 200 Hz) →
@@ -44,7 +44,7 @@ __all__ = [
     "FLAT_PTP_UV",
 ]
 
-MODEL_UNIT_UV = 100.0  # the official loaders divide µV by 100 (spec §1.1)
+MODEL_UNIT_UV = 100.0  # the official loaders divide µV by 100 (docs/reference.md §1.1)
 FLAT_PTP_UV = 0.1  # a channel whose peak-to-peak is below this (in µV) carries no EEG
 
 
@@ -61,7 +61,7 @@ class RecordingError(Exception):
 
 @dataclass(frozen=True)
 class SignalParams:
-    """The processing every corpus shares (spec §1.1).
+    """The processing every corpus shares (docs/reference.md §1.1).
 
     Attributes
     ----------
@@ -133,7 +133,7 @@ class Step:
 
 
 def standard_steps(params: SignalParams) -> list[Step]:
-    """The official steps in the official order (spec §1.1): band-pass, notch, resample."""
+    """The official steps in the official order (docs/reference.md §1.1): band-pass, notch, resample."""
     steps = [Step("bandpass", _bandpass, {"l_freq": params.l_freq, "h_freq": params.h_freq})]
     if params.notch is not None:
         steps.append(Step("notch", _notch, {"freqs": params.notch}))
@@ -211,7 +211,7 @@ def check_values(
 
 
 def to_model_units(data_uv: np.ndarray, dtype: str | np.dtype = "float32") -> np.ndarray:
-    """µV → units of 100 µV (spec §1.1), cast once at the end."""
+    """µV → units of 100 µV (docs/reference.md §1.1), cast once at the end."""
     return (np.asarray(data_uv, dtype=np.float64) / MODEL_UNIT_UV).astype(dtype)
 
 
@@ -253,7 +253,7 @@ def load_recording(
     dtype: str = "float32",
     inspect: Callable[[mne.io.BaseRaw], None] | None = None,
 ) -> ProcessedRecording:
-    """Read, select channels, check and process one recording (spec §1.1).
+    """Read, select channels, check and process one recording (docs/reference.md §1.1).
 
     Parameters
     ----------

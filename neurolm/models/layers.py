@@ -1,4 +1,5 @@
-"""Transformer pieces shared by the EEG encoder/decoders (spec §2.1) and the GPT-2 backbone (spec §3.1).
+"""Transformer pieces shared by the EEG encoder/decoders (docs/reference.md §2.1) and the GPT-2 backbone
+(docs/reference.md §3.1).
 
 Both official networks use nanoGPT's pre-LN block: ``x + attn(ln_1(x))`` then ``x + mlp(ln_2(x))``, a fused
 QKV projection split ``[q | k | v]`` with heads as contiguous slices, exact (erf) GELU and PyTorch SDPA. The
@@ -6,7 +7,7 @@ encoder has no biases (``bias=False``); GPT-2 has them. The order of operations 
 float32 results agree with the official code to rounding.
 
 Masks follow SDPA: a bool mask is True where a query may attend; a float mask is *added* to the scores (only the
-official generation path produces one, spec §6.3-13).
+official generation path produces one, docs/reference.md §6.3-13).
 """
 
 from __future__ import annotations

@@ -2,15 +2,15 @@
 
 All masks are bool, True where a query may attend, shaped to broadcast over heads: ``(B, 1, Lq, Lk)``.
 
-- :func:`key_padding_mask`: the official encoder/decoder mask (spec §2.1): every token sees every real token of
-  its sample, in both directions.
-- :func:`time_causal_mask`: the fix for spec §6.3-4: a token sees real tokens of its own and earlier seconds
+- :func:`key_padding_mask`: the official encoder/decoder mask (docs/reference.md §2.1): every token sees every
+  real token of its sample, in both directions.
+- :func:`time_causal_mask`: the fix for docs/reference.md §6.3-4: a token sees real tokens of its own and earlier seconds
   only, so encoder features at second t carry nothing from later seconds.
-- :func:`stair_mask`: the GPT mask of pre-training and instruction tuning (spec §3.3, §4.1): causal over the
-  whole sequence, full inside each EEG second, padded EEG columns closed for every row. Text tokens (appended
+- :func:`stair_mask`: the GPT mask of pre-training and instruction tuning (docs/reference.md §3.3, §4.1): causal
+  over the whole sequence, full inside each EEG second, padded EEG columns closed for every row. Text tokens (appended
   after the EEG part) are causal.
 - :func:`official_generation_mask`: what the official ``NeuroLM.generate`` feeds the GPT after appending new
-  tokens: a *float* mask (spec §6.3-13), reproduced for golden comparisons only.
+  tokens: a *float* mask (docs/reference.md §6.3-13), reproduced for golden comparisons only.
 """
 
 from __future__ import annotations
@@ -21,19 +21,19 @@ __all__ = ["key_padding_mask", "time_causal_mask", "stair_mask", "official_gener
 
 
 def key_padding_mask(input_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, L)`` real-token flags → ``(B, 1, 1, L)``: every query sees every real key (spec §2.1)."""
+    """``(B, L)`` real-token flags → ``(B, 1, 1, L)``: every query sees every real key (docs/reference.md §2.1)."""
     return input_mask.bool()[:, None, None, :]
 
 
 def time_causal_mask(input_time: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
-    """``(B, 1, L, L)``: query i sees real key j iff ``time[j] <= time[i]`` (fix for spec §6.3-4)."""
+    """``(B, 1, L, L)``: query i sees real key j iff ``time[j] <= time[i]`` (fix for docs/reference.md §6.3-4)."""
     time = input_time.long()
     earlier_or_same = time[:, None, :] <= time[:, :, None]  # (B, L, L)
     return (earlier_or_same & input_mask.bool()[:, None, :])[:, None]
 
 
 def stair_mask(input_time: torch.Tensor, input_mask: torch.Tensor, text_len: int = 0) -> torch.Tensor:
-    """The stair-stepping GPT mask over ``L`` EEG tokens followed by ``text_len`` text tokens (spec §3.3).
+    """The stair-stepping GPT mask over ``L`` EEG tokens followed by ``text_len`` text tokens (docs/reference.md §3.3).
 
     ``mask[i, j] = key_real[j] and (j <= i or (i, j) are real EEG tokens of the same second)``. For real tokens
     in the time-major layout this is "all channels of the same and earlier seconds"; padding rows see every
@@ -54,7 +54,8 @@ def stair_mask(input_time: torch.Tensor, input_mask: torch.Tensor, text_len: int
 
 
 def official_generation_mask(prompt_mask: torch.Tensor, appended: int) -> torch.Tensor:
-    """The official generation mask after ``appended`` new tokens (spec §6.3-13; golden ``final_step_mask``).
+    """The official generation mask after ``appended`` new tokens (docs/reference.md §6.3-13; golden
+    ``final_step_mask``).
 
     Each step concatenates a float zero column and a float row of ones, so from the first append on the mask
     is float and SDPA *adds* it to the scores: nothing is masked any more (allowed keys get +1).

@@ -1,4 +1,4 @@
-"""EMA vector quantizer with an l2-normalised codebook (spec §2.2; official ``NormEMAVectorQuantizer``).
+"""EMA vector quantizer with an l2-normalised codebook (docs/reference.md §2.2; official ``NormEMAVectorQuantizer``).
 
 ``z`` is l2-normalised, matched to the nearest code by Euclidean distance (cosine, since both are unit vectors)
 and replaced by it with a straight-through gradient. The codebook is not trained by gradients: on the first
@@ -11,9 +11,9 @@ codebook of rank 0 is broadcast so every rank starts from the same codebook (the
 keep its own k-means result).
 
 Official quirks, kept by default and switchable:
-- padding tokens take part in k-means, the EMA statistics and the commitment loss (spec §6.3-6); pass ``valid``
-  to :meth:`NormEMAQuantizer.forward` to exclude them;
-- ``usage`` (a code-usage EMA that nothing reads) is also updated in eval mode (spec §6.3-9).
+- padding tokens take part in k-means, the EMA statistics and the commitment loss (docs/reference.md §6.3-6);
+  pass ``valid`` to :meth:`NormEMAQuantizer.forward` to exclude them;
+- ``usage`` (a code-usage EMA that nothing reads) is also updated in eval mode (docs/reference.md §6.3-9).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class QuantizerOutput:
 
 
 class NormEMAQuantizer(nn.Module):
-    """``num_codes`` unit-norm codes of ``code_dim`` dimensions, updated by EMA (spec §2.2).
+    """``num_codes`` unit-norm codes of ``code_dim`` dimensions, updated by EMA (docs/reference.md §2.2).
 
     Buffers (all stored, none optimised): ``codebook`` (K, D); ``usage`` (K,) EMA of code counts;
     ``kmeans_counts`` (K,) bin counts of the k-means init; ``embed_avg`` (K, D) kept only so an official

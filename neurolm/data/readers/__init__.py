@@ -1,4 +1,4 @@
-"""Corpus readers, one module per corpus (spec §1.5, §1.7); see :mod:`neurolm.data.readers.base` for the
+"""Corpus readers, one module per corpus (docs/reference.md §1.5, §1.7); see :mod:`neurolm.data.readers.base` for the
 interface. :func:`get_reader` maps a ``PreprocessConfig.corpus`` name to its module."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """What every corpus reader shares: the unit of work (:class:`RecordingTask`), its output
-(:class:`RecordingSamples`) and the windowing helpers of spec §1.5.
+(:class:`RecordingSamples`) and the windowing helpers of docs/reference.md §1.5.
 
 A reader module has three members::
 
-    DEFAULT_NOTCH_HZ: float                                          # spec §1.1, per corpus
+    DEFAULT_NOTCH_HZ: float                                          # docs/reference.md §1.1, per corpus
     def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]   # driver: find files, subjects, splits
     def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSamples   # one worker task
 
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-# The tokenizer's temporal embedding has 64 rows (spec §1.2, §6.3-7): no sample may be longer.
+# The tokenizer's temporal embedding has 64 rows (docs/reference.md §1.2, §6.3-7): no sample may be longer.
 MAX_SAMPLE_SECONDS = 64
 
 
@@ -134,14 +134,14 @@ class RecordingSamples:
 
 
 def signal_params(cfg: PreprocessConfig, default_notch_hz: float) -> SignalParams:
-    """The processing parameters of a config; ``notch=None`` means the corpus default (spec §1.1)."""
+    """The processing parameters of a config; ``notch=None`` means the corpus default (docs/reference.md §1.1)."""
     notch = default_notch_hz if cfg.notch is None else (cfg.notch or None)
     return SignalParams(l_freq=cfg.l_freq, h_freq=cfg.h_freq, notch=notch, sfreq=cfg.sfreq)
 
 
 def fixed_window_starts(n_samples: int, window: int, hop: int | None = None) -> np.ndarray:
     """Start indices of windows of ``window`` samples every ``hop`` (default: non-overlapping) that fit
-    entirely in ``n_samples``; the remainder is dropped, as in every official maker (spec §1.5)."""
+    entirely in ``n_samples``; the remainder is dropped, as in every official maker (docs/reference.md §1.5)."""
     hop = window if hop is None else hop
     if window <= 0 or hop <= 0:
         raise ValueError(f"window and hop must be positive, got {window}, {hop}")
@@ -151,8 +151,8 @@ def fixed_window_starts(n_samples: int, window: int, hop: int | None = None) -> 
 
 
 def pretrain_window_seconds(n_channels: int, max_tokens: int = 1024) -> int:
-    """Pre-training window length: ``max_tokens // C`` seconds (spec §1.5), capped at 64 s because the
-    temporal embedding has 64 rows (the official code crashes for C < 16, spec §6.3-7)."""
+    """Pre-training window length: ``max_tokens // C`` seconds (docs/reference.md §1.5), capped at 64 s because the
+    temporal embedding has 64 rows (the official code crashes for C < 16, docs/reference.md §6.3-7)."""
     if n_channels <= 0:
         raise ValueError("a window needs at least one channel")
     return max(1, min(max_tokens // n_channels, MAX_SAMPLE_SECONDS))

@@ -1,7 +1,7 @@
 """Generic reader: any folder of MNE-readable recordings (EDF, BDF, BrainVision, EEGLAB, FIF, GDF, CNT).
 
 Every file becomes fixed windows: ``window_s`` seconds (10 s by default), or with ``pretrain_windows`` the
-pre-training rule of spec §1.5, ``1024 // C`` seconds (at most 64). Channels are every channel whose name maps
+pre-training rule of docs/reference.md §1.5, ``1024 // C`` seconds (at most 64). Channels are every channel whose name maps
 to the 10-20 vocabulary, in file order; flat channels are dropped and reported. Labels are −1. Subjects come
 from ``subject_regex`` or the parent folder (PhysioNet's ``S001/S001R02.edf`` → ``S001``); splits are seeded
 and subject-wise.
@@ -28,7 +28,7 @@ from neurolm.data.signal import RecordingError, load_recording
 
 __all__ = ["DEFAULT_NOTCH_HZ", "DEFAULT_WINDOW_S", "EXTENSIONS", "list_recordings", "read_recording"]
 
-# No corpus to follow: 50 Hz like most of the official makers (spec §1.1); set notch=60 for US recordings.
+# No corpus to follow: 50 Hz like most of the official makers (docs/reference.md §1.1); set notch=60 for US recordings.
 DEFAULT_NOTCH_HZ = 50.0
 DEFAULT_WINDOW_S = 10.0
 EXTENSIONS = (".edf", ".bdf", ".vhdr", ".set", ".fif", ".gdf", ".cnt")

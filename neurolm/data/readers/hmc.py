@@ -1,4 +1,4 @@
-"""HMC sleep staging (PhysioNet ``hmc-sleep-staging`` 1.1; spec §1.5, §1.7, ``prepare_HMC.py``).
+"""HMC sleep staging (PhysioNet ``hmc-sleep-staging`` 1.1; docs/reference.md §1.5, §1.7, ``prepare_HMC.py``).
 
 Layout: ``recordings/SNxxx.edf`` with ``recordings/SNxxx_sleepscoring.txt`` beside it, a CSV with the columns
 ``Date, Time, Recording onset, Duration, Annotation, Linked channel``. Every row with Duration 30 and a sleep

@@ -1,4 +1,4 @@
-"""SEED (SEED-3) emotion recognition (spec §1.4, §1.5, §1.7, ``prepare_SEED.py`` + ``SEEDDataset``).
+"""SEED (SEED-3) emotion recognition (docs/reference.md §1.4, §1.5, §1.7, ``prepare_SEED.py`` + ``SEEDDataset``).
 
 Layout: one Neuroscan ``.cnt`` file per session, ``<subject>_<yyyymmdd>.cnt`` (15 subjects × 3 sessions). Every
 session shows the same 15 film clips at fixed times (below, seconds from the start of the recording, as published

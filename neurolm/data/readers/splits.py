@@ -1,5 +1,5 @@
-"""Seeded, subject-wise train/val/test splits (spec §6.3-10 and §8: the official TUAB split is unseeded and
-TUSL's is by file, not by subject).
+"""Seeded, subject-wise train/val/test splits (docs/reference.md §6.3-10 and §8: the official TUAB split is
+unseeded and TUSL's is by file, not by subject).
 
 A split is a function of the sorted set of subjects and the seed only, so the same corpus and seed give the
 same split on every machine, and adding a file of a known subject never moves that subject.

