@@ -8,7 +8,7 @@
 # on, and the Ray Client server (ray://, which runs any code it is sent) is not started at all.
 #
 #   cluster/local/up.sh [--ray-client]   # --ray-client: also start the Ray Client server (127.0.0.1 only)
-#   source .cache/local-cluster.env      # RAY_ADDRESS, RAY_API_SERVER_ADDRESS, RAY_AUTH_MODE, AWS_*
+#   source .cache/local-cluster.env      # RAY_ADDRESS, RAY_API_SERVER_ADDRESS, RAY_AUTH_MODE, RAY_AUTH_TOKEN_PATH, AWS_*
 #   cluster/local/submit.sh              # the demo pipeline; see submit.sh for other jobs
 #   cluster/local/down.sh
 #
