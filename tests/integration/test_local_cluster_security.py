@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 def _exports(text: str) -> dict[str, str]:
     return {
         line.removeprefix("export ").partition("=")[0]: line.partition("=")[2]
-        for line in text.splitlines() if line.startswith("export ")
+        for line in text.splitlines()
+        if line.startswith("export ")
     }
 
 
@@ -94,15 +95,31 @@ def test_local_cluster_listens_on_loopback_only_and_requires_the_token(tmp_path:
         api = cluster["RAY_API_SERVER_ADDRESS"]
 
         # Authenticated: submit.sh (sourcing the env file) runs a job that uses a Ray task (so workers start).
-        job = _run(["bash", "cluster/local/submit.sh", "tests/integration/_cluster_probe.py"], env, timeout=300)
+        job = _run(
+            ["bash", "cluster/local/submit.sh", "tests/integration/_cluster_probe.py"], env, timeout=300
+        )
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "probe answer 42" in job.stdout + job.stderr
 
         # Unauthenticated: the same submission without the token, and a plain dashboard request.
         no_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH"}
         no_token.update(RAY_AUTH_MODE="disabled", HOME=str(tmp_path / "empty-home"))
-        refused = _run([sys.executable, "-m", "ray.scripts.scripts", "job", "submit", "--address", api, "--",
-                        "echo", "should-not-run"], no_token, timeout=120)
+        refused = _run(
+            [
+                sys.executable,
+                "-m",
+                "ray.scripts.scripts",
+                "job",
+                "submit",
+                "--address",
+                api,
+                "--",
+                "echo",
+                "should-not-run",
+            ],
+            no_token,
+            timeout=120,
+        )
         assert refused.returncode != 0
         assert "Authentication" in refused.stdout + refused.stderr
         with pytest.raises(urllib.error.HTTPError) as err:

@@ -191,7 +191,9 @@ def test_every_registered_task_has_preprocessing_rules() -> None:
     assert task_rules("TUSL").notch_hz == 60 and task_rules("TUAB").notch_hz == 50
 
 
-def test_channels_the_task_never_saw_are_refused_naming_both_sets(tmp_path, capsys, recording, checkpoint) -> None:
+def test_channels_the_task_never_saw_are_refused_naming_both_sets(
+    tmp_path, capsys, recording, checkpoint
+) -> None:
     """S001R02 (64 channels of a 10-10 cap) holds none of SelfRegulationSCP1's 6 training channels."""
     from neurolm.data.readers.ts import KNOWN_CHANNELS
 
@@ -203,8 +205,21 @@ def test_channels_the_task_never_saw_are_refused_naming_both_sets(tmp_path, caps
     assert f"trained on {','.join(scp1)}" in err and "FC5" in err and "--allow-channel-mismatch" in err
     assert not out.exists()
 
-    assert cli(["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", recording, "-o", str(out),
-                "--allow-channel-mismatch"]) == 0
+    assert (
+        cli(
+            [
+                "--checkpoint",
+                checkpoint,
+                "--task",
+                "SelfRegulationSCP1",
+                recording,
+                "-o",
+                str(out),
+                "--allow-channel-mismatch",
+            ]
+        )
+        == 0
+    )
     assert "warning" in capsys.readouterr().err and len(_rows(out)) == 61 // 3
 
 

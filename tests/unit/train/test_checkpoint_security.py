@@ -40,8 +40,14 @@ class _Payload:
 
 @pytest.fixture(scope="module", autouse=True)
 def _single_process_group():
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), RANK="0",
-                      WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(29500 + os.getpid() % 1000),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+    )
     torch.set_num_threads(1)
     yield
     if torch.distributed.is_initialized():
@@ -53,8 +59,15 @@ def _engine(stage: int, seed: int):
 
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    return build_engine(model, DeepSpeedSection(zero_stage=stage), OptimSection(lr=1e-2),
-                        TrainSection(micro_batch_size=2, grad_accum_steps=1), False, 10, 10)
+    return build_engine(
+        model,
+        DeepSpeedSection(zero_stage=stage),
+        OptimSection(lr=1e-2),
+        TrainSection(micro_batch_size=2, grad_accum_steps=1),
+        False,
+        10,
+        10,
+    )
 
 
 def _trained_checkpoint(directory: Path, stage: int):

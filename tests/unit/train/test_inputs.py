@@ -28,11 +28,23 @@ def _good_shards(directory: Path) -> str:
     directory.mkdir(parents=True)
     schema = shards.shard_schema(2, 200)
     signal = pa.ExtensionArray.from_storage(
-        schema.field("signal").type, pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(400, np.float32)), 400)
+        schema.field("signal").type,
+        pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(400, np.float32)), 400),
     )
-    columns = {"sample_id": ["d/r/000000"], "dataset": ["d"], "split": ["train"], "subject": [""],
-               "recording": ["r"], "start_s": [0.0], "label": [-1], "channels": [[0, 1]], "n_channels": [2],
-               "n_seconds": [1], "signal": signal, "source_sfreq": [200.0]}
+    columns = {
+        "sample_id": ["d/r/000000"],
+        "dataset": ["d"],
+        "split": ["train"],
+        "subject": [""],
+        "recording": ["r"],
+        "start_s": [0.0],
+        "label": [-1],
+        "channels": [[0, 1]],
+        "n_channels": [2],
+        "n_seconds": [1],
+        "signal": signal,
+        "source_sfreq": [200.0],
+    }
     table = pa.Table.from_pydict({k: columns[k] for k in schema.names}, schema=schema)
     pq.write_table(table, directory / "part-r-00000.parquet")
     return str(directory)
@@ -48,8 +60,11 @@ def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _pretrain(tmp_path: Path, exports: dict[str, str], *overrides: str) -> PretrainJobConfig:
-    base = [f"data.train=[{_good_shards(tmp_path / 'good')}]", f"tokenizer={exports['tokenizer']}",
-            f"run.storage_path={tmp_path / 'runs'}"]
+    base = [
+        f"data.train=[{_good_shards(tmp_path / 'good')}]",
+        f"tokenizer={exports['tokenizer']}",
+        f"run.storage_path={tmp_path / 'runs'}",
+    ]
     return load_config(PretrainJobConfig, REPO / "configs/pretrain/debug.yaml", [*base, *overrides])
 
 
@@ -96,7 +111,9 @@ def test_each_bad_input_is_one_line_naming_key_and_value(
 
 
 def test_tokenizer_stage_with_the_debug_presets_empty_train_is_refused(tmp_path: Path) -> None:
-    cfg = load_config(TokenizerJobConfig, REPO / "configs/tokenizer/debug.yaml", [f"run.storage_path={tmp_path}"])
+    cfg = load_config(
+        TokenizerJobConfig, REPO / "configs/tokenizer/debug.yaml", [f"run.storage_path={tmp_path}"]
+    )
     with pytest.raises(ConfigError, match=r"^data.train = \[\]: no shards given"):
         check_stage_inputs(cfg)
 
@@ -104,23 +121,36 @@ def test_tokenizer_stage_with_the_debug_presets_empty_train_is_refused(tmp_path:
 def test_instruct_checks_task_shards_and_the_init_export(tmp_path: Path, exports: dict[str, str]) -> None:
     good = _good_shards(tmp_path / "task")
     base = [f"run.storage_path={tmp_path / 'runs'}", f"tasks=[{{name: SelfRegulationSCP1, train: {good}}}]"]
-    cfg = load_config(InstructJobConfig, REPO / "configs/instruct/debug.yaml", [*base, f"init={exports['neurolm']}"])
+    cfg = load_config(
+        InstructJobConfig, REPO / "configs/instruct/debug.yaml", [*base, f"init={exports['neurolm']}"]
+    )
     check_stage_inputs(cfg)
     with pytest.raises(ConfigError, match=r"^init = '.*tokenizer': holds a 'tokenizer' export, expected"):
         check_stage_inputs(cfg.model_copy(update={"init": exports["tokenizer"]}))
-    missing = [*base[:1], "tasks=[{name: SelfRegulationSCP1, train: /no/such/task}]", f"init={exports['neurolm']}"]
+    missing = [
+        *base[:1],
+        "tasks=[{name: SelfRegulationSCP1, train: /no/such/task}]",
+        f"init={exports['neurolm']}",
+    ]
     cfg = load_config(InstructJobConfig, REPO / "configs/instruct/debug.yaml", missing)
-    with pytest.raises(ConfigError, match=r"^tasks\[0\].train \(SelfRegulationSCP1\) = '/no/such/task': no such"):
+    with pytest.raises(
+        ConfigError, match=r"^tasks\[0\].train \(SelfRegulationSCP1\) = '/no/such/task': no such"
+    ):
         check_stage_inputs(cfg)
 
 
-def test_the_job_exits_2_with_one_line_and_starts_no_ray(tmp_path: Path, exports: dict[str, str], capsys) -> None:
+def test_the_job_exits_2_with_one_line_and_starts_no_ray(
+    tmp_path: Path, exports: dict[str, str], capsys
+) -> None:
     import ray
 
     from neurolm.train.launch import run_stage_main
 
-    overrides = ["data.train=[/no/such/shards]", f"tokenizer={exports['tokenizer']}",
-                 f"run.storage_path={tmp_path / 'runs'}"]
+    overrides = [
+        "data.train=[/no/such/shards]",
+        f"tokenizer={exports['tokenizer']}",
+        f"run.storage_path={tmp_path / 'runs'}",
+    ]
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     assert run_stage_main("pretrain", str(REPO / "configs/pretrain/debug.yaml"), overrides) == 2
     err = capsys.readouterr().err.strip()
