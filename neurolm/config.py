@@ -462,6 +462,10 @@ class PredictConfig(Section):
         default=None, ge=1, description="EEG tokens per window after padding; None = as evaluation (276)."
     )
     generate: bool = Field(default=False, description="Also greedy-generate and parse the answer (official path).")
+    allow_channel_mismatch: bool = Field(
+        default=False,
+        description="Answer even when the recording has channels the task was never trained on (refused by default).",
+    )
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="NeuroLM config fields to override.")
 
 

@@ -34,8 +34,9 @@ from neurolm.data import preprocessing, shards
 from neurolm.data.readers.base import RecordingTask
 from neurolm.data.signal import RecordingError
 
-__all__ = ["cli", "run_preprocess", "validate_config", "build_config"]
+__all__ = ["cli", "run_preprocess", "validate_config", "build_config", "outcome_summary", "format_summary"]
 
+SUMMARY_REASONS = 3  # reasons shown per outcome in the console summary (all of them are in the manifest)
 LOCAL_OBJECT_STORE_BYTES = int(5e8)  # STACK.md §8: always cap the object store on small machines
 MAX_IN_FLIGHT = 1000  # submitted but unfinished recording tasks (bounds driver memory on 30k-file corpora)
 
@@ -140,6 +141,55 @@ def _run_inline(tasks: Sequence[tuple[RecordingTask, str]], cfg: PreprocessConfi
     return [preprocessing.process_recording(task, cfg, fingerprint) for task, fingerprint in tasks]
 
 
+def _notes(record: dict[str, Any]) -> list[str]:
+    """What is worth a warning in a written recording: reader notes (truncated file, dropped labels...) and flat
+    channels that were dropped."""
+    notes = list(record.get("warnings") or [])
+    if record.get("flat_channels"):
+        notes.append(f"flat channel(s) {', '.join(record['flat_channels'])} dropped")
+    return notes
+
+
+def outcome_summary(records: Sequence[dict[str, Any]], limit: int = SUMMARY_REASONS) -> dict[str, Any]:
+    """Counts of written / skipped / failed / warned (written, with notes) recordings and the first ``limit``
+    reasons of each non-written outcome, as ``"<recording>: <reason>"``."""
+    reasons: dict[str, list[str]] = {"skipped": [], "failed": [], "warned": []}
+    warned = 0
+    for record in records:
+        name = str(record.get("recording", "?"))
+
+        def named(reason: str, name: str = name) -> str:  # readers' reasons usually name the file already
+            return reason if name in reason else f"{name}: {reason}"
+
+        if record["status"] in ("skipped", "failed"):
+            reasons[record["status"]].append(named(record.get("reason") or "no reason recorded"))
+        elif notes := _notes(record):
+            warned += 1
+            reasons["warned"].extend(named(n) for n in notes)
+    return {
+        "written": sum(r["status"] == "written" for r in records),
+        "skipped": sum(r["status"] == "skipped" for r in records),
+        "failed": sum(r["status"] == "failed" for r in records),
+        "warned": warned,
+        "reasons": {k: v[:limit] for k, v in reasons.items() if v},
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The console summary: one count line, then the first reasons per outcome (the manifest has them all)."""
+    lines = [
+        f"neurolm preprocess: {summary['recordings']} recording(s): {summary['written']} written, "
+        f"{summary['skipped']} skipped, {summary['failed']} failed, {summary['warned']} warned "
+        f"({summary.get('reused', 0)} reused from an earlier run)"
+    ]
+    for outcome in ("failed", "skipped", "warned"):
+        shown = summary.get("reasons", {}).get(outcome, [])
+        lines += [f"  {outcome}: {reason}" for reason in shown]
+    if summary.get("reasons"):
+        lines.append(f"  all reasons: {summary['manifest']}")
+    return "\n".join(lines)
+
+
 def run_preprocess(
     cfg: PreprocessConfig, progress: bool = True, executor: Literal["ray", "inline"] = "ray"
 ) -> dict[str, Any]:
@@ -159,7 +209,8 @@ def run_preprocess(
     -------
     dict
         ``dataset``, ``output`` (the dataset URI), ``manifest`` (its URI), ``recordings``, ``written``,
-        ``skipped``, ``failed``, ``reused`` (records kept from an earlier run), ``samples`` per split,
+        ``skipped``, ``failed``, ``warned`` (written with notes: truncated, flat channels...), ``reasons`` (the
+        first few per outcome), ``reused`` (records kept from an earlier run), ``samples`` per split,
         ``shards``, ``source_seconds``, ``cpu_s`` (summed over this run's tasks), ``wall_s``.
 
     Raises
@@ -212,6 +263,7 @@ def run_preprocess(
         "output": target,
         "manifest": shards.manifest_uri(target),
         **manifest["summary"],
+        **outcome_summary(reused + fresh),
         "reused": len(reused),
         "processed": len(fresh),
         "cpu_s": cpu_s,
@@ -261,11 +313,8 @@ def cli(argv: list[str] | None = None) -> int:
         print(f"neurolm preprocess: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=1))
+    print(format_summary(summary), file=sys.stderr)
     if summary["failed"]:
-        print(
-            f"neurolm preprocess: {summary['failed']} recording(s) failed; see {summary['manifest']}",
-            file=sys.stderr,
-        )
         return 3 if args.strict else 0
     return 0
 

@@ -17,6 +17,10 @@ parsed from it (empty when it names no answer).
 Output (CSV on stdout, or ``--output`` ``.csv`` / ``.json``, local or ``s3://``): one row per window with
 ``recording, window, start_s, answer, p_<class>...``. A file that cannot be read or processed fails with a message
 naming the file and the reason, and the exit code is 1 (the other recordings are still answered).
+
+A recording with channels the task was never trained on (the channels of the task's training shards,
+:data:`TASK_RULES`) is refused with both channel sets named and exit code 2, unless ``--allow-channel-mismatch``:
+the model's answers on unseen channels are out of distribution. ``--channels task`` keeps only the task's channels.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ __all__ = [
     "RecordingWindows",
     "task_rules",
     "window_recording",
+    "check_channels",
     "predict_windows",
     "predict",
     "format_predictions",
@@ -170,6 +175,36 @@ def window_recording(path: str | Path, cfg: PredictConfig) -> RecordingWindows:
     )
 
 
+def check_channels(windows: RecordingWindows, task: str, allow_mismatch: bool = False) -> str | None:
+    """Compare the recording's channels with the ones ``task`` was trained on.
+
+    Returns None when they fit, or a one-line note when the recording lacks some of the task's channels (the
+    model sees fewer channels than in training, which it supports). Channels the task never saw raise
+    :class:`ConfigError` naming both sets, unless ``allow_mismatch`` (then the message is returned as a warning).
+    Tasks whose rules name no channel set (they train on every vocabulary channel) always fit.
+    """
+    trained = task_rules(task).channels
+    if trained is None:
+        return None
+    used = list(windows.channel_names)
+    unseen = [c for c in used if c not in trained]
+    missing = [c for c in trained if c not in used]
+    if unseen:
+        message = (
+            f"{windows.source}: channels {','.join(unseen)} were never seen by task {task}, which was trained on "
+            f"{','.join(trained)}; the recording gives {','.join(used)}"
+        )
+        if not allow_mismatch:
+            raise ConfigError(
+                f"{message}. Use --channels task to keep only the task's channels, or --allow-channel-mismatch "
+                "to answer anyway"
+            )
+        return f"{message} (answering anyway: --allow-channel-mismatch)"
+    if missing:
+        return f"{windows.source}: task {task} was trained on {','.join(trained)}; missing here: {','.join(missing)}"
+    return None
+
+
 def _slug(text: str) -> str:
     return "_".join(text.replace("-", "_").split())
 
@@ -249,6 +284,9 @@ def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> l
                 raise
             errors.append(err)
             continue
+        note = check_channels(windows, cfg.task, cfg.allow_channel_mismatch)
+        if note:
+            print(f"neurolm predict: warning: {note}", file=sys.stderr)
         needed = windows.signals.shape[1] * int(round(windows.window_s))
         if needed > eeg_max_len:
             print(
@@ -320,6 +358,11 @@ def _parser() -> argparse.ArgumentParser:
         "--generate", action="store_true", help="also greedy-generate and parse the answer (official)"
     )
     p.add_argument(
+        "--allow-channel-mismatch",
+        action="store_true",
+        help="answer even when the recording has channels the task was never trained on (refused by default)",
+    )
+    p.add_argument(
         "--model-override",
         action="append",
         default=[],
@@ -346,6 +389,7 @@ def build_config(argv: Sequence[str]) -> PredictConfig:
         "batch_size": args.batch_size,
         "eeg_max_len": args.eeg_max_len,
         "generate": args.generate,
+        "allow_channel_mismatch": args.allow_channel_mismatch,
         "model_overrides": apply_overrides({}, args.model_override),
     }
     cfg = load_config(PredictConfig, base=fields)

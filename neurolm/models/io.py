@@ -21,6 +21,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from neurolm import storage
+from neurolm.config import ConfigError
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
 
@@ -76,6 +77,40 @@ def load_pretrained(directory: str, map_location: str | torch.device = "cpu", **
 
         raise CheckpointMismatchError(directory, list(result.missing_keys), list(result.unexpected_keys), shapes)
     return model.to(map_location)
+
+
+def check_export(key: str, path: str | None, kind: str) -> None:
+    """Before any resource is requested: ``path`` is an export of ``kind`` (``tokenizer`` or ``neurolm``) whose
+    ``config.json`` builds the model config and beside which ``model.safetensors`` exists, or an official ``.pt``
+    file that exists. Raises :class:`~neurolm.config.ConfigError` naming ``key`` and ``path``."""
+    if not path:
+        raise ConfigError(f"{key} = {path!r}: give the {kind} export directory (or an official .pt file)")
+    try:
+        if path.endswith(".pt"):
+            if not storage.exists(path):
+                raise ConfigError(f"{key} = {path!r}: no such file")
+            return
+        config_uri = storage.join(path, "config.json")
+        if not storage.exists(config_uri):
+            what = "directory" if not storage.exists(path) else "export: config.json is missing"
+            raise ConfigError(f"{key} = {path!r}: no such {what}")
+        try:
+            meta = json.loads(storage.read_text(config_uri))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{key} = {path!r}: config.json is not JSON ({err})") from None
+        if not isinstance(meta, dict) or meta.get("kind") != kind:
+            found = meta.get("kind") if isinstance(meta, dict) else None
+            raise ConfigError(f"{key} = {path!r}: holds a {found!r} export, expected a {kind!r} export")
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ConfigError(f"{key} = {path!r}: written by a newer neurolm (format {meta['format_version']})")
+        try:
+            _KINDS[kind][1].from_dict(meta.get("config", {}))
+        except (TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"{key} = {path!r}: config.json does not describe a {kind} model ({err})") from None
+        if not storage.exists(storage.join(path, "model.safetensors")):
+            raise ConfigError(f"{key} = {path!r}: model.safetensors is missing")
+    except storage.StorageError as err:
+        raise ConfigError(f"{key} = {path!r}: {err}") from None
 
 
 def load_tokenizer(path: str) -> NeuralTokenizer:

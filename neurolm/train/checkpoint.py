@@ -8,12 +8,22 @@ Layout of one checkpoint directory (Ray merges every rank's files into it)::
 
 A checkpoint is usable only when ``state.json`` and one ``rank_<r>.json`` per rank are present: Ray registers a
 checkpoint only after every rank has reported it, and :func:`validate_checkpoint_dir` refuses anything partial.
+
+Checkpoints are data, never code (docs/security.md): whoever can write to ``run.storage_path`` must not be able
+to run code on the cluster. So before anything is unpickled, :func:`verify_checkpoint_files` checks every
+DeepSpeed file against the sha256 digests its rank wrote into ``rank_<r>.json`` at save time (tampering and
+mixed-up files) and scans its pickle for the classes it would create, refusing any outside
+:func:`deepspeed_safe_globals`; and every load itself (ours, DeepSpeed's engine and ``zero_to_fp32``) runs
+inside :func:`weights_only_loads`, torch's weights-only unpickler with that allow-list.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +31,8 @@ from typing import Any
 import torch
 
 DS_TAG = "ds"
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
 @dataclass
@@ -50,11 +62,113 @@ class CheckpointError(RuntimeError):
     """A checkpoint directory is incomplete or does not belong to this run's config."""
 
 
+def deepspeed_safe_globals() -> list[Any]:
+    """The classes DeepSpeed 0.19 pickles into its checkpoint files beside tensors and plain containers.
+
+    Found by scanning real checkpoints (ZeRO 0-3, torch AdamW, LambdaLR; ``get_unsafe_globals_in_checkpoint``):
+    ZeRO 1-3 optimizer states hold the loss scaler, the ZeRO stage enum and (ZeRO 1-2) fragment addresses;
+    model states hold none. ``DynamicLossScaler`` is what fp16 training stores in the same place.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def _qualname(obj: Any) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every ``torch.load`` inside, DeepSpeed's own included, uses the weights-only unpickler with
+    :func:`deepspeed_safe_globals` allowed.
+
+    DeepSpeed's loaders call ``torch.load(..., weights_only=False)``; torch lets ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``
+    override that explicit argument (read at each call), which is the one switch that reaches inside them.
+    """
+    saved = {k: os.environ.get(k) for k in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)
+    try:
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_digests(directory: str) -> dict[str, str]:
+    """sha256 of every file below ``directory/ds``, by path relative to ``directory``."""
+    root = Path(directory)
+    return {
+        p.relative_to(root).as_posix(): _sha256(p) for p in sorted(Path(directory, "ds").rglob("*")) if p.is_file()
+    }
+
+
+def verify_checkpoint_files(directory: str) -> None:
+    """Refuse a checkpoint whose DeepSpeed files could run code or were not written by the run's ranks.
+
+    Nothing is unpickled here. Each file under ``ds/<tag>/`` must (1) match a sha256 digest from some
+    ``rank_<r>.json`` (checkpoints written before digests existed skip this part), and (2) reference no class
+    outside torch's weights-only set and :func:`deepspeed_safe_globals` (a scan of the pickle opcodes).
+
+    Raises
+    ------
+    CheckpointError
+        One line naming the file and why.
+    """
+    digests: dict[str, set[str]] = {}
+    for marker in sorted(Path(directory).glob("rank_*.json")):
+        try:
+            files = json.loads(marker.read_text()).get("sha256", {})
+        except (json.JSONDecodeError, AttributeError):
+            raise CheckpointError(f"{marker}: not a rank marker written by neurolm (unreadable JSON)") from None
+        for name, digest in files.items():
+            digests.setdefault(name, set()).add(digest)
+    allowed = {_qualname(g) for g in deepspeed_safe_globals()}
+    root = Path(directory)
+    tag_dir = Path(directory, "ds", DS_TAG)
+    for path in sorted(p for p in tag_dir.rglob("*") if p.is_file()):
+        name = path.relative_to(root).as_posix()
+        if digests:
+            if name not in digests:
+                raise CheckpointError(f"{path}: refusing to load: no rank of the run wrote this file (no digest)")
+            if _sha256(path) not in digests[name]:
+                raise CheckpointError(
+                    f"{path}: refusing to load: its sha256 differs from the one written at save time"
+                )
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as err:  # not a torch zip file: a plain pickle could do anything on load
+            raise CheckpointError(f"{path}: refusing to load: not a torch checkpoint file ({err})") from None
+        refused = sorted(set(unsafe) - allowed)
+        if refused:
+            raise CheckpointError(
+                f"{path}: refusing to load: it would create {', '.join(refused)} when unpickled "
+                "(checkpoints may hold only tensors and DeepSpeed state)"
+            )
+
+
 def save_checkpoint(engine, directory: str, state: TrainState, rank: int) -> None:
-    """Every rank: write its DeepSpeed shard and its rank marker; rank 0 also writes ``state.json``."""
+    """Every rank: write its DeepSpeed shard and its rank marker (with the sha256 of every file this rank
+    wrote); rank 0 also writes ``state.json``."""
     engine.save_checkpoint(os.path.join(directory, "ds"), tag=DS_TAG)
     Path(directory, f"rank_{rank}.json").write_text(
-        json.dumps({"rank": rank, "micro_in_epoch": state.micro_in_epoch, "step": state.step})
+        json.dumps({"rank": rank, "micro_in_epoch": state.micro_in_epoch, "step": state.step,
+                    "sha256": _file_digests(directory)})
     )
     if rank == 0:
         Path(directory, "state.json").write_text(state.to_json())
@@ -85,9 +199,11 @@ def load_checkpoint(engine, directory: str, world_size: int) -> TrainState:
             f"{directory}: written by {state.world_size} workers, resuming with {world_size}; "
             "resume with scaling.num_workers matching the checkpoint"
         )
-    load_path, _ = engine.load_checkpoint(
-        os.path.join(directory, "ds"), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    verify_checkpoint_files(directory)
+    with weights_only_loads():
+        load_path, _ = engine.load_checkpoint(
+            os.path.join(directory, "ds"), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
     if load_path is None:
         raise CheckpointError(f"{directory}: DeepSpeed could not load the checkpoint")
     return state
@@ -101,13 +217,15 @@ def consolidated_state_dict(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     """
     ds_dir = os.path.join(checkpoint_dir, "ds")
     tag_dir = os.path.join(ds_dir, DS_TAG)
+    verify_checkpoint_files(checkpoint_dir)
     shards = [f for f in os.listdir(tag_dir) if "zero_pp_rank" in f]
-    if shards:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    with weights_only_loads():
+        if shards:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        state = get_fp32_state_dict_from_zero_checkpoint(ds_dir, tag=DS_TAG)
-    else:
-        blob = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
-                          weights_only=False)
-        state = blob["module"]
+            state = get_fp32_state_dict_from_zero_checkpoint(ds_dir, tag=DS_TAG)
+        else:
+            blob = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), map_location="cpu",
+                              weights_only=True)
+            state = blob["module"]
     return {k: v.float().contiguous() for k, v in state.items()}

@@ -141,6 +141,11 @@ def fit_stage(cfg: _StageConfig, callbacks: list[Any] | None = None) -> StageRes
 
     ``callbacks`` go to ``RunConfig`` (e.g. Tune's ``TuneReportCallback`` when a Tune trial drives this).
     """
+    # Every input (shards, exports, storage) is checked before Ray is imported, started or asked for anything.
+    from neurolm.train.inputs import check_stage_inputs
+
+    check_stage_inputs(cfg)
+
     from ray.data import ExecutionOptions, ExecutionResources
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -252,7 +257,11 @@ def run_stage_main(stage: str, config: str, overrides: list[str]) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    result = fit_stage(cfg)
+    try:
+        result = fit_stage(cfg)
+    except ConfigError as err:  # a bad input found before Ray started: one line, exit 2
+        print(err, file=sys.stderr)
+        return 2
     print(json.dumps({"run_dir": result.run_dir, "checkpoint": result.checkpoint, "export_dir": result.export_dir,
                       "metrics": result.metrics}, indent=1, default=float))
     return 0

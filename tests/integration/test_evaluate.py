@@ -131,7 +131,18 @@ def test_predict_reads_checkpoint_and_writes_answers_on_s3(instruct_export, s3_u
 
     out = storage.join(s3_uri, "eval-test", "predict", "answers.json")
     assert (
-        cli(["--checkpoint", instruct_export, "--task", TASK, str(fetch_sample("S001R02.edf")), "-o", out])
+        cli(
+            [
+                "--checkpoint",
+                instruct_export,
+                "--task",
+                TASK,
+                str(fetch_sample("S001R02.edf")),
+                "-o",
+                out,
+                "--allow-channel-mismatch",
+            ]
+        )  # S001R02 has none of SCP1's channels: refused without the flag
         == 0
     )
     doc = json.loads(storage.read_text(out))

@@ -140,3 +140,21 @@ def test_killed_run_resumes_to_exactly_the_clean_shards(ray_cluster, tmp_path):
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("part-*.parquet"))}
 
     assert shard_bytes(resumed) == shard_bytes(tmp_path / "clean") and len(shard_bytes(resumed)) == 16
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+@pytest.mark.slow
+def test_cli_run_on_ray_ends_with_the_console_summary(ray_cluster, tmp_path, capsys):
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    synthetic.write_edf(corpus / "good.edf", ["Fp1", "Fp2"], synthetic.eeg_like(2, 20, 250.0), 250.0)
+    synthetic.write_edf(corpus / "short.edf", ["Fp1", "Fp2"], synthetic.eeg_like(2, 5, 250.0), 250.0)
+    assert (
+        cli(["--corpus", "edf", "--input", str(corpus), "--output", str(tmp_path / "out"), "--no-progress"])
+        == 0
+    )
+    err = capsys.readouterr().err.splitlines()
+    assert "neurolm preprocess: 2 recording(s): 1 written, 1 skipped, 0 failed, 0 warned" in err[-3]
+    assert err[-2].startswith("  skipped: ") and "short.edf: recording is 5.0 s long" in err[-2]
+    assert err[-1].startswith("  all reasons: ") and err[-1].endswith("_manifest.json")

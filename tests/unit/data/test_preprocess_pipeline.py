@@ -112,3 +112,37 @@ def test_every_preset_builds_a_valid_config(preset, tmp_path):
     )
     validate_config(cfg)
     assert cfg.corpus == preset.stem and cfg.split_seed == 5 and cfg.output == "s3://b/p"
+
+
+def test_run_ends_with_a_console_summary_of_outcomes_and_first_reasons(tmp_path):
+    from neurolm.preprocess import format_summary
+
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    signal = synthetic.eeg_like(3, 30, 250.0)
+    signal[2] = 0.0  # a flat channel: dropped, the recording is still written
+    synthetic.write_edf(corpus / "flat.edf", ["Fp1", "Fp2", "Cz"], signal, 250.0)
+    synthetic.write_edf(corpus / "long.edf", ["Fp1", "Fp2"], synthetic.eeg_like(2, 40, 250.0), 250.0)
+    data = (corpus / "long.edf").read_bytes()
+    (corpus / "truncated.edf").write_bytes(
+        data[: len(data) * 3 // 4]
+    )  # the header declares more than is there
+    synthetic.write_edf(corpus / "short.edf", ["Fp1", "Fp2"], synthetic.eeg_like(2, 5, 250.0), 250.0)
+    (corpus / "corrupt.edf").write_bytes(b"0       garbage" * 40)
+    summary = run_preprocess(
+        PreprocessConfig(corpus="edf", input=str(corpus), output=str(tmp_path / "out")), executor="inline"
+    )
+    assert (summary["written"], summary["skipped"], summary["failed"], summary["warned"]) == (3, 1, 1, 2)
+    text = format_summary(summary)
+    lines = text.splitlines()
+    assert lines[0] == (
+        "neurolm preprocess: 5 recording(s): 3 written, 1 skipped, 1 failed, 2 warned "
+        "(0 reused from an earlier run)"
+    )
+    assert any(line.startswith("  failed: ") and "corrupt.edf: cannot read" in line for line in lines)
+    assert any(
+        line.startswith("  skipped: ") and "short.edf: recording is 5.0 s long" in line for line in lines
+    )
+    assert any(line.startswith("  warned: flat") and "flat channel(s) CZ dropped" in line for line in lines)
+    assert any(line.startswith("  warned: ") and "truncated.edf: truncated" in line for line in lines)
+    assert lines[-1] == f"  all reasons: {summary['manifest']}"

@@ -56,6 +56,7 @@ def test_writes_one_csv_row_per_window_with_class_probabilities(tmp_path, record
                 "--output",
                 str(out),
                 "--generate",
+                "--allow-channel-mismatch",  # S001R02's 64 channels are not SCP1's 6
             ]
         )
         == 0
@@ -99,6 +100,7 @@ def test_json_output_and_window_overrides(tmp_path, recording, checkpoint) -> No
                 "5",
                 "--notch",
                 "60",
+                "--allow-channel-mismatch",
             ]
         )
         == 0
@@ -132,6 +134,7 @@ def test_a_bad_file_fails_naming_file_and_reason_while_good_files_are_answered(
                 recording,
                 "-o",
                 str(out),
+                "--allow-channel-mismatch",
             ]
         )
         == 1
@@ -186,3 +189,41 @@ def test_every_registered_task_has_preprocessing_rules() -> None:
         "SelfRegulationSCP1": 3,
     }
     assert task_rules("TUSL").notch_hz == 60 and task_rules("TUAB").notch_hz == 50
+
+
+def test_channels_the_task_never_saw_are_refused_naming_both_sets(
+    tmp_path, capsys, recording, checkpoint
+) -> None:
+    """S001R02 (64 channels of a 10-10 cap) holds none of SelfRegulationSCP1's 6 training channels."""
+    from neurolm.data.readers.ts import KNOWN_CHANNELS
+
+    scp1 = KNOWN_CHANNELS["SelfRegulationSCP1"]
+    out = tmp_path / "answers.csv"
+    assert cli(["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", recording, "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"neurolm predict: {recording}: channels ")
+    assert f"trained on {','.join(scp1)}" in err and "FC5" in err and "--allow-channel-mismatch" in err
+    assert not out.exists()
+
+    assert (
+        cli(
+            [
+                "--checkpoint",
+                checkpoint,
+                "--task",
+                "SelfRegulationSCP1",
+                recording,
+                "-o",
+                str(out),
+                "--allow-channel-mismatch",
+            ]
+        )
+        == 0
+    )
+    assert "warning" in capsys.readouterr().err and len(_rows(out)) == 61 // 3
+
+
+def test_a_subset_of_the_task_channels_is_answered_with_a_note(capsys, recording, checkpoint) -> None:
+    assert cli(["--checkpoint", checkpoint, "--task", "Workload", recording, "--channels", "FP1,FP2,CZ"]) == 0
+    captured = capsys.readouterr()
+    assert "missing here: F3,F4" in captured.err and len(captured.out.splitlines()) == 1 + 61 // 4
