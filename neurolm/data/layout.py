@@ -15,7 +15,7 @@ Tokenizer targets (spec §2.3), zero on padding rows:
   all real tokens × 200 bins of the sample, first 100 bins kept;
 - :func:`raw_signal_target`: the patches z-scored the same way.
 
-Pre-training targets (spec §3.2): :func:`next_code_targets` (numpy or torch: the codes come from the model).
+Pre-training targets (spec §3.2) are built from the model's own codes: ``neurolm.models.neurolm.next_code_targets``.
 Instruction tuning (spec §4.1): :func:`instruction_text_batch` / :func:`prompt_batch` build
 ``[SEP] Question: … Answer: <answer> <|endoftext|>`` rows, padded with ``<|endoftext|>``, with targets on the
 answer tokens only. Attention masks are *not* built here: the model builds them on the device
@@ -39,7 +39,6 @@ __all__ = [
     "raw_signal_target",
     "layout_batch",
     "make_layout_fn",
-    "next_code_targets",
     "instruction_text_batch",
     "prompt_batch",
     "layout_instruction_batch",
@@ -177,28 +176,6 @@ def make_layout_fn(
         return out
 
     return layout_fn
-
-
-def next_code_targets(codes: Any, num_chans: Any, num_tokens: Any, ignore_index: int = -1) -> Any:
-    """Multi-channel autoregressive targets (spec §3.2): token (t, c) predicts the code of (t+1, c).
-
-    In the time-major layout that is ``target[b, j] = codes[b, j + C_b]`` for ``j < n_b − C_b``, else
-    ``ignore_index`` (last second and padding). Works on numpy arrays and torch tensors (on any device);
-    ``codes`` (B, L), ``num_chans``/``num_tokens`` (B,).
-    """
-    if isinstance(codes, np.ndarray):
-        B, L = codes.shape
-        src = np.arange(L)[None, :] + np.asarray(num_chans)[:, None]  # (B, L)
-        valid = src < np.asarray(num_tokens)[:, None]
-        gathered = np.take_along_axis(codes, np.minimum(src, L - 1), axis=1)
-        return np.where(valid, gathered, ignore_index).astype(np.int64)
-    import torch
-
-    B, L = codes.shape
-    src = torch.arange(L, device=codes.device)[None, :] + num_chans.to(codes.device)[:, None]  # (B, L)
-    valid = src < num_tokens.to(codes.device)[:, None]
-    gathered = codes.gather(1, src.clamp(max=L - 1))
-    return torch.where(valid, gathered, torch.full_like(gathered, ignore_index)).long()
 
 
 def instruction_text_batch(

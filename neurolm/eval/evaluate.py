@@ -6,9 +6,9 @@ batches to one pool of :class:`TaskScorer` actors that each load the model once.
 outputs:
 
 - ``probs`` (K,): class probabilities from constrained scoring, the softmax over the answer options'
-  log-likelihoods (:func:`~neurolm.eval.generate.score_options`);
+  log-likelihoods (:func:`~neurolm.models.generate.score_options`);
 - ``gen_pred`` and ``generated``: the official hard label, greedy generation of ≤5 tokens over the text vocabulary
-  parsed by word position (:func:`~neurolm.eval.generate.parse_answer`), ``-1`` when the answer cannot be parsed;
+  parsed by word position (:func:`~neurolm.models.generate.parse_answer`), ``-1`` when the answer cannot be parsed;
 - ``label``, ``sample_id`` and ``truncated`` (the sample had more EEG tokens than ``eeg_max_len``).
 
 The driver collects them and computes the metrics (:mod:`neurolm.eval.metrics`) side by side:
@@ -55,7 +55,7 @@ from neurolm import storage
 from neurolm.config import ConfigError, EvaluateJobConfig, load_config
 from neurolm.data.layout import prompt_batch
 from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
-from neurolm.eval.generate import decode_answers, generate, option_probabilities, score_options
+from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
 from neurolm.models.neurolm import NeuroLM
 

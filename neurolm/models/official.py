@@ -8,17 +8,15 @@ optional. Sizes are inferred from tensor shapes, except the encoder's head count
 A file that does not fit raises :class:`CheckpointMismatchError` listing missing and unexpected keys and
 shape mismatches.
 
-CLI: ``neurolm import-official --vq VQ.pt [--lm NeuroLM-B.pt] --output DIR`` writes our safetensors exports
-(``DIR/tokenizer``, ``DIR/neurolm``) loadable with :func:`neurolm.models.io.load_pretrained`.
+``neurolm import-official`` (:func:`neurolm.models.io.import_official_cli`) converts these files to our
+safetensors exports. This module imports only the model classes (not :mod:`neurolm.models.io`), so that
+``io`` can build on it without an import cycle.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
-import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,7 +25,7 @@ import torch
 from torch import nn
 
 from neurolm.models.gpt import GPTConfig
-from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+from neurolm.models.neurolm import NeuroLM, NeuroLMConfig, attach_code_head
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
 
 __all__ = [
@@ -40,8 +38,6 @@ __all__ = [
     "export_official_lm",
     "to_official_state_dict",
     "from_official_state_dict",
-    "compare_with_golden",
-    "import_official_cli",
 ]
 
 _EEG_INNER = (("patch_embed.l.0.", "patch_embed.proj."), ("pos_embed.", "channel_embed."), ("fc_norm.", "norm."))
@@ -302,8 +298,6 @@ def import_official_lm(
     model = NeuroLM(neurolm_config_from_official(ckpt, encoder_heads=encoder_heads, **overrides))
     from_official_state_dict(model, _model_state(ckpt), "lm", source)
     if tok is not None:
-        from neurolm.models.io import attach_code_head
-
         attach_code_head(model, tok)
     return model
 
@@ -365,39 +359,3 @@ def export_official_lm(model: NeuroLM, path: str | os.PathLike[str] | None = Non
     if path is not None:
         torch.save(ckpt, os.fspath(path))
     return ckpt
-
-
-def compare_with_golden(path: str | os.PathLike[str]) -> dict[str, float]:
-    """Rebuild every model of a golden ``.pt`` file and rerun every recorded computation; returns the max
-    absolute error per output (see :mod:`neurolm.models.golden`)."""
-    from neurolm.models.golden import compare_with_golden as _compare
-
-    return _compare(path)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def import_official_cli(argv: list[str] | None = None) -> int:
-    """``neurolm import-official --vq VQ.pt [--lm NeuroLM-B.pt] --output DIR``: official checkpoints → our
-    safetensors exports (``DIR/tokenizer`` and ``DIR/neurolm``)."""
-    parser = argparse.ArgumentParser(prog="neurolm import-official", description=import_official_cli.__doc__)
-    parser.add_argument("--vq", required=True, help="official tokenizer checkpoint (VQ.pt)")
-    parser.add_argument("--lm", default=None, help="official NeuroLM-B/L/XL.pt or instruction checkpoint")
-    parser.add_argument("--output", required=True, help="output directory (local path)")
-    parser.add_argument("--encoder-heads", type=int, default=None, help="override the encoder head count")
-    args = parser.parse_args(argv)
-    from neurolm.models.io import save_pretrained
-
-    try:
-        tok = import_official_vq(args.vq)
-        written = {"tokenizer": save_pretrained(tok, os.path.join(args.output, "tokenizer"))}
-        if args.lm:
-            model = import_official_lm(args.lm, vq=tok, encoder_heads=args.encoder_heads)
-            written["neurolm"] = save_pretrained(model, os.path.join(args.output, "neurolm"))
-    except (ValueError, OSError) as err:
-        print(f"neurolm import-official: {err}", file=sys.stderr)
-        return 2
-    json.dump(written, sys.stdout, indent=1)
-    print()
-    return 0

@@ -19,94 +19,19 @@ Usage::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neurolm.models.eeg_transformer import EEGTransformer, EEGTransformerConfig
+from neurolm.model_config import TokenizerConfig
+from neurolm.models.eeg_transformer import EEGTransformer
 from neurolm.models.masks import key_padding_mask
 from neurolm.models.quantizer import NormEMAQuantizer, QuantizerOutput, fp32_code_projection
 
 __all__ = ["TokenizerConfig", "TokenizerOutput", "NeuralTokenizer", "GradientReversal", "dann_alpha"]
-
-
-@dataclass
-class TokenizerConfig:
-    """Sizes and options of the neural tokenizer. Defaults = the official model (147.0 M parameters)."""
-
-    encoder_layers: int = 12
-    encoder_heads: int = 12
-    width: int = 768
-    """Encoder width; also the domain classifier's input and the text-embedding width (GPT-2 small: 768)."""
-    decoder_layers: int = 4
-    decoder_heads: int = 12
-    decoder_width: int = 768
-    num_codes: int = 8192
-    code_dim: int = 128
-    ema_decay: float = 0.99
-    commitment_weight: float = 1.0
-    kmeans_init: bool = True
-    kmeans_iters: int = 10
-    patch_size: int = 200
-    freq_bins: int = 100
-    """Fourier-amplitude bins predicted (the first half of the 200-point FFT)."""
-    conv_channels: int = 16
-    domain_hidden: int = 256
-    text_vocab_size: int = 50257
-    """Rows of the frozen text-embedding table used by the domain classifier (GPT-2's vocabulary)."""
-    channel_rows: int = 256
-    max_seconds: int = 64
-    """Rows of the time embeddings (encoder and decoders). Official 64: longer samples crash (spec §6.3-7)."""
-    dropout: float = 0.0
-    exclude_padding: bool = False
-    """Fix for spec §6.3-6: padding tokens are left out of k-means, the EMA codebook statistics, the commitment
-    loss, the reconstruction-loss denominators and the patch embedding's GroupNorm statistics. Official
-    (False): they are included, diluting the losses, pulling codes toward the zero patch, and making every
-    token's features depend on how much padding the sample got."""
-    usage_ema_in_eval: bool = True
-    """Official quirk (spec §6.3-9): the code-usage EMA also moves in eval mode. It affects no output."""
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TokenizerConfig:
-        """``base`` (official sizes), ``tiny`` (fast CPU training) or ``debug`` (unit tests), plus overrides."""
-        presets: dict[str, dict[str, Any]] = {
-            "base": {},
-            "tiny": dict(encoder_layers=2, encoder_heads=4, width=128, decoder_layers=1, decoder_heads=4,
-                         decoder_width=128, num_codes=512, code_dim=32, domain_hidden=64),
-            "debug": dict(encoder_layers=2, encoder_heads=2, width=16, decoder_layers=1, decoder_heads=2,
-                          decoder_width=16, num_codes=64, code_dim=8, domain_hidden=16, kmeans_iters=2),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(presets)}")
-        return cls.from_dict({**presets[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TokenizerConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
-
-    def encoder_config(self) -> EEGTransformerConfig:
-        return EEGTransformerConfig(
-            n_layer=self.encoder_layers, n_head=self.encoder_heads, n_embd=self.width, in_dim=None,
-            patch_size=self.patch_size, conv_channels=self.conv_channels, channel_rows=self.channel_rows,
-            time_rows=self.max_seconds, dropout=self.dropout,
-        )
-
-    def decoder_config(self) -> EEGTransformerConfig:
-        return EEGTransformerConfig(
-            n_layer=self.decoder_layers, n_head=self.decoder_heads, n_embd=self.decoder_width,
-            in_dim=self.code_dim, patch_size=self.patch_size, channel_rows=self.channel_rows,
-            time_rows=self.max_seconds, dropout=self.dropout,
-        )
 
 
 def dann_alpha(progress: float) -> float:

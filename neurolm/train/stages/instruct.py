@@ -206,7 +206,7 @@ class InstructStage:
         all-reduced over ranks → ``val/<task>/balanced_accuracy``, ``accuracy``, ``loss`` (NLL of the truth)."""
         import ray.train
 
-        from neurolm.eval.generate import score_options
+        from neurolm.models.generate import score_options
 
         metrics: dict[str, float] = {}
         baccs = []

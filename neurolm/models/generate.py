@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from neurolm.data.tasks import Task
-from neurolm.models.gpt import GPT2_TEXT_VOCAB
+from neurolm.vocab import GPT2_TEXT_VOCAB
 from neurolm.models.layers import KVCache
 from neurolm.models.masks import official_generation_mask, stair_mask
 from neurolm.models.neurolm import NeuroLM
