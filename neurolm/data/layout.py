@@ -25,13 +25,18 @@ answer tokens only. Attention masks are *not* built here: the model builds them 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neurolm.channels import PAD_INDEX
+from neurolm.data.shards import batch_to_signals
+
+if TYPE_CHECKING:
+    from neurolm.data.tasks import TaskTokens
 
 __all__ = [
+    "instruction_layout",
     "PATCH_SIZE",
     "FREQ_BINS",
     "patchify",
@@ -231,4 +236,21 @@ def layout_instruction_batch(
         out.update(prompt_batch(len(labels), task_tokens.prompt))
     else:
         out.update(instruction_text_batch(labels, task_tokens.texts, task_tokens.target_start, text_max_len))
+    return out
+
+
+def instruction_layout(
+    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, evaluation: bool
+) -> dict[str, np.ndarray]:
+    """Ray Data step of stage 3 and evaluation: shard rows → EEG layout + instruction text (or, with
+    ``evaluation``, the evaluation prompt); every row needs a label."""
+    labels = np.asarray(batch["label"])
+    if (labels < 0).any():
+        raise ValueError("instruction shards need a label on every sample (found -1)")
+    out = layout_instruction_batch(
+        batch_to_signals(batch), list(batch["channels"]), labels, tokens,
+        eeg_max_len=eeg_max_len, text_max_len=text_max_len, evaluation=evaluation, truncate=True,
+    )
+    out.pop("num_chans", None)
+    out.pop("num_tokens", None)
     return out

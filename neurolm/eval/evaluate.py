@@ -1,7 +1,7 @@
 """``neurolm eval``: score an instruction-tuned NeuroLM on test shards with Ray Data batch inference (spec §4.3).
 
 Per task, Ray Data reads the split's Parquet shards and lays every row out as ``[EEG][SEP] prompt`` (the training
-map step :func:`neurolm.train.stages.instruct.instruction_layout`); the tasks' streams are unioned and handed in
+map step :func:`neurolm.data.layout.instruction_layout`); the tasks' streams are unioned and handed in
 batches to one pool of :class:`TaskScorer` actors that each load the model once. An actor returns small per-row
 outputs:
 
@@ -53,10 +53,10 @@ import torch
 
 from neurolm import storage
 from neurolm.config import ConfigError, EvaluateJobConfig, load_config
-from neurolm.data.layout import prompt_batch
+from neurolm.data.layout import instruction_layout, prompt_batch
 from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
-from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
+from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.models.neurolm import NeuroLM
 
 __all__ = [
@@ -285,15 +285,13 @@ class TaskScorer:
 def eval_layout(
     batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, entry: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Ray Data step: shard rows → the training layout (:func:`~neurolm.train.stages.instruct.instruction_layout`)
+    """Ray Data step: shard rows → the training layout (:func:`~neurolm.data.layout.instruction_layout`)
     with evaluation prompts, plus ``sample_id`` and ``truncated`` (the sample had more than ``eeg_max_len``
     tokens; its trailing seconds were dropped).
 
     With ``entry`` (the row's task index in a multi-task evaluation) the ``prompt`` column is replaced by an
     ``entry`` column, so that the rows of every task share one schema and can flow through one actor pool.
     """
-    from neurolm.train.stages.instruct import instruction_layout
-
     out = instruction_layout(batch, tokens, eeg_max_len, text_max_len, evaluation=True)
     n = len(out["label"])
     out["sample_id"] = np.asarray(batch["sample_id"]) if "sample_id" in batch else np.arange(n).astype(str)

@@ -10,6 +10,7 @@ time embedding (row = second index) are added, bias-free pre-LN blocks run under
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 

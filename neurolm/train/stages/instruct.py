@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from neurolm.config import ConfigError, InstructJobConfig
-from neurolm.data.layout import layout_instruction_batch
+from neurolm.data.layout import instruction_layout
 from neurolm.data.mixture import MixtureSampler, mixture_weights
-from neurolm.data.shards import batch_to_signals
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
 from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
@@ -34,22 +33,6 @@ def task_tokens(name: str) -> TaskTokens:
     from neurolm.data.bpe import load_gpt2_tokenizer
 
     return tokenize_task(get_task(name), load_gpt2_tokenizer().encode)
-
-
-def instruction_layout(
-    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, evaluation: bool
-) -> dict[str, np.ndarray]:
-    """Ray Data step: shard rows → EEG layout + instruction text (or the evaluation prompt)."""
-    labels = np.asarray(batch["label"])
-    if (labels < 0).any():
-        raise ValueError("instruction shards need a label on every sample (found -1)")
-    out = layout_instruction_batch(
-        batch_to_signals(batch), list(batch["channels"]), labels, tokens,
-        eeg_max_len=eeg_max_len, text_max_len=text_max_len, evaluation=evaluation, truncate=True,
-    )
-    out.pop("num_chans", None)
-    out.pop("num_tokens", None)
-    return out
 
 
 class _RowStream:
@@ -129,7 +112,7 @@ class InstructStage:
         missing = [t.name for t in cfg.tasks if not t.train]
         if missing:
             raise ConfigError(f"tasks: {missing} have no train shards")
-        self.model_overrides = dict(cfg.model.overrides)
+        self.model_overrides = cfg.model.override_dict()
         self._built_config = None
 
     # -- driver side ---------------------------------------------------------------------------------------
@@ -168,7 +151,7 @@ class InstructStage:
         from neurolm.models.io import load_neurolm
 
         model = load_neurolm(self.cfg.init, **self.model_overrides)
-        model.set_activation_checkpointing(self.cfg.deepspeed.activation_checkpointing)
+        model.set_activation_checkpointing(self.cfg.train.activation_checkpointing)
         self._built_config = model.config
         return model
 
@@ -176,7 +159,7 @@ class InstructStage:
         """The mixture stream at ``position`` samples; ``seed`` is the run's seed (the same on every rank)."""
         import ray.train
 
-        sampler = MixtureSampler(info["sizes"], info["weights"], self.cfg.mixture.block_size, seed)
+        sampler = MixtureSampler(info["sizes"], info["weights"], self.cfg.mixture.block_micro_batches, seed)
         shards = {t: ray.train.get_dataset_shard(f"train_{t}") for t in info["sizes"]}
         batch = self.cfg.train.micro_batch_size
         return MixedTaskStream(shards, sampler, batch, position // batch, seed + 7919 * (rank + 1),

@@ -8,7 +8,13 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from neurolm.models.io import import_official_cli, load_neurolm, load_pretrained, load_tokenizer, save_pretrained
+from neurolm.models.io import (
+    import_official_cli,
+    load_neurolm,
+    load_pretrained,
+    load_tokenizer,
+    save_pretrained,
+)
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 from neurolm.models.official import (
     CheckpointMismatchError,
