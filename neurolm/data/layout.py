@@ -31,6 +31,7 @@ import numpy as np
 
 from neurolm.channels import PAD_INDEX
 from neurolm.data.shards import batch_to_signals
+from neurolm.vocab import EOT_ID
 
 if TYPE_CHECKING:
     from neurolm.data.tasks import TaskTokens
@@ -53,7 +54,7 @@ PATCH_SIZE = 200
 """Samples per patch: 1 s at 200 Hz."""
 FREQ_BINS = 100
 """Fourier-amplitude bins kept as the frequency target."""
-TEXT_PAD_ID = 50256
+TEXT_PAD_ID = EOT_ID
 """Instruction text is padded with ``<|endoftext|>`` (official)."""
 
 

@@ -40,7 +40,6 @@ import io
 import json
 import logging
 import math
-import re
 import sys
 import tempfile
 import time
@@ -58,6 +57,7 @@ from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
 from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
 from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.models.neurolm import NeuroLM
+from neurolm.models.precision import precision_dtype
 
 __all__ = [
     "OFFICIAL_EEG_MAX_LEN",
@@ -91,9 +91,7 @@ def task_kind(task: Task) -> str:
 
 def _device_and_dtype(use_gpu: bool, precision: str) -> tuple[torch.device, torch.dtype]:
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return device, torch.bfloat16
-    return device, torch.float32
+    return device, precision_dtype(precision, device.type == "cuda")
 
 
 def load_scoring_model(
@@ -439,14 +437,10 @@ def _strict_json(value: Any) -> Any:
     return _json_value(value)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
-
-
 def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    header = ["sample_id", "label", "pred", *(f"p_{_slug(a)}" for a in task.answers)]
+    header = ["sample_id", "label", "pred", *(f"p_{storage.slug(a)}" for a in task.answers)]
     generated = "gen_pred" in rows
     if generated:
         header += ["gen_pred", "generated"]
@@ -483,7 +477,7 @@ def write_evaluation_report(
         rows = e["rows"]
         k = task.num_classes
         labels = rows["label"].astype(np.int64)
-        slug = _slug(e["key"])
+        slug = storage.slug(e["key"])
         names = list(task.answers)
         failures = rows["gen_pred"] == PARSE_FAILURE if "gen_pred" in rows else np.zeros(len(labels), bool)
 
@@ -616,7 +610,7 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     for uri in [cfg.output, *(u for t in cfg.tasks for u in _uris(t.test))]:
         storage.check_reachable(uri)
     if storage.is_s3(cfg.output):
-        storage.ensure_bucket(cfg.output[5:].split("/", 1)[0])
+        storage.ensure_bucket(storage.bucket_of(cfg.output))
     eeg_max_len = resolve_eeg_max_len(cfg.checkpoint, cfg.eeg_max_len)
     ensure_ray(cfg.ray_address)
     import ray.data

@@ -27,6 +27,7 @@ from torch import nn
 from neurolm.models.gpt import GPTConfig
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig, attach_code_head
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+from neurolm.vocab import GPT2_TEXT_VOCAB
 
 __all__ = [
     "CheckpointMismatchError",
@@ -220,7 +221,7 @@ def tokenizer_config_from_official(ckpt: Mapping[str, Any], **overrides: Any) ->
         freq_bins=sd["VQ.decode_task_layer_freq.2.weight"].shape[0],
         conv_channels=sd["VQ.encoder.patch_embed.conv1.weight"].shape[0],
         domain_hidden=sd["domain_classifier.0.weight"].shape[0],
-        text_vocab_size=sd["wte.weight"].shape[0] if "wte.weight" in sd else 50257,
+        text_vocab_size=sd["wte.weight"].shape[0] if "wte.weight" in sd else GPT2_TEXT_VOCAB,
         channel_rows=sd["VQ.encoder.pos_embed.weight"].shape[0],
         max_seconds=sd["VQ.encoder.time_embed.weight"].shape[0],
     )

@@ -150,7 +150,7 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
     for uri in [*cfg.shard_uris(), cfg.run.storage_path]:
         storage.check_reachable(uri)  # before any Ray resources are requested
     if storage.is_s3(cfg.run.storage_path):
-        storage.ensure_bucket(cfg.run.storage_path[5:].split("/", 1)[0])
+        storage.ensure_bucket(storage.bucket_of(cfg.run.storage_path))
     stage = make_stage(cfg)  # validates model presets and loads nothing heavy on the driver
     ensure_ray(cfg.run.ray_address)
 

@@ -23,8 +23,9 @@ import torch
 
 from neurolm import storage
 from neurolm.config import StageConfig, config_hash
+from neurolm.models.precision import precision_dtype
 from neurolm.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from neurolm.train.engine import build_engine, resolve_precision
+from neurolm.train.engine import build_engine
 from neurolm.train.metrics import MetricAccumulator, all_reduce_sum, peak_flops_per_device
 from neurolm.train.stage import Stage
 
@@ -138,7 +139,7 @@ def run_worker_loop(stage: Stage, cfg: StageConfig, steps_per_epoch: int, info: 
     )
     if hasattr(stage, "after_engine"):
         stage.after_engine(engine)
-    dtype = torch.bfloat16 if resolve_precision(cfg.deepspeed, use_gpu) == "bf16" else torch.float32
+    dtype = precision_dtype(cfg.deepspeed.precision, use_gpu)
 
     state = TrainState(world_size=world, config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"))
     checkpoint = ray.train.get_checkpoint()

@@ -25,6 +25,7 @@ from neurolm.data.mixture import MixtureSampler, mixture_weights
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
 from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
+from neurolm.vocab import EOT_ID
 
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
 
@@ -172,7 +173,7 @@ class InstructStage:
                     text=batch["text"], text_targets=batch["text_targets"])
         loss = out.loss
         metrics = {"answer_loss": float(out.loss.detach()), "answer_accuracy": float(out.accuracy)}
-        tokens = int(batch["input_mask"].sum()) + int((batch["text"] != 50256).sum())
+        tokens = int(batch["input_mask"].sum()) + int((batch["text"] != EOT_ID).sum())
         if text is not None and self.cfg.text_loss_weight > 0:
             lm = model(text=text[:, :-1], text_targets=text[:, 1:])
             loss = loss + self.cfg.text_loss_weight * lm.loss
