@@ -1,7 +1,7 @@
 """Stage 3: multi-task instruction tuning (spec §4) with a block-deterministic task mixture.
 
 Each task's shards are their own Ray dataset, split across workers (``streaming_split``). The mixture picks one
-task per micro-batch, from :class:`neurolm.data.mixture.MixtureSampler` with the same seed on every rank, so all
+task per micro-batch, from :class:`neurolm.data.mixture.TaskSchedule` with the same seed on every rank, so all
 ranks read the same task's split at the same step. That lockstep is required: a streaming split's consumers
 start each pass together, and ranks reading different tasks' splits would wait on each other forever. The
 data order is a pure function of the seed and the step: a resume fast-forwards every task stream by the
@@ -21,7 +21,7 @@ from torch import nn
 
 from neurolm.config import ConfigError, InstructJobConfig
 from neurolm.data.layout import instruction_layout
-from neurolm.data.mixture import MixtureSampler, mixture_weights
+from neurolm.data.mixture import TaskSchedule, mixture_weights
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
 from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
@@ -81,21 +81,21 @@ class _RowStream:
 
 
 class MixedTaskStream:
-    """Micro-batches of one worker, one task per micro-batch, in the order of a :class:`MixtureSampler` over
+    """Micro-batches of one worker, one task per micro-batch, in the order of a :class:`TaskSchedule` over
     micro-batch indices (identical on every rank)."""
 
-    def __init__(self, shards: dict[str, Any], sampler: MixtureSampler, batch_size: int, micro_batch: int,
+    def __init__(self, shards: dict[str, Any], schedule: TaskSchedule, batch_size: int, micro_batch: int,
                  shuffle_seed: int, shuffle_buffer: int) -> None:
-        self.sampler, self.batch_size = sampler, batch_size
+        self.schedule, self.batch_size = schedule, batch_size
         self.streams = {t: _RowStream(s, 64, shuffle_seed + i, shuffle_buffer)
                         for i, (t, s) in enumerate(sorted(shards.items()))}
         self.micro_batch = micro_batch
-        for task, count in sampler.task_counts(micro_batch).items():  # resume: replay each stream's batches
+        for task, count in schedule.task_counts(micro_batch).items():  # resume: replay each stream's batches
             if count:
                 self.streams[task].take(count * batch_size)
 
     def next(self) -> dict[str, torch.Tensor]:
-        (task, _), = self.sampler.indices(self.micro_batch, self.micro_batch + 1)
+        task = self.schedule.task_at(self.micro_batch)
         self.micro_batch += 1
         parts = self.streams[task].take(self.batch_size)
         return {k: torch.as_tensor(np.concatenate([p[k] for p in parts])) for k in parts[0]}
@@ -143,9 +143,13 @@ class InstructStage:
     def weights(self, sizes: dict[str, int]) -> dict[str, float]:
         m = self.cfg.mixture
         try:
-            return mixture_weights(m.kind, sizes, weights=m.weights or None, temperature=m.temperature)
+            weights = mixture_weights(m.kind, sizes, weights=m.weights or None, temperature=m.temperature)
         except ValueError as err:
             raise ConfigError(f"mixture: {err}") from None
+        empty = sorted(t for t, w in weights.items() if w > 0 and sizes[t] == 0)
+        if empty:
+            raise ConfigError(f"mixture: tasks {empty} have a positive weight but no training samples")
+        return weights
 
     # -- worker side ---------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -160,10 +164,10 @@ class InstructStage:
         """The mixture stream at ``position`` samples; ``seed`` is the run's seed (the same on every rank)."""
         import ray.train
 
-        sampler = MixtureSampler(info["sizes"], info["weights"], self.cfg.mixture.block_micro_batches, seed)
+        schedule = TaskSchedule(info["weights"], self.cfg.mixture.block_micro_batches, seed)
         shards = {t: ray.train.get_dataset_shard(f"train_{t}") for t in info["sizes"]}
         batch = self.cfg.train.micro_batch_size
-        return MixedTaskStream(shards, sampler, batch, position // batch, seed + 7919 * (rank + 1),
+        return MixedTaskStream(shards, schedule, batch, position // batch, seed + 7919 * (rank + 1),
                                self.cfg.data.local_shuffle_buffer)
 
     def train_step(
