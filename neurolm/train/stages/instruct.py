@@ -22,6 +22,7 @@ from torch import nn
 from neurolm.config import ConfigError, InstructJobConfig
 from neurolm.data.layout import instruction_layout
 from neurolm.data.mixture import TaskSchedule, mixture_weights
+from neurolm.data.shards import count_rows
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
 from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
@@ -125,7 +126,7 @@ class InstructStage:
         for t in cfg.tasks:
             tokens = task_tokens(t.name)
             raw = read_shards([t.train])
-            sizes[t.name] = raw.count()
+            sizes[t.name] = count_rows(t.train)  # the same count as the tuner's, read from the Parquet footers
             datasets[f"train_{t.name}"] = raw.map_batches(
                 functools.partial(instruction_layout, tokens=tokens, eeg_max_len=cfg.eeg_max_len,
                                   text_max_len=cfg.text_max_len, evaluation=False),
