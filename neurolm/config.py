@@ -252,7 +252,7 @@ class TokenizerModelSection(Section):
 
     def build(self) -> TokenizerConfig:
         """The model config: the preset with the overrides applied."""
-        return TokenizerConfig.preset(self.preset, **self.overrides.model_dump(exclude_unset=True))
+        return TokenizerConfig.preset(self.preset, **self.overrides.model_dump())
 
 
 class NeuroLMModelSection(Section):
@@ -267,7 +267,7 @@ class NeuroLMModelSection(Section):
 
     def build(self) -> NeuroLMConfig:
         """The model config: the preset with the overrides applied (``gpt``/``encoder`` merged key by key)."""
-        return NeuroLMConfig.preset(self.preset, **self.overrides.model_dump(exclude_unset=True))
+        return NeuroLMConfig.preset(self.preset, **self.overrides.model_dump())
 
 
 class InstructModelSection(Section):
@@ -280,12 +280,12 @@ class InstructModelSection(Section):
 
     def override_dict(self) -> dict[str, Any]:
         """The overrides as given (unset keys left out), for ``load_neurolm(path, **overrides)``."""
-        return self.overrides.model_dump(exclude_unset=True)
+        return self.overrides.model_dump()
 
 
 def _neurolm_overrides(value: dict[str, Any]) -> dict[str, Any]:
     """Validate a dict of NeuroLMConfig overrides (unknown keys and bad values fail naming the key)."""
-    return NeuroLMConfigOverrides.model_validate(value).model_dump(exclude_unset=True)
+    return NeuroLMConfigOverrides.model_validate(value).model_dump()
 
 
 class ScalingSection(Section):

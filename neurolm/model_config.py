@@ -20,7 +20,15 @@ from __future__ import annotations
 import sys
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    create_model,
+    model_serializer,
+)
 
 from neurolm.vocab import GPT2_TEXT_VOCAB, PADDED_TEXT_VOCAB
 
@@ -30,6 +38,7 @@ __all__ = [
     "EEGTransformerConfig",
     "TokenizerConfig",
     "NeuroLMConfig",
+    "ConfigOverrides",
     "overrides_model",
     "GPTConfigOverrides",
     "EEGTransformerConfigOverrides",
@@ -80,12 +89,16 @@ class ModelConfig(BaseModel):
                 raise ValueError(
                     f"unknown {cls.__name__} fields {unknown}; known: {sorted(cls.model_fields)}"
                 ) from None
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in err.errors())
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in err.errors()
+            )
             raise ValueError(f"invalid {cls.__name__}: {problems}") from None
 
     @classmethod
     def _label(cls) -> str:
-        return {"GPT": "GPT", "NeuroLM": "NeuroLM"}.get(name := cls.__name__.removesuffix("Config"), name.lower())
+        return {"GPT": "GPT", "NeuroLM": "NeuroLM"}.get(
+            name := cls.__name__.removesuffix("Config"), name.lower()
+        )
 
 
 class GPTConfig(ModelConfig):
@@ -95,11 +108,14 @@ class GPTConfig(ModelConfig):
     n_head: int = Field(default=12, ge=1)
     n_embd: int = Field(default=768, ge=1)
     block_size: int = Field(
-        default=1024, ge=1,
+        default=1024,
+        ge=1,
         description="Rows of the position table ``wpe``; EEG tokens use row = second index, text follows.",
     )
     vocab_size: int = Field(
-        default=PADDED_TEXT_VOCAB, ge=1, description="Text rows of ``wte`` (official ``model_args.vocab_size``)."
+        default=PADDED_TEXT_VOCAB,
+        ge=1,
+        description="Text rows of ``wte`` (official ``model_args.vocab_size``).",
     )
     num_codes: int = Field(default=8192, ge=1, description="EEG codes appended to the output head.")
     bias: bool = True
@@ -121,7 +137,9 @@ class EEGTransformerConfig(ModelConfig):
     n_layer: int = Field(default=12, ge=1, description="Transformer blocks (encoder 12, decoders 4).")
     n_head: int = Field(default=12, ge=1, description="Attention heads.")
     n_embd: int = Field(
-        default=768, ge=1, description="Width. The official temporal convolution hard-codes 768; here it follows this."
+        default=768,
+        ge=1,
+        description="Width. The official temporal convolution hard-codes 768; here it follows this.",
     )
     in_dim: int | None = Field(
         default=None,
@@ -129,12 +147,15 @@ class EEGTransformerConfig(ModelConfig):
         "``Linear(in_dim, n_embd)`` (decoders).",
     )
     patch_size: int = Field(default=200, ge=1, description="Samples per patch (1 s at 200 Hz).")
-    conv_channels: int = Field(default=16, ge=1, description="Channels of the temporal convolution (``out_chans``).")
+    conv_channels: int = Field(
+        default=16, ge=1, description="Channels of the temporal convolution (``out_chans``)."
+    )
     channel_rows: int = Field(
         default=256, ge=1, description="Rows of the channel embedding; the 10-20 vocabulary uses 139 of them."
     )
     time_rows: int = Field(
-        default=64, ge=1,
+        default=64,
+        ge=1,
         description="Rows of the time embedding = longest sample in seconds. Official 64 (docs/reference.md "
         "§6.3-7); raise it for longer samples (rows beyond an imported table start untrained).",
     )
@@ -147,7 +168,8 @@ class TokenizerConfig(ModelConfig):
     encoder_layers: int = Field(default=12, ge=1)
     encoder_heads: int = Field(default=12, ge=1)
     width: int = Field(
-        default=768, ge=1,
+        default=768,
+        ge=1,
         description="Encoder width; also the domain classifier's input and the text-embedding width (GPT-2: 768).",
     )
     decoder_layers: int = Field(default=4, ge=1)
@@ -161,17 +183,21 @@ class TokenizerConfig(ModelConfig):
     kmeans_iters: int = Field(default=10, ge=0)
     patch_size: int = Field(default=200, ge=1)
     freq_bins: int = Field(
-        default=100, ge=1, description="Fourier-amplitude bins predicted (the first half of the 200-point FFT)."
+        default=100,
+        ge=1,
+        description="Fourier-amplitude bins predicted (the first half of the 200-point FFT).",
     )
     conv_channels: int = Field(default=16, ge=1)
     domain_hidden: int = Field(default=256, ge=1)
     text_vocab_size: int = Field(
-        default=GPT2_TEXT_VOCAB, ge=1,
+        default=GPT2_TEXT_VOCAB,
+        ge=1,
         description="Rows of the frozen text-embedding table used by the domain classifier (GPT-2's vocabulary).",
     )
     channel_rows: int = Field(default=256, ge=1)
     max_seconds: int = Field(
-        default=64, ge=1,
+        default=64,
+        ge=1,
         description="Rows of the time embeddings (encoder and decoders). Official 64: longer samples crash "
         "(docs/reference.md §6.3-7).",
     )
@@ -191,24 +217,54 @@ class TokenizerConfig(ModelConfig):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "base": {},
-        "tiny": dict(encoder_layers=2, encoder_heads=4, width=128, decoder_layers=1, decoder_heads=4,
-                     decoder_width=128, num_codes=512, code_dim=32, domain_hidden=64),
-        "debug": dict(encoder_layers=2, encoder_heads=2, width=16, decoder_layers=1, decoder_heads=2,
-                      decoder_width=16, num_codes=64, code_dim=8, domain_hidden=16, kmeans_iters=2),
+        "tiny": dict(
+            encoder_layers=2,
+            encoder_heads=4,
+            width=128,
+            decoder_layers=1,
+            decoder_heads=4,
+            decoder_width=128,
+            num_codes=512,
+            code_dim=32,
+            domain_hidden=64,
+        ),
+        "debug": dict(
+            encoder_layers=2,
+            encoder_heads=2,
+            width=16,
+            decoder_layers=1,
+            decoder_heads=2,
+            decoder_width=16,
+            num_codes=64,
+            code_dim=8,
+            domain_hidden=16,
+            kmeans_iters=2,
+        ),
     }
 
     def encoder_config(self) -> EEGTransformerConfig:
         return EEGTransformerConfig(
-            n_layer=self.encoder_layers, n_head=self.encoder_heads, n_embd=self.width, in_dim=None,
-            patch_size=self.patch_size, conv_channels=self.conv_channels, channel_rows=self.channel_rows,
-            time_rows=self.max_seconds, dropout=self.dropout,
+            n_layer=self.encoder_layers,
+            n_head=self.encoder_heads,
+            n_embd=self.width,
+            in_dim=None,
+            patch_size=self.patch_size,
+            conv_channels=self.conv_channels,
+            channel_rows=self.channel_rows,
+            time_rows=self.max_seconds,
+            dropout=self.dropout,
         )
 
     def decoder_config(self) -> EEGTransformerConfig:
         return EEGTransformerConfig(
-            n_layer=self.decoder_layers, n_head=self.decoder_heads, n_embd=self.decoder_width,
-            in_dim=self.code_dim, patch_size=self.patch_size, channel_rows=self.channel_rows,
-            time_rows=self.max_seconds, dropout=self.dropout,
+            n_layer=self.decoder_layers,
+            n_head=self.decoder_heads,
+            n_embd=self.decoder_width,
+            in_dim=self.code_dim,
+            patch_size=self.patch_size,
+            channel_rows=self.channel_rows,
+            time_rows=self.max_seconds,
+            dropout=self.dropout,
         )
 
 
@@ -255,15 +311,20 @@ class NeuroLMConfig(ModelConfig):
         "channel embedding start at N(0, 1), about 7x GPT-2's token norms. True: N(0, 0.02).",
     )
     activation_checkpointing: bool = Field(
-        default=False, description="Recompute GPT block activations in the backward pass (memory for compute)."
+        default=False,
+        description="Recompute GPT block activations in the backward pass (memory for compute).",
     )
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "base": dict(gpt=GPTConfig.PRESETS["gpt2"], encoder=_OFFICIAL_ENCODER),
         "large": dict(gpt=GPTConfig.PRESETS["gpt2-medium"], encoder=_OFFICIAL_ENCODER),
         "xl": dict(gpt=GPTConfig.PRESETS["gpt2-xl"], encoder=_OFFICIAL_ENCODER),
-        "tiny": dict(gpt=GPTConfig.PRESETS["tiny"], encoder=dict(n_layer=2, n_head=4, n_embd=128), code_dim=32),
-        "debug": dict(gpt=GPTConfig.PRESETS["debug"], encoder=dict(n_layer=2, n_head=2, n_embd=16), code_dim=8),
+        "tiny": dict(
+            gpt=GPTConfig.PRESETS["tiny"], encoder=dict(n_layer=2, n_head=4, n_embd=128), code_dim=32
+        ),
+        "debug": dict(
+            gpt=GPTConfig.PRESETS["debug"], encoder=dict(n_layer=2, n_head=2, n_embd=16), code_dim=8
+        ),
     }
 
     @property
@@ -271,22 +332,33 @@ class NeuroLMConfig(ModelConfig):
         return self.gpt.num_codes
 
 
-def overrides_model(cls: type[ModelConfig]) -> type[BaseModel]:
+class ConfigOverrides(BaseModel):
+    """Base of the overrides models: unknown keys are errors; unset (None) fields are left out of dumps, so
+    ``model_dump()`` is exactly the dict to pass to ``preset(name, **overrides)``, and a dumped job config
+    validates back to the same overrides."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+def overrides_model(cls: type[ModelConfig]) -> type[ConfigOverrides]:
     """The pydantic model of overrides of ``cls``: every field optional (None = keep the preset's), nested
-    configs as their own overrides models, unknown keys rejected. ``model_dump(exclude_unset=True)`` gives
-    the dict to pass to ``cls.preset(name, **overrides)``."""
+    configs as their own overrides models, unknown keys rejected."""
     fields: dict[str, Any] = {}
     for name, info in cls.model_fields.items():
         annotation = info.annotation
         if isinstance(annotation, type) and issubclass(annotation, ModelConfig):
             # reuse the module-level overrides model, so that configs holding it pickle (Ray ships them)
-            annotation = getattr(sys.modules[__name__], f"{annotation.__name__}Overrides", None) or overrides_model(
-                annotation
-            )
+            annotation = getattr(
+                sys.modules[__name__], f"{annotation.__name__}Overrides", None
+            ) or overrides_model(annotation)
         fields[name] = (annotation | None, Field(default=None, description=info.description))
     return create_model(
         f"{cls.__name__}Overrides",
-        __config__=ConfigDict(extra="forbid", validate_assignment=True),
+        __base__=ConfigOverrides,
         __module__=__name__,
         __doc__=f"Fields of :class:`{cls.__name__}` that differ from the preset.",
         **fields,

@@ -185,7 +185,9 @@ class TaskSchedule:
         """(len(blocks), tasks) micro-batches of each task in each block."""
         offset = (self._offset0 + blocks.astype(np.int64) * _GOLDEN) % _UNIT  # (n,)
         # Remainder points sit at offset + j·2^32 (j < r); a task gets one per point in its segment.
-        hits = -((offset[:, None] - self._bounds[None, :]) // _UNIT)  # (n, tasks + 1): ceil((c - offset) / 2^32)
+        hits = -(
+            (offset[:, None] - self._bounds[None, :]) // _UNIT
+        )  # (n, tasks + 1): ceil((c - offset) / 2^32)
         return self._base[None, :] + np.diff(hits, axis=1)
 
     def block_counts(self, block: int) -> dict[str, int]:
