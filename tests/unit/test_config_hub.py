@@ -42,6 +42,16 @@ FILL = {
 }
 
 
+def _has_key(cls, dotted: str) -> bool:
+    """Whether the config class ``cls`` has the (nested) key ``dotted``."""
+    for part in dotted.split("."):
+        field = cls.model_fields.get(part)
+        if field is None:
+            return False
+        cls = field.annotation
+    return True
+
+
 def load_preset(path: Path):
     """Load a preset with the values a user must give on the command line filled in."""
     cls = KINDS[path.parent.name]
@@ -51,7 +61,7 @@ def load_preset(path: Path):
         node = tree
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if node in (None, [], "") and (key.split(".")[0] in cls.model_fields):
+        if node in (None, [], "") and _has_key(cls, key):
             overrides += fill
     if cls is InstructJobConfig and "tasks" not in tree:
         overrides += ["tasks=[{name: TUAB, train: /shards/tuab/train}]"]
