@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurolm.model_config import deep_merge
 from neurolm.models.gpt import GPTConfig
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig, attach_code_head
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
@@ -257,11 +258,7 @@ def neurolm_config_from_official(
         time_rows=sd["tokenizer.time_embed.weight"].shape[0],
     )
     cfg = dict(gpt=gpt.to_dict(), encoder=encoder, channel_rows=sd["pos_embed.weight"].shape[0])
-    merged = {**cfg, **overrides}
-    for sub in ("gpt", "encoder"):
-        if isinstance(overrides.get(sub), dict):
-            merged[sub] = {**cfg[sub], **overrides[sub]}  # type: ignore[dict-item]
-    return NeuroLMConfig.from_dict(merged)
+    return NeuroLMConfig.from_dict(deep_merge(cfg, overrides))
 
 
 # ---------------------------------------------------------------------------------------------- import / export
