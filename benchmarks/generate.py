@@ -18,7 +18,7 @@ import torch
 from neurolm.data.bpe import load_gpt2_tokenizer
 from neurolm.data.layout import layout_instruction_batch
 from neurolm.data.tasks import get_task, tokenize_task
-from neurolm.eval.generate import generate
+from neurolm.models.generate import generate
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 
 

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("neurolm.eval.evaluate:cli", "evaluate an instruction-tuned checkpoint on test shards"),
     "predict": ("neurolm.eval.predict:cli", "answer a task on your own recording(s)"),
     "import-official": (
-        "neurolm.models.official:import_official_cli",
+        "neurolm.models.io:import_official_cli",
         "convert official VQ.pt / NeuroLM-*.pt checkpoints to our safetensors format",
     ),
     "s3": ("neurolm.s3server:main", "start | stop | status a local S3 server (SeaweedFS) on 127.0.0.1"),

@@ -16,16 +16,25 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from neurolm.model_config import (
+    NeuroLMConfig,
+    NeuroLMConfigOverrides,
+    TokenizerConfig,
+    TokenizerConfigOverrides,
+    deep_merge,
+)
 
 __all__ = [
     "ConfigError",
     "Section",
     "PreprocessConfig",
     "CORPORA",
+    "StageConfig",
     "load_config",
     "apply_overrides",
     "config_hash",
@@ -150,14 +159,27 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | tuple[str, ...]
     return tree
 
 
-def _explain(err: ValidationError, source: str) -> ConfigError:
+def _allowed_keys(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys the section at ``loc`` (below ``cls``) accepts, or None where the path is not a section."""
+    for part in loc:
+        field = cls.model_fields.get(str(part))
+        candidates = (field.annotation, *get_args(field.annotation)) if field is not None else ()
+        sections = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
+            return None
+        cls = sections[0]
+    return sorted(cls.model_fields)
+
+
+def _explain(err: ValidationError, source: str, cls: type[BaseModel] | None = None) -> ConfigError:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         value = e.get("input")
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            msg = "unknown key"
+            allowed = _allowed_keys(cls, e["loc"][:-1]) if cls is not None else None
+            msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
         shown = json.dumps(value, default=str) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
@@ -187,23 +209,13 @@ def load_config(
             raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r} must hold a mapping of keys, got {type(loaded).__name__}")
-        tree = _deep_merge(tree, loaded)
+        tree = deep_merge(tree, loaded)
         source = str(p)
     apply_overrides(tree, list(overrides))
     try:
         return cls.model_validate(tree)
     except ValidationError as err:
-        raise _explain(err, source + (f" + {len(overrides)} override(s)" if overrides else "")) from None
-
-
-def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+        raise _explain(err, source + (f" + {len(overrides)} override(s)" if overrides else ""), cls) from None
 
 
 def config_hash(cfg: BaseModel) -> str:
@@ -217,13 +229,63 @@ def config_hash(cfg: BaseModel) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
-class ModelSection(Section):
-    """Which model to build: a named preset of the model's own config plus field overrides."""
+def _renamed(old: str, new: str) -> Any:
+    """A before-validator rejecting a key renamed in this release, naming its new place."""
 
-    preset: str = Field(default="tiny", description="Model preset (tiny | debug | base | large | xl).")
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="Fields of the model config that differ from the preset."
+    def check(cls: type[Section], data: Any) -> Any:
+        if isinstance(data, dict) and old.rsplit(".", 1)[-1] in data:
+            raise ValueError(f"{old} was renamed {new}; set {new} instead")
+        return data
+
+    return model_validator(mode="before")(classmethod(check))
+
+
+class TokenizerModelSection(Section):
+    """Stage 1's model: a preset of :class:`~neurolm.model_config.TokenizerConfig` plus typed field overrides."""
+
+    preset: Literal[tuple(TokenizerConfig.PRESETS)] = Field(  # type: ignore[valid-type]
+        default="tiny", description=f"Tokenizer preset ({' | '.join(TokenizerConfig.PRESETS)})."
     )
+    overrides: TokenizerConfigOverrides = Field(  # type: ignore[valid-type]
+        default_factory=TokenizerConfigOverrides, description="TokenizerConfig fields that differ from the preset."
+    )
+
+    def build(self) -> TokenizerConfig:
+        """The model config: the preset with the overrides applied."""
+        return TokenizerConfig.preset(self.preset, **self.overrides.model_dump())
+
+
+class NeuroLMModelSection(Section):
+    """Stage 2's model: a preset of :class:`~neurolm.model_config.NeuroLMConfig` plus typed field overrides."""
+
+    preset: Literal[tuple(NeuroLMConfig.PRESETS)] = Field(  # type: ignore[valid-type]
+        default="tiny", description=f"NeuroLM preset ({' | '.join(NeuroLMConfig.PRESETS)})."
+    )
+    overrides: NeuroLMConfigOverrides = Field(  # type: ignore[valid-type]
+        default_factory=NeuroLMConfigOverrides, description="NeuroLMConfig fields that differ from the preset."
+    )
+
+    def build(self) -> NeuroLMConfig:
+        """The model config: the preset with the overrides applied (``gpt``/``encoder`` merged key by key)."""
+        return NeuroLMConfig.preset(self.preset, **self.overrides.model_dump())
+
+
+class InstructModelSection(Section):
+    """Stage 3's model is the stage-2 export (``init``); only options of its config may be overridden."""
+
+    overrides: NeuroLMConfigOverrides = Field(  # type: ignore[valid-type]
+        default_factory=NeuroLMConfigOverrides,
+        description="NeuroLMConfig fields to override on the loaded model (e.g. fix options).",
+    )
+
+    def override_dict(self) -> dict[str, Any]:
+        """The overrides as given (unset keys left out), for ``load_neurolm(path, **overrides)``."""
+        return self.overrides.model_dump()
+
+
+def _neurolm_overrides(value: dict[str, Any]) -> dict[str, Any]:
+    """Validate a dict of NeuroLMConfig overrides (unknown keys and bad values fail naming the key)."""
+    return NeuroLMConfigOverrides.model_validate(value).model_dump()
 
 
 class ScalingSection(Section):
@@ -246,11 +308,12 @@ class DeepSpeedSection(Section):
         default="auto", description="auto = bf16 on GPU, fp32 on CPU (fp16 is not supported)."
     )
     offload_optimizer: bool = Field(default=False, description="ZeRO-Offload of optimizer states to CPU.")
-    activation_checkpointing: bool = Field(default=False, description="Recompute block activations.")
     collective_timeout_s: int = Field(
         default=600, gt=0, description="Timeout of collectives: a hung rank fails the run this fast."
     )
     extra: dict[str, Any] = Field(default_factory=dict, description="Merged last into the DeepSpeed config.")
+
+    _activation_checkpointing_moved = _renamed("deepspeed.activation_checkpointing", "train.activation_checkpointing")
 
 
 class OptimSection(Section):
@@ -288,26 +351,36 @@ class TrainSection(Section):
         default=None, ge=1, description="Checkpoint every N steps (None: at the end of each epoch)."
     )
     seed: int = Field(default=1234, description="The one seed; every other seed derives from it and the rank.")
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="Recompute the GPT blocks' activations in the backward pass (torch.utils.checkpoint; "
+        "memory for compute). Not DeepSpeed's activation checkpointing.",
+    )
     stop_after_steps: int | None = Field(
         default=None, ge=1, description="End this invocation after N steps with a checkpoint, keeping the "
         "full run's schedule (time-boxed jobs); rerun with the same run name to continue."
     )
 
 
-class DataSection(Section):
-    """Where a stage's samples come from (Parquet shards written by `neurolm preprocess`)."""
+class IngestSection(Section):
+    """How a stage streams its data (every stage); stage 3 takes its EEG shards from ``tasks``."""
 
-    train: str | list[str] = Field(description="Training shards: URI(s) of directories of part-*.parquet.")
-    val: str | list[str] | None = Field(default=None, description="Validation shards.")
     text: str | None = Field(default=None, description="GPT-2 token shards (neurolm text prepare) for the LM loss.")
     text_batch_size: int = Field(default=2, ge=0, description="Text windows per worker per micro-step.")
     text_seq_len: int = Field(default=256, ge=8, description="Tokens per text window (official: 1024).")
-    max_tokens: int = Field(default=1024, ge=1, description="EEG tokens per sample after padding (official 1024).")
     local_shuffle_buffer: int = Field(default=64, ge=0, description="Rows in each worker's shuffle buffer.")
     prefetch_batches: int = Field(default=2, ge=0)
     object_store_memory_mb: int | None = Field(
         default=None, ge=64, description="Cap on Ray Data's object-store use for this stage's ingest."
     )
+
+
+class DataSection(IngestSection):
+    """Where stage 1's and stage 2's samples come from (Parquet shards written by `neurolm preprocess`)."""
+
+    train: str | list[str] = Field(description="Training shards: URI(s) of directories of part-*.parquet.")
+    val: str | list[str] | None = Field(default=None, description="Validation shards.")
+    max_tokens: int = Field(default=1024, ge=1, description="EEG tokens per sample after padding (official 1024).")
 
 
 class RunSection(Section):
@@ -325,20 +398,29 @@ class RunSection(Section):
     export: bool = Field(default=True, description="Write consolidated safetensors weights at the end.")
 
 
-class _StageConfig(Section):
-    model: ModelSection = Field(default_factory=ModelSection)
-    data: DataSection
+class StageConfig(Section):
+    """What every training stage's config holds; each stage adds its ``model`` and ``data`` sections."""
+
     train: TrainSection = Field(default_factory=TrainSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     run: RunSection
 
+    def shard_uris(self) -> list[str]:
+        """Every EEG shard directory the stage reads (checked for reachability before Ray starts)."""
+        data = getattr(self, "data", None)
+        if not isinstance(data, DataSection):
+            return []
+        return [u for v in (data.train, data.val) for u in ([v] if isinstance(v, str) else v or [])]
 
-class TokenizerJobConfig(_StageConfig):
+
+class TokenizerJobConfig(StageConfig):
     """Stage 1: the text-aligned VQ tokenizer (spec §2)."""
 
     stage: Literal["tokenizer"] = "tokenizer"
+    model: TokenizerModelSection = Field(default_factory=TokenizerModelSection)
+    data: DataSection
     text_embeddings: str | None = Field(
         default=None,
         description="HF GPT-2 checkpoint dir (local or s3://) whose token embeddings the domain classifier "
@@ -346,10 +428,12 @@ class TokenizerJobConfig(_StageConfig):
     )
 
 
-class PretrainJobConfig(_StageConfig):
+class PretrainJobConfig(StageConfig):
     """Stage 2: multi-channel autoregressive pre-training of GPT-2 on EEG tokens (spec §3)."""
 
     stage: Literal["pretrain"] = "pretrain"
+    model: NeuroLMModelSection = Field(default_factory=NeuroLMModelSection)
+    data: DataSection
     tokenizer: str = Field(description="Exported tokenizer dir (stage 1 export) or an official VQ.pt.")
     gpt2: str | None = Field(default=None, description="HF GPT-2 checkpoint dir (local or s3://); None = scratch.")
     text_loss_weight: float = Field(default=1.0, ge=0, description="Weight of the text LM loss (official 1).")
@@ -363,7 +447,13 @@ class MixtureSection(Section):
     )
     weights: dict[str, float] = Field(default_factory=dict, description="Task -> weight (explicit).")
     temperature: float = Field(default=1.0, gt=0, description="p ~ size^(1/T) (temperature).")
-    block_size: int = Field(default=256, ge=1, description="Samples per deterministic mixture block.")
+    block_micro_batches: int = Field(
+        default=256, ge=1,
+        description="Micro-batches per deterministic mixture block: each block holds every task in proportion "
+        "to its weight, in a seeded order, one task per micro-batch.",
+    )
+
+    _block_size_renamed = _renamed("mixture.block_size", "mixture.block_micro_batches")
 
 
 class TaskData(Section):
@@ -375,17 +465,27 @@ class TaskData(Section):
     test: str | None = None
 
 
-class InstructJobConfig(_StageConfig):
+class InstructJobConfig(StageConfig):
     """Stage 3: multi-task instruction tuning (spec §4)."""
 
     stage: Literal["instruct"] = "instruct"
-    data: DataSection = Field(default_factory=lambda: DataSection(train=[]))
+    model: InstructModelSection = Field(default_factory=InstructModelSection)
+    data: IngestSection = Field(default_factory=IngestSection)
     init: str = Field(description="Pre-trained NeuroLM export dir (stage 2) or an official NeuroLM-*.pt.")
     tasks: list[TaskData] = Field(min_length=1, description="Tasks and their shards.")
     mixture: MixtureSection = Field(default_factory=MixtureSection)
     eeg_max_len: int = Field(default=276, ge=1, description="EEG tokens per sample (official 276).")
     text_max_len: int = Field(default=80, ge=8, description="Text tokens per sample (official 80).")
-    text_loss_weight: float = Field(default=0.0, ge=0, description="Weight of an extra text LM loss.")
+
+    def shard_uris(self) -> list[str]:
+        """The tasks' train and val shard directories (stage 3 reads no ``data.train``)."""
+        return [u for t in self.tasks for u in (t.train, t.val) if u]
+
+    text_loss_weight: float = Field(
+        default=1.0, ge=0,
+        description="Weight of the text LM loss on data.text windows (official: always added, weight 1); "
+        "0 = answers only.",
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -436,6 +536,8 @@ class EvaluateJobConfig(Section):
     model_overrides: dict[str, Any] = Field(
         default_factory=dict, description="NeuroLM config fields to override at load (e.g. fix options)."
     )
+
+    _check_model_overrides = field_validator("model_overrides")(classmethod(lambda cls, v: _neurolm_overrides(v)))
     title: str = Field(default="NeuroLM evaluation", description="Heading of report.md.")
     ray_address: str | None = Field(default=None, description="None: RAY_ADDRESS or a new local instance.")
 
@@ -467,6 +569,8 @@ class PredictConfig(Section):
         description="Answer even when the recording has channels the task was never trained on (refused by default).",
     )
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="NeuroLM config fields to override.")
+
+    _check_model_overrides = field_validator("model_overrides")(classmethod(lambda cls, v: _neurolm_overrides(v)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -584,9 +688,9 @@ class TuneJobConfig(Section):
                 raise ConfigError(f"instruct.preset: {str(p)!r} must hold a mapping of keys")
             tree = loaded
             source = str(p)
-        tree = _deep_merge(tree, self.instruct.config)
+        tree = deep_merge(tree, self.instruct.config)
         apply_overrides(tree, self.instruct.overrides)
         try:
             return InstructJobConfig.model_validate(tree)
         except ValidationError as err:
-            raise _explain(err, f"instruct ({source} + inline keys + overrides)") from None
+            raise _explain(err, f"instruct ({source} + inline keys + overrides)", InstructJobConfig) from None

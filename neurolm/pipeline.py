@@ -127,7 +127,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     server = _start_local_s3(cfg)
     try:
         if storage.is_s3(cfg.workdir):
-            storage.ensure_bucket(cfg.workdir[5:].split("/", 1)[0])
+            storage.ensure_bucket(storage.bucket_of(cfg.workdir))
         shards_root = storage.join(cfg.workdir, "shards")
         runs = storage.join(cfg.workdir, "runs")
         out: dict[str, Any] = {"workdir": cfg.workdir, "shards": {}, "stages": {}}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ __all__ = [
     "StorageError",
     "S3Settings",
     "is_s3",
+    "bucket_of",
+    "slug",
     "join",
     "resolve",
     "exists",
@@ -81,6 +84,21 @@ class S3Settings:
 
 def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
+
+
+def bucket_of(uri: str) -> str:
+    """The bucket of an ``s3://bucket/key`` URI."""
+    if not is_s3(uri):
+        raise ValueError(f"{uri!r} is not an s3:// URI")
+    return str(uri)[5:].split("/", 1)[0]
+
+
+def slug(name: str) -> str:
+    """``name`` made safe for file names and CSV columns (runs of other characters become ``_``)."""
+    out = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
+    if not out:
+        raise ValueError(f"{name!r} has no characters usable in a file name")
+    return out
 
 
 def join(uri: str, *parts: str) -> str:
@@ -264,7 +282,7 @@ def check_reachable(uri: str) -> None:
         return
     from botocore.exceptions import BotoCoreError, ClientError
 
-    bucket = str(uri)[5:].split("/", 1)[0]
+    bucket = bucket_of(uri)
     try:
         boto3_client().head_bucket(Bucket=bucket)
     except ClientError as err:

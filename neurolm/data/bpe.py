@@ -18,13 +18,10 @@ from collections.abc import Iterable
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+from neurolm.vocab import EOT_ID, EOT_TEXT, SEP_ID
+
 __all__ = ["EOT_ID", "SEP_ID", "EOT_TEXT", "GPT2BPE", "load_gpt2_tokenizer", "bundled_vocabulary_dir"]
 
-EOT_ID = 50256
-"""``<|endoftext|>``."""
-SEP_ID = 50257
-"""NeuroLM's [SEP] between EEG and text (spec §4.1)."""
-EOT_TEXT = "<|endoftext|>"
 
 
 def bundled_vocabulary_dir() -> str:

@@ -15,7 +15,7 @@ Tokenizer targets (spec §2.3), zero on padding rows:
   all real tokens × 200 bins of the sample, first 100 bins kept;
 - :func:`raw_signal_target`: the patches z-scored the same way.
 
-Pre-training targets (spec §3.2): :func:`next_code_targets` (numpy or torch: the codes come from the model).
+Pre-training targets (spec §3.2) are built from the model's own codes: ``neurolm.models.neurolm.next_code_targets``.
 Instruction tuning (spec §4.1): :func:`instruction_text_batch` / :func:`prompt_batch` build
 ``[SEP] Question: … Answer: <answer> <|endoftext|>`` rows, padded with ``<|endoftext|>``, with targets on the
 answer tokens only. Attention masks are *not* built here: the model builds them on the device
@@ -25,13 +25,19 @@ answer tokens only. Attention masks are *not* built here: the model builds them 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neurolm.channels import PAD_INDEX
+from neurolm.data.shards import batch_to_signals
+from neurolm.vocab import EOT_ID
+
+if TYPE_CHECKING:
+    from neurolm.data.tasks import TaskTokens
 
 __all__ = [
+    "instruction_layout",
     "PATCH_SIZE",
     "FREQ_BINS",
     "patchify",
@@ -39,7 +45,6 @@ __all__ = [
     "raw_signal_target",
     "layout_batch",
     "make_layout_fn",
-    "next_code_targets",
     "instruction_text_batch",
     "prompt_batch",
     "layout_instruction_batch",
@@ -49,7 +54,7 @@ PATCH_SIZE = 200
 """Samples per patch: 1 s at 200 Hz."""
 FREQ_BINS = 100
 """Fourier-amplitude bins kept as the frequency target."""
-TEXT_PAD_ID = 50256
+TEXT_PAD_ID = EOT_ID
 """Instruction text is padded with ``<|endoftext|>`` (official)."""
 
 
@@ -179,28 +184,6 @@ def make_layout_fn(
     return layout_fn
 
 
-def next_code_targets(codes: Any, num_chans: Any, num_tokens: Any, ignore_index: int = -1) -> Any:
-    """Multi-channel autoregressive targets (spec §3.2): token (t, c) predicts the code of (t+1, c).
-
-    In the time-major layout that is ``target[b, j] = codes[b, j + C_b]`` for ``j < n_b − C_b``, else
-    ``ignore_index`` (last second and padding). Works on numpy arrays and torch tensors (on any device);
-    ``codes`` (B, L), ``num_chans``/``num_tokens`` (B,).
-    """
-    if isinstance(codes, np.ndarray):
-        B, L = codes.shape
-        src = np.arange(L)[None, :] + np.asarray(num_chans)[:, None]  # (B, L)
-        valid = src < np.asarray(num_tokens)[:, None]
-        gathered = np.take_along_axis(codes, np.minimum(src, L - 1), axis=1)
-        return np.where(valid, gathered, ignore_index).astype(np.int64)
-    import torch
-
-    B, L = codes.shape
-    src = torch.arange(L, device=codes.device)[None, :] + num_chans.to(codes.device)[:, None]  # (B, L)
-    valid = src < num_tokens.to(codes.device)[:, None]
-    gathered = codes.gather(1, src.clamp(max=L - 1))
-    return torch.where(valid, gathered, torch.full_like(gathered, ignore_index)).long()
-
-
 def instruction_text_batch(
     labels: Sequence[int] | np.ndarray,
     texts: Sequence[Sequence[int]],
@@ -254,4 +237,21 @@ def layout_instruction_batch(
         out.update(prompt_batch(len(labels), task_tokens.prompt))
     else:
         out.update(instruction_text_batch(labels, task_tokens.texts, task_tokens.target_start, text_max_len))
+    return out
+
+
+def instruction_layout(
+    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, evaluation: bool
+) -> dict[str, np.ndarray]:
+    """Ray Data step of stage 3 and evaluation: shard rows → EEG layout + instruction text (or, with
+    ``evaluation``, the evaluation prompt); every row needs a label."""
+    labels = np.asarray(batch["label"])
+    if (labels < 0).any():
+        raise ValueError("instruction shards need a label on every sample (found -1)")
+    out = layout_instruction_batch(
+        batch_to_signals(batch), list(batch["channels"]), labels, tokens,
+        eeg_max_len=eeg_max_len, text_max_len=text_max_len, evaluation=evaluation, truncate=True,
+    )
+    out.pop("num_chans", None)
+    out.pop("num_tokens", None)
     return out

@@ -1,32 +1,24 @@
-"""Task mixing for multi-task instruction tuning: mixture weights and a block-deterministic sampler.
+"""Task mixing for multi-task instruction tuning: mixture weights and a seeded, block-deterministic task schedule.
 
 The official code mixes the six training sets with a shuffled ``ConcatDataset``, so each task is drawn in
-proportion to its size (spec §4.4): TUAB and HMC dominate, TUSL and Workload are starved. This module offers
-that mixture and two others (:func:`mixture_weights`), and a sampler in the style of levanter's
-``data/mixture.py`` (STYLE.md) whose data order is a pure function of ``(seed, weights, sizes, position)``:
+proportion to its size (docs/reference.md §4.4): TUAB and HMC dominate, TUSL and Workload are starved. This
+module offers that mixture and two others (:func:`mixture_weights`), and :class:`TaskSchedule`, which says
+which task each micro-batch comes from (stage 3 draws one task per micro-batch), as a pure function of
+``(seed, weights, micro-batch index)``:
 
-- the stream is cut into blocks of ``block_size`` positions;
-- each block holds a fixed number of samples per task: ``floor(block_size · w_t)`` plus one of the
-  ``r = block_size − Σ_t floor(block_size · w_t)`` remainder slots. Every task's count is therefore the floor or
-  the ceiling of its quota, and the counts sum to ``block_size``, the closest a block can be to the weights.
-  Plain largest-remainder rounding would give the remainder slots to the same tasks in every block and bias the
-  long-run mix by up to ``1 / block_size`` per task (a task whose quota is below one sample, such as TUSL under
-  the official mix, would get a sample in every block or never). Instead the remainder slots are dealt by
-  systematic sampling along the tasks' fractional parts with an offset that rotates by the golden ratio from
-  block to block, so over many blocks each task gets its exact share (the error stays within a few samples).
-  ``remainder="largest"`` keeps plain largest-remainder rounding for whoever wants identical blocks;
-- the order inside a block is a permutation seeded by ``(seed, block)``;
-- the ``k``-th sample drawn from task ``t`` is ``perm(seed, t, k // n_t)[k % n_t]``: every sample of a task
-  is seen once per task-epoch, in a new order each epoch.
+- micro-batches are cut into blocks of ``block_micro_batches``;
+- each block holds ``floor(B · w_t)`` micro-batches of task ``t`` plus one of the ``r = B − Σ_t floor(B · w_t)``
+  remainder slots, dealt by systematic sampling along the tasks' fractional parts with an offset that rotates
+  by the golden ratio from block to block. Every block count is the floor or the ceiling of its quota and the
+  long-run mix is exact (a task whose quota is below one micro-batch per block still gets its share);
+- the order inside a block is a permutation seeded by ``(seed, block)``.
 
-Resuming at position ``i``, or computing only one rank's positions ``rank, rank + world, …``, gives exactly
-the samples of the uninterrupted stream, without replaying it: the per-task counts before any block come in
-closed form from a floor sum (``O(tasks · log)``, not ``O(blocks)``)::
+Resuming at micro-batch ``i`` needs only :meth:`TaskSchedule.task_counts` (how many micro-batches each task
+gave before ``i``) to fast-forward every task's stream; nothing is replayed::
 
-    sizes = {"tuab": 327_000, "tuev": 80_000, "seed": 22_815, "hmc": 110_000, "workload": 1_508, "tusl": 150}
-    weights = mixture_weights("temperature", sizes, temperature=3.0)
-    sampler = MixtureSampler(sizes, weights, block_size=2048, seed=17)
-    sampler.indices(start=step * 64 + rank, stop=(step + 1) * 64, step=world)   # [("hmc", 40211), ...]
+    schedule = TaskSchedule(mixture_weights("proportional", sizes), block_micro_batches=256, seed=17)
+    schedule.task_at(i)          # "hmc"
+    schedule.task_counts(i)      # {"hmc": 41, "tuab": 120, ...} micro-batches before i
 
 Random numbers come only from ``numpy.random.SeedSequence`` and the raw ``PCG64`` stream, which numpy keeps
 stable across versions, so the order survives an upgrade.
@@ -34,17 +26,14 @@ stable across versions, so the order survives an upgrade.
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Mapping
 from fractions import Fraction
-from types import MappingProxyType
 from typing import Literal
 
 import numpy as np
 
-__all__ = ["MixtureKind", "MIXTURE_KINDS", "mixture_weights", "MixtureSampler"]
+__all__ = ["MixtureKind", "MIXTURE_KINDS", "mixture_weights", "TaskSchedule"]
 
 MixtureKind = Literal["explicit", "proportional", "temperature"]
 MIXTURE_KINDS: tuple[str, ...] = ("explicit", "proportional", "temperature")
@@ -55,10 +44,11 @@ _GOLDEN = 0x9E3779B9  # round(2^32 / φ)
 # Weights are snapped to the nearest fraction with a denominator ≤ 2^24, which makes size ratios n_t / N exact
 # (for N ≤ 2^24) although they arrive as floats.
 _MAX_DENOMINATOR = 1 << 24
-# Independent random streams derived from the one seed.
+# Independent random streams derived from the one seed (the values of earlier releases: same orders).
 _STREAM_OFFSET = 0
 _STREAM_BLOCK_ORDER = 1
-_STREAM_TASK_EPOCH = 2
+# Blocks per vectorised chunk when counting the micro-batches before a position.
+_CHUNK = 1 << 16
 
 
 def _check_sizes(sizes: Mapping[str, int]) -> dict[str, int]:
@@ -136,238 +126,91 @@ def mixture_weights(
     return {task: w / total for task, w in raw.items()}
 
 
-def _floor_sum(n: int, m: int, a: int, b: int) -> int:
-    """``Σ_{i=0}^{n-1} floor((a·i + b) / m)`` for ``n >= 0``, ``m > 0``, ``a >= 0`` and any ``b``, in
-    ``O(log m)`` (the Euclid-like reduction)."""
-    total = 0
-    q, b = divmod(b, m)  # make 0 <= b < m
-    total += n * q
-    while n > 0:
-        if a >= m:
-            total += (n * (n - 1) // 2) * (a // m)
-            a %= m
-        if b >= m:
-            total += n * (b // m)
-            b %= m
-        y_max = a * n + b
-        if y_max < m:
-            break
-        n, b = divmod(y_max, m)
-        m, a = a, m
-    return total
-
-
-def _task_key(task: str) -> int:
-    """A stable 64-bit key per task name, so a task's epoch orders do not depend on the other tasks."""
-    return int.from_bytes(hashlib.blake2b(task.encode(), digest_size=8).digest(), "little")
-
-
 def _stable_permutation(n: int, entropy: list[int]) -> np.ndarray:
     # argsort of raw PCG64 outputs: depends only on SeedSequence and PCG64, whose streams numpy keeps stable.
     raw = np.random.PCG64(np.random.SeedSequence(entropy)).random_raw(n)
     return np.argsort(raw, kind="stable")
 
 
-class MixtureSampler:
-    """Block-deterministic stream of ``(task, index within task)`` (levanter-style mixture, spec §4.4).
+def _check_index(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+class TaskSchedule:
+    """Which task each micro-batch comes from: seeded blocks whose composition follows the weights.
 
     Parameters
     ----------
-    sizes : mapping of str to int
-        Number of samples of each task.
     weights : mapping of str to float
-        Sampling weights (normalised here; see :func:`mixture_weights`). A task with a positive weight must
-        have at least one sample.
-    block_size : int
-        Positions per block; each block's task composition matches the weights as closely as integers allow.
+        Task sampling weights (normalised here; see :func:`mixture_weights`); zero-weight tasks never appear.
+    block_micro_batches : int
+        Micro-batches per block; each block's task counts match the weights as closely as integers allow.
     seed : int
-        The one seed (``>= 0``) from which the block orders, remainder offsets and task-epoch orders derive.
-    remainder : {"rotating", "largest"}
-        How the ``r`` remainder slots of a block are dealt. ``"rotating"`` (default): by systematic sampling
-        with a golden-ratio offset per block, so the long-run mix is exact. ``"largest"``: plain
-        largest-remainder rounding (ties by task name), the same composition in every block; the long-run
-        mix is then off by up to ``1 / block_size`` per task.
+        The one seed (``>= 0``) from which the block orders and remainder offsets derive.
 
-    Notes
-    -----
-    Everything is a pure function of the constructor arguments and the position; the instance only caches
-    the last few task-epoch permutations. Task order is by name, so the order of the dicts does not matter.
+    Everything is a pure function of the constructor arguments and the micro-batch index; tasks are ordered
+    by name, so the order of ``weights`` does not matter.
     """
 
-    def __init__(
-        self,
-        sizes: Mapping[str, int],
-        weights: Mapping[str, float],
-        block_size: int,
-        seed: int,
-        remainder: Literal["rotating", "largest"] = "rotating",
-    ):
-        if remainder not in ("rotating", "largest"):
-            raise ValueError(f"remainder must be 'rotating' or 'largest', got {remainder!r}")
-        n = _check_sizes(sizes)
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
-            raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        normalised = mixture_weights("explicit", n, weights)
-        empty = sorted(task for task, w in normalised.items() if w > 0 and n[task] == 0)
-        if empty:
-            raise ValueError(f"tasks {empty} have a positive weight but no samples")
-
-        self.block_size = int(block_size)
-        self.seed = int(seed)
-        self.tasks: tuple[str, ...] = tuple(sorted(task for task, w in normalised.items() if w > 0))
-        self._sizes = {task: n[task] for task in sorted(n)}
-
+    def __init__(self, weights: Mapping[str, float], block_micro_batches: int, seed: int) -> None:
+        if not weights:
+            raise ValueError("weights is empty: give a weight per task")
+        self.block_micro_batches = _check_index(block_micro_batches, "block_micro_batches")
+        if self.block_micro_batches < 1:
+            raise ValueError(f"block_micro_batches must be an integer >= 1, got {block_micro_batches!r}")
+        self.seed = _check_index(seed, "seed")
+        normalised = mixture_weights("explicit", dict.fromkeys(weights, 1), weights)
+        self.tasks: tuple[str, ...] = tuple(sorted(t for t, w in normalised.items() if w > 0))
         # Exact rational weights → per-block base counts and fractional parts (which sum to an integer r).
         snapped = [Fraction(normalised[t]).limit_denominator(_MAX_DENOMINATOR) for t in self.tasks]
-        total = sum(snapped, Fraction(0))
-        exact = [w / total for w in snapped]
-        exact_by_task = dict(zip(self.tasks, exact, strict=True))
-        self._weights = {task: float(exact_by_task.get(task, 0)) for task in self._sizes}
-        quotas = [self.block_size * w for w in exact]
-        self._base = tuple(math.floor(q) for q in quotas)
-        self._remainder = self.block_size - sum(self._base)
+        exact = [w / sum(snapped, Fraction(0)) for w in snapped]
+        self.weights: dict[str, float] = {t: float(w) for t, w in zip(self.tasks, exact, strict=True)}
+        quotas = [self.block_micro_batches * w for w in exact]
+        self._base = np.array([math.floor(q) for q in quotas], dtype=np.int64)
         # The fractional parts tile [0, r); their cumulative boundaries in units of 2^-32 (the last is exactly r).
         bounds, acc = [0], Fraction(0)
-        for q, base in zip(quotas, self._base, strict=True):
-            acc += q - base
+        for q in quotas:
+            acc += q - math.floor(q)
             bounds.append(math.floor(acc * _UNIT))
-        self._bounds = tuple(bounds)
-        self.remainder = remainder
-        fractions = [q - base for q, base in zip(quotas, self._base, strict=True)]
-        by_fraction = sorted(range(len(self.tasks)), key=lambda i: (-fractions[i], i))[: self._remainder]
-        self._largest = tuple(base + (i in by_fraction) for i, base in enumerate(self._base))
+        self._bounds = np.array(bounds, dtype=np.int64)
         self._offset0 = int(np.random.SeedSequence([self.seed, _STREAM_OFFSET]).generate_state(1)[0])
-        self._task_keys = tuple(_task_key(t) for t in self.tasks)
-        self._perm_cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._perm_cache_size = 2 * len(self.tasks)
-
-    @property
-    def sizes(self) -> Mapping[str, int]:
-        """Samples per task (read-only, by task name)."""
-        return MappingProxyType(self._sizes)
-
-    @property
-    def weights(self) -> Mapping[str, float]:
-        """The normalised weights the sampler realises (read-only, by task name; 0 for unused tasks)."""
-        return MappingProxyType(self._weights)
 
     def __repr__(self) -> str:
-        weights = {t: round(self.weights[t], 6) for t in self.tasks}
-        return (
-            f"MixtureSampler(block_size={self.block_size}, seed={self.seed}, remainder={self.remainder!r}, "
-            f"weights={weights})"
-        )
+        weights = {t: round(w, 6) for t, w in self.weights.items()}
+        return f"TaskSchedule(block_micro_batches={self.block_micro_batches}, seed={self.seed}, weights={weights})"
 
-    # ----------------------------------------------------------------------------- block composition
-
-    def _offset(self, block: int) -> int:
-        return (self._offset0 + block * _GOLDEN) % _UNIT
-
-    def _counts_array(self, block: int) -> list[int]:
-        if self.remainder == "largest":
-            return list(self._largest)
-        offset = self._offset(block)
-        # Remainder points sit at offset + j·2^32 (j < r); task i gets one iff a point falls in its segment.
-        hits = [-((offset - c) // _UNIT) for c in self._bounds]  # ceil((c - offset) / 2^32)
-        return [base + hits[i + 1] - hits[i] for i, base in enumerate(self._base)]
-
-    def _counts_before_array(self, block: int) -> list[int]:
-        if self.remainder == "largest":
-            return [block * c for c in self._largest]
-        # Σ_{b<block} ceil((c − φ_b)/U) = F(h) − F(h − c) with F(β) = Σ_b floor((b·G + β)/U), so the remainder
-        # slots task i got in blocks [0, block) are F(h − c_i) − F(h − c_{i+1}).
-        f = [_floor_sum(block, _UNIT, _GOLDEN, self._offset0 - c) for c in self._bounds]
-        return [block * base + f[i] - f[i + 1] for i, base in enumerate(self._base)]
+    def _counts(self, blocks: np.ndarray) -> np.ndarray:
+        """(len(blocks), tasks) micro-batches of each task in each block."""
+        offset = (self._offset0 + blocks.astype(np.int64) * _GOLDEN) % _UNIT  # (n,)
+        # Remainder points sit at offset + j·2^32 (j < r); a task gets one per point in its segment.
+        hits = -(
+            (offset[:, None] - self._bounds[None, :]) // _UNIT
+        )  # (n, tasks + 1): ceil((c - offset) / 2^32)
+        return self._base[None, :] + np.diff(hits, axis=1)
 
     def block_counts(self, block: int) -> dict[str, int]:
-        """Samples of each task in block ``block`` (each is ``floor`` or ``ceil`` of ``block_size · w_t``)."""
-        self._check_index(block, "block")
-        return dict(zip(self.tasks, self._counts_array(block), strict=True))
-
-    def task_counts(self, position: int) -> dict[str, int]:
-        """Samples drawn from each task at positions ``[0, position)``; divide by ``sizes`` for task epochs."""
-        self._check_index(position, "position")
-        block, within = divmod(position, self.block_size)
-        counts = self._counts_before_array(block)
-        if within:
-            order = self._block_order(block)[:within]
-            counts = [c + int(np.sum(order == i)) for i, c in enumerate(counts)]
-        return dict(zip(self.tasks, counts, strict=True))
-
-    # ----------------------------------------------------------------------------------- samples
+        """Micro-batches of each task in block ``block`` (each the floor or ceiling of ``B · w_t``)."""
+        counts = self._counts(np.array([_check_index(block, "block")]))[0]
+        return dict(zip(self.tasks, counts.tolist(), strict=True))
 
     def _block_order(self, block: int) -> np.ndarray:
-        """Task ids (indices into ``self.tasks``) of the block's positions, in order."""
-        slots = np.repeat(np.arange(len(self.tasks)), self._counts_array(block))
-        return slots[_stable_permutation(self.block_size, [self.seed, _STREAM_BLOCK_ORDER, block])]
+        """Task ids (indices into ``self.tasks``) of the block's micro-batches, in order."""
+        slots = np.repeat(np.arange(len(self.tasks)), self._counts(np.array([block]))[0])
+        return slots[_stable_permutation(self.block_micro_batches, [self.seed, _STREAM_BLOCK_ORDER, block])]
 
-    def _permutation(self, task_id: int, epoch: int) -> np.ndarray:
-        key = (task_id, epoch)
-        perm = self._perm_cache.get(key)
-        if perm is None:
-            entropy = [self.seed, _STREAM_TASK_EPOCH, self._task_keys[task_id], epoch]
-            perm = _stable_permutation(self._sizes[self.tasks[task_id]], entropy)
-            self._perm_cache[key] = perm
-            while len(self._perm_cache) > self._perm_cache_size:
-                self._perm_cache.popitem(last=False)
-        else:
-            self._perm_cache.move_to_end(key)
-        return perm
+    def task_at(self, micro_batch: int) -> str:
+        """The task of micro-batch ``micro_batch`` (0-based, counted over the whole run)."""
+        block, within = divmod(_check_index(micro_batch, "micro_batch"), self.block_micro_batches)
+        return self.tasks[int(self._block_order(block)[within])]
 
-    def _sample(self, task_id: int, k: int) -> tuple[str, int]:
-        size = self._sizes[self.tasks[task_id]]
-        epoch, i = divmod(k, size)
-        return self.tasks[task_id], int(self._permutation(task_id, epoch)[i])
-
-    def indices(self, start: int, stop: int, step: int = 1) -> list[tuple[str, int]]:
-        """The samples at positions ``range(start, stop, step)`` of the stream.
-
-        ``indices(0, n) == indices(0, k) + indices(k, n)`` for every ``k``, and rank ``r`` of ``world`` gets
-        its share of a global batch with ``indices(begin + r, end, world)``.
-
-        Returns
-        -------
-        list of (str, int)
-            ``(task, index within that task's dataset)`` per position.
-        """
-        self._check_index(start, "start")
-        self._check_index(stop, "stop")
-        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
-            raise ValueError(f"step must be an integer >= 1, got {step!r}")
-        out: list[tuple[str, int]] = []
-        positions = range(start, stop, step)
-        if not positions:
-            return out
-        first_block = positions[0] // self.block_size
-        last_block = positions[-1] // self.block_size
-        seen = self._counts_before_array(first_block)
-        for block in range(first_block, last_block + 1):
-            order = self._block_order(block)
-            block_start = block * self.block_size
-            lo = max(positions[0], block_start)
-            hi = min(positions[-1] + 1, block_start + self.block_size)
-            lo += (positions[0] - lo) % step  # first position of the range inside this block
-            if lo < hi:
-                # The occurrence number of each slot's task within the block, then within the whole stream.
-                occurrence = np.zeros(self.block_size, dtype=np.int64)
-                for task_id in range(len(self.tasks)):
-                    where = np.flatnonzero(order == task_id)
-                    occurrence[where] = seen[task_id] + np.arange(where.size)
-                for pos in range(lo, hi, step):
-                    slot = pos - block_start
-                    out.append(self._sample(int(order[slot]), int(occurrence[slot])))
-            counts = np.bincount(order, minlength=len(self.tasks))
-            seen = [s + int(c) for s, c in zip(seen, counts, strict=True)]
-        return out
-
-    def block(self, block: int) -> list[tuple[str, int]]:
-        """All ``block_size`` samples of block ``block``."""
-        self._check_index(block, "block")
-        return self.indices(block * self.block_size, (block + 1) * self.block_size)
-
-    @staticmethod
-    def _check_index(value: int, name: str) -> None:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    def task_counts(self, micro_batch: int) -> dict[str, int]:
+        """Micro-batches each task gave before ``micro_batch`` (what a resume fast-forwards)."""
+        block, within = divmod(_check_index(micro_batch, "micro_batch"), self.block_micro_batches)
+        counts = np.zeros(len(self.tasks), dtype=np.int64)
+        for start in range(0, block, _CHUNK):
+            counts += self._counts(np.arange(start, min(block, start + _CHUNK))).sum(axis=0)
+        if within:
+            counts += np.bincount(self._block_order(block)[:within], minlength=len(self.tasks))
+        return dict(zip(self.tasks, counts.tolist(), strict=True))

@@ -64,6 +64,7 @@ __all__ = [
     "parquet_bytes",
     "validate_table",
     "read_shards",
+    "count_rows",
     "list_shards",
     "batch_to_signals",
     "table_to_signals",
@@ -231,6 +232,19 @@ def _flatten_signal(table: pa.Table) -> pa.Table:
         type=pa.large_list(value_type),
     )  # fmt: skip
     return table.set_column(index, SIGNAL_COLUMN, flat)
+
+
+def count_rows(uri: str) -> int:
+    """Rows of every ``.parquet`` file below ``uri`` (what Ray Data reads there), from the Parquet footers:
+    no signal is read and no Ray is needed."""
+    files = storage.list_files(uri, suffix=".parquet")
+    if not files:
+        raise storage.StorageError(f"{uri}: no .parquet shards found")
+    total = 0
+    for file in files:
+        fs, path = storage.resolve(file)
+        total += pq.read_metadata(path, filesystem=fs).num_rows
+    return total
 
 
 def read_shards(uri: str) -> pa.Table:

@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neurolm import storage
-
-EOT = 50256
+from neurolm.vocab import EOT_ID
 
 
 def builtin_documents(name: str) -> list[str]:
@@ -40,7 +39,7 @@ def tokenize_documents(docs: Iterable[str], encode: Callable[[str], list[int]]) 
     parts = []
     for doc in docs:
         ids = encode(doc)
-        ids.append(EOT)
+        ids.append(EOT_ID)
         parts.append(np.asarray(ids, dtype=np.uint16))
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
 

@@ -1,14 +1,14 @@
 """``neurolm eval``: score an instruction-tuned NeuroLM on test shards with Ray Data batch inference (spec §4.3).
 
 Per task, Ray Data reads the split's Parquet shards and lays every row out as ``[EEG][SEP] prompt`` (the training
-map step :func:`neurolm.train.stages.instruct.instruction_layout`); the tasks' streams are unioned and handed in
+map step :func:`neurolm.data.layout.instruction_layout`); the tasks' streams are unioned and handed in
 batches to one pool of :class:`TaskScorer` actors that each load the model once. An actor returns small per-row
 outputs:
 
 - ``probs`` (K,): class probabilities from constrained scoring, the softmax over the answer options'
-  log-likelihoods (:func:`~neurolm.eval.generate.score_options`);
+  log-likelihoods (:func:`~neurolm.models.generate.score_options`);
 - ``gen_pred`` and ``generated``: the official hard label, greedy generation of ≤5 tokens over the text vocabulary
-  parsed by word position (:func:`~neurolm.eval.generate.parse_answer`), ``-1`` when the answer cannot be parsed;
+  parsed by word position (:func:`~neurolm.models.generate.parse_answer`), ``-1`` when the answer cannot be parsed;
 - ``label``, ``sample_id`` and ``truncated`` (the sample had more EEG tokens than ``eeg_max_len``).
 
 The driver collects them and computes the metrics (:mod:`neurolm.eval.metrics`) side by side:
@@ -40,7 +40,6 @@ import io
 import json
 import logging
 import math
-import re
 import sys
 import tempfile
 import time
@@ -53,11 +52,12 @@ import torch
 
 from neurolm import storage
 from neurolm.config import ConfigError, EvaluateJobConfig, load_config
-from neurolm.data.layout import prompt_batch
+from neurolm.data.layout import instruction_layout, prompt_batch
 from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
-from neurolm.eval.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
+from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.models.neurolm import NeuroLM
+from neurolm.models.precision import precision_dtype
 
 __all__ = [
     "OFFICIAL_EEG_MAX_LEN",
@@ -91,9 +91,7 @@ def task_kind(task: Task) -> str:
 
 def _device_and_dtype(use_gpu: bool, precision: str) -> tuple[torch.device, torch.dtype]:
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return device, torch.bfloat16
-    return device, torch.float32
+    return device, precision_dtype(precision, device.type == "cuda")
 
 
 def load_scoring_model(
@@ -285,15 +283,13 @@ class TaskScorer:
 def eval_layout(
     batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, entry: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Ray Data step: shard rows → the training layout (:func:`~neurolm.train.stages.instruct.instruction_layout`)
+    """Ray Data step: shard rows → the training layout (:func:`~neurolm.data.layout.instruction_layout`)
     with evaluation prompts, plus ``sample_id`` and ``truncated`` (the sample had more than ``eeg_max_len``
     tokens; its trailing seconds were dropped).
 
     With ``entry`` (the row's task index in a multi-task evaluation) the ``prompt`` column is replaced by an
     ``entry`` column, so that the rows of every task share one schema and can flow through one actor pool.
     """
-    from neurolm.train.stages.instruct import instruction_layout
-
     out = instruction_layout(batch, tokens, eeg_max_len, text_max_len, evaluation=True)
     n = len(out["label"])
     out["sample_id"] = np.asarray(batch["sample_id"]) if "sample_id" in batch else np.arange(n).astype(str)
@@ -441,14 +437,10 @@ def _strict_json(value: Any) -> Any:
     return _json_value(value)
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
-
-
 def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    header = ["sample_id", "label", "pred", *(f"p_{_slug(a)}" for a in task.answers)]
+    header = ["sample_id", "label", "pred", *(f"p_{storage.slug(a)}" for a in task.answers)]
     generated = "gen_pred" in rows
     if generated:
         header += ["gen_pred", "generated"]
@@ -485,7 +477,7 @@ def write_evaluation_report(
         rows = e["rows"]
         k = task.num_classes
         labels = rows["label"].astype(np.int64)
-        slug = _slug(e["key"])
+        slug = storage.slug(e["key"])
         names = list(task.answers)
         failures = rows["gen_pred"] == PARSE_FAILURE if "gen_pred" in rows else np.zeros(len(labels), bool)
 
@@ -618,7 +610,7 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     for uri in [cfg.output, *(u for t in cfg.tasks for u in _uris(t.test))]:
         storage.check_reachable(uri)
     if storage.is_s3(cfg.output):
-        storage.ensure_bucket(cfg.output[5:].split("/", 1)[0])
+        storage.ensure_bucket(storage.bucket_of(cfg.output))
     eeg_max_len = resolve_eeg_max_len(cfg.checkpoint, cfg.eeg_max_len)
     ensure_ray(cfg.ray_address)
     import ray.data

@@ -205,13 +205,10 @@ def check_channels(windows: RecordingWindows, task: str, allow_mismatch: bool = 
     return None
 
 
-def _slug(text: str) -> str:
-    return "_".join(text.replace("-", "_").split())
-
 
 def probability_columns(task: Task) -> list[str]:
     """``p_<answer>`` per class, e.g. ``p_No, p_Yes`` or ``p_spike_and_slow_wave, ...``."""
-    return [f"p_{_slug(a)}" for a in task.answers]
+    return [f"p_{storage.slug(a)}" for a in task.answers]
 
 
 @torch.no_grad()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from neurolm import storage
 from neurolm.eval.metrics import PARSE_FAILURE, TaskKind, confusion_matrix, task_metrics
 
 __all__ = [
@@ -110,13 +110,6 @@ class TaskResult:
         if self.probs is None:
             raise ValueError(f"task {self.name!r}: give preds, probs or both")
         return np.argmax(np.asarray(self.probs), axis=1)
-
-
-def _slug(name: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
-    if not slug:
-        raise ValueError(f"task name {name!r} has no characters usable in a file name")
-    return slug
 
 
 def _json_value(value: Any) -> Any:
@@ -324,7 +317,7 @@ def write_report(
         "accuracy; multi-class -1 → last class), comparable with the paper.\n"
     )
     for r in results:
-        slug = _slug(r.name)
+        slug = storage.slug(r.name)
         cm_path = plot_confusion_matrix(
             r.labels, r.resolved_preds(), r.resolved_class_names(), out / f"confusion_{slug}.png",
             title=f"{r.name}: confusion matrix",

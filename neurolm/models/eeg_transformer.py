@@ -10,42 +10,14 @@ time embedding (row = second index) are added, bias-free pre-LN blocks run under
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from neurolm.model_config import EEGTransformerConfig
 from neurolm.models.layers import Block, run_blocks
 
 __all__ = ["EEGTransformerConfig", "TemporalConv", "EEGTransformer", "masked_group_norm"]
-
-
-@dataclass
-class EEGTransformerConfig:
-    """Sizes of one EEG transformer (official ``NTConfig``)."""
-
-    n_layer: int = 12
-    """Transformer blocks (encoder 12, decoders 4)."""
-    n_head: int = 12
-    """Attention heads."""
-    n_embd: int = 768
-    """Width. The official temporal convolution hard-codes 768; here it follows this field."""
-    in_dim: int | None = None
-    """None: raw patches through :class:`TemporalConv` (encoder). An int: ``Linear(in_dim, n_embd)`` (decoders)."""
-    patch_size: int = 200
-    """Samples per patch (1 s at 200 Hz)."""
-    conv_channels: int = 16
-    """Channels of the temporal convolution (official ``out_chans``)."""
-    channel_rows: int = 256
-    """Rows of the channel (spatial) embedding; the 10-20 vocabulary uses 139 of them."""
-    time_rows: int = 64
-    """Rows of the time embedding = longest sample in seconds. Official 64 (spec §6.3-7); raise it for longer
-    samples (rows beyond an imported table start untrained)."""
-    dropout: float = 0.0
-    """Dropout in blocks and after the embeddings (official 0)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def masked_group_norm(h: torch.Tensor, norm: nn.GroupNorm, stats_mask: torch.Tensor) -> torch.Tensor:
@@ -115,7 +87,6 @@ class EEGTransformer(nn.Module):
             Block(d, config.n_head, bias=False, dropout=config.dropout) for _ in range(config.n_layer)
         )
         self.norm = nn.LayerNorm(d, eps=1e-6)
-        self.activation_checkpointing = False
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -148,5 +119,5 @@ class EEGTransformer(nn.Module):
         h = h + self.channel_embed(input_chans)
         h = h + self.time_embed(input_time)
         h = self.drop(h)
-        h = run_blocks(self.blocks, h, attn_mask, activation_checkpointing=self.activation_checkpointing)
+        h = run_blocks(self.blocks, h, attn_mask)
         return self.norm(h)

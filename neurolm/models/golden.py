@@ -24,11 +24,11 @@ from torch.nn import functional as F
 
 from neurolm.channels import channel_indices
 from neurolm.data.bpe import load_gpt2_tokenizer
-from neurolm.data.layout import layout_batch, layout_instruction_batch, next_code_targets
+from neurolm.data.layout import layout_batch, layout_instruction_batch
 from neurolm.data.tasks import get_task, tokenize_task
-from neurolm.eval.generate import generate, parse_answer
+from neurolm.models.generate import generate, parse_answer
 from neurolm.models.masks import key_padding_mask, official_generation_mask, stair_mask
-from neurolm.models.neurolm import NeuroLM, tokens_per_second
+from neurolm.models.neurolm import NeuroLM, next_code_targets, tokens_per_second
 from neurolm.models.official import import_official_lm, import_official_vq
 from neurolm.models.quantizer import fp32_code_projection
 from neurolm.models.tokenizer import NeuralTokenizer

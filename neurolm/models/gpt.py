@@ -1,5 +1,4 @@
-"""GPT-2 backbone with NeuroLM's enlarged vocabulary (docs/reference.md §3.1), and loading GPT-2 weights from
-Hugging Face.
+"""GPT-2 backbone with NeuroLM's enlarged vocabulary (spec §3.1), and loading GPT-2 weights from Hugging Face.
 
 The token embedding has 50304 rows (GPT-2's 50257, then 47 new rows; row 50257 is [SEP]). The untied output
 head has ``50304 + num_codes`` rows: text logits first, EEG code ``c`` at column ``50304 + c``. Inputs are
@@ -7,7 +6,7 @@ given as embeddings, so the same blocks run on EEG features, text, or both (``Ne
 
 Init, as the official code gets it: nanoGPT's N(0, 0.02) (residual projections N(0, 0.02/sqrt(2 n_layer))),
 ``lm_head[:50257]`` a copy of ``wte[:50257]`` (GPT-2 ties them), then the rows added by the enlargement:
-``wte[50257:]`` N(0, 1) (PyTorch's embedding default, ≈7× GPT-2's row norm, docs/reference.md §6.3-8) and
+``wte[50257:]`` N(0, 1) (PyTorch's embedding default, ≈7× GPT-2's row norm, spec §6.3-8) and
 ``lm_head[50257:]`` PyTorch's Linear default. ``scaled_new_rows=True`` draws the new ``wte`` rows from
 N(0, 0.02) instead. :func:`load_hf_gpt2` then overwrites the GPT-2 rows with real weights.
 """
@@ -18,65 +17,17 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from neurolm.model_config import GPTConfig
 from neurolm.models.layers import Block, KVCache, LayerNorm, run_blocks
+from neurolm.vocab import GPT2_TEXT_VOCAB, PADDED_TEXT_VOCAB
 
 __all__ = ["GPTConfig", "GPT", "GPT2_TEXT_VOCAB", "PADDED_TEXT_VOCAB", "load_hf_gpt2", "read_hf_gpt2_state_dict"]
-
-GPT2_TEXT_VOCAB = 50257
-"""GPT-2's vocabulary; generation picks among these logits only (docs/reference.md §4.3)."""
-PADDED_TEXT_VOCAB = 50304
-"""Rows of the enlarged token embedding; EEG code c is output column 50304 + c."""
-
-
-@dataclass
-class GPTConfig:
-    """GPT-2 backbone sizes (official ``GPTConfig`` after ``enlarge_wte``/``enlarge_lm_head``)."""
-
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    """Rows of the position table ``wpe``; EEG tokens use row = second index, text follows."""
-    vocab_size: int = PADDED_TEXT_VOCAB
-    """Text rows of ``wte`` (official ``model_args.vocab_size`` = 50304)."""
-    num_codes: int = 8192
-    """EEG codes appended to the output head."""
-    bias: bool = True
-    dropout: float = 0.0
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> GPTConfig:
-        """``gpt2`` / ``gpt2-medium`` / ``gpt2-large`` / ``gpt2-xl`` shapes, or ``tiny`` / ``debug``."""
-        presets: dict[str, dict[str, Any]] = {
-            "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
-            "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
-            "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
-            "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
-            "tiny": dict(n_layer=2, n_head=4, n_embd=128, num_codes=512),
-            "debug": dict(n_layer=2, n_head=2, n_embd=16, num_codes=64),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown GPT preset {name!r}; choose one of {sorted(presets)}")
-        return cls.from_dict({**presets[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown GPTConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
-
 
 class GPT(nn.Module):
     """GPT-2 blocks over input embeddings, with the enlarged ``wte`` and untied text+EEG head."""
@@ -177,7 +128,7 @@ def load_hf_gpt2(
     download: Callable[[str, str], Any] | None = None,
 ) -> nn.Module:
     """Load GPT-2 weights into ``model`` (a :class:`GPT`, or anything with a ``.gpt`` attribute such as
-    ``NeuroLM``), the way the official ``GPT.from_pretrained`` + ``enlarge_*`` do (docs/reference.md §3.1).
+    ``NeuroLM``), the way the official ``GPT.from_pretrained`` + ``enlarge_*`` do (spec §3.1).
 
     Rows 0..50256 of ``wte`` and of ``lm_head`` get GPT-2's (tied) token embeddings; the rows added by the
     enlargement keep their init. Shapes must match GPT-2's (use the config preset of the same name).

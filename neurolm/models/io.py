@@ -11,8 +11,10 @@ Loadable without DeepSpeed, Ray or the official code::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from typing import Any
 
 import torch
@@ -22,7 +24,10 @@ from torch import nn
 
 from neurolm import storage
 from neurolm.config import ConfigError
-from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+from neurolm.model_config import deep_merge
+from neurolm.models.gpt import load_hf_gpt2
+from neurolm.models.neurolm import NeuroLM, NeuroLMConfig, attach_code_head
+from neurolm.models.official import CheckpointMismatchError, import_official_lm, import_official_vq
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "load_neurolm",
     "attach_code_head",
     "neurolm_from_tokenizer",
+    "import_official_cli",
 ]
 
 FORMAT_VERSION = 1
@@ -73,8 +79,6 @@ def load_pretrained(directory: str, map_location: str | torch.device = "cpu", **
     result = model.load_state_dict(state, strict=False)
     shapes = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
     if result.missing_keys or result.unexpected_keys or shapes:
-        from neurolm.models.official import CheckpointMismatchError
-
         raise CheckpointMismatchError(directory, list(result.missing_keys), list(result.unexpected_keys), shapes)
     return model.to(map_location)
 
@@ -116,8 +120,6 @@ def check_export(key: str, path: str | None, kind: str) -> None:
 def load_tokenizer(path: str) -> NeuralTokenizer:
     """A tokenizer from our export directory or an official ``VQ.pt``."""
     if path.endswith(".pt"):
-        from neurolm.models.official import import_official_vq
-
         return import_official_vq(path)
     model = load_pretrained(path)
     if not isinstance(model, NeuralTokenizer):
@@ -128,26 +130,11 @@ def load_tokenizer(path: str) -> NeuralTokenizer:
 def load_neurolm(path: str, tokenizer: str | NeuralTokenizer | None = None, **config_overrides: Any) -> NeuroLM:
     """A NeuroLM from our export directory or an official ``NeuroLM-*.pt`` (``tokenizer`` adds the code head)."""
     if path.endswith(".pt"):
-        from neurolm.models.official import import_official_lm
-
         vq = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         return import_official_lm(path, vq=vq, **config_overrides)
     model = load_pretrained(path, **config_overrides)
     if not isinstance(model, NeuroLM):
         raise ValueError(f"{path} holds a {type(model).__name__}, not a NeuroLM")
-    return model
-
-
-@torch.no_grad()
-def attach_code_head(model: NeuroLM, tokenizer: NeuralTokenizer, copy_encoder: bool = False) -> NeuroLM:
-    """Give ``model`` the tokenizer's code projection and codebook (pre-training targets); with
-    ``copy_encoder`` also its encoder weights (the frozen input encoder)."""
-    if model.code_head is None:
-        raise ValueError("build the NeuroLM with code_head=True to attach a code head")
-    model.code_head.code_proj.load_state_dict(tokenizer.code_proj.state_dict())
-    model.code_head.codebook.copy_(tokenizer.quantizer.codebook)
-    if copy_encoder:
-        model.encoder.load_state_dict(tokenizer.encoder.state_dict())
     return model
 
 
@@ -157,13 +144,38 @@ def neurolm_from_tokenizer(
     """The stage-2 model: ``config`` with the tokenizer's encoder sizes, its encoder weights (frozen) and
     code head, and GPT-2 weights from a Hugging Face directory ``gpt2`` (None = init from config)."""
     tc = tokenizer.config
-    enc = {**config.encoder.to_dict(), **tokenizer.encoder.config.to_dict()}
-    cfg = NeuroLMConfig.from_dict({**config.to_dict(), "encoder": enc, "code_head": True, "code_dim": tc.code_dim,
-                                   "gpt": {**config.gpt.to_dict(), "num_codes": tc.num_codes}})
+    cfg = NeuroLMConfig.from_dict(deep_merge(config.to_dict(), {
+        "encoder": tokenizer.encoder.config.to_dict(), "code_head": True, "code_dim": tc.code_dim,
+        "gpt": {"num_codes": tc.num_codes},
+    }))
     model = NeuroLM(cfg)
     attach_code_head(model, tokenizer, copy_encoder=True)
     if gpt2 is not None:
-        from neurolm.models.gpt import load_hf_gpt2
-
         load_hf_gpt2(model, gpt2)
     return model
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def import_official_cli(argv: list[str] | None = None) -> int:
+    """``neurolm import-official --vq VQ.pt [--lm NeuroLM-B.pt] --output DIR``: official checkpoints → our
+    safetensors exports (``DIR/tokenizer`` and ``DIR/neurolm``)."""
+    parser = argparse.ArgumentParser(prog="neurolm import-official", description=import_official_cli.__doc__)
+    parser.add_argument("--vq", required=True, help="official tokenizer checkpoint (VQ.pt)")
+    parser.add_argument("--lm", default=None, help="official NeuroLM-B/L/XL.pt or instruction checkpoint")
+    parser.add_argument("--output", required=True, help="output directory (local path)")
+    parser.add_argument("--encoder-heads", type=int, default=None, help="override the encoder head count")
+    args = parser.parse_args(argv)
+    try:
+        tok = import_official_vq(args.vq)
+        written = {"tokenizer": save_pretrained(tok, os.path.join(args.output, "tokenizer"))}
+        if args.lm:
+            model = import_official_lm(args.lm, vq=tok, encoder_heads=args.encoder_heads)
+            written["neurolm"] = save_pretrained(model, os.path.join(args.output, "neurolm"))
+    except (ValueError, OSError) as err:
+        print(f"neurolm import-official: {err}", file=sys.stderr)
+        return 2
+    json.dump(written, sys.stdout, indent=1)
+    print()
+    return 0

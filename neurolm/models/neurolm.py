@@ -21,103 +21,21 @@ positions that carry a loss unless logits are requested (§6.3-14; exact, so alw
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neurolm.data.layout import next_code_targets
-from neurolm.models.eeg_transformer import EEGTransformer, EEGTransformerConfig
-from neurolm.models.gpt import GPT, GPTConfig
+from neurolm.model_config import NeuroLMConfig
+from neurolm.models.eeg_transformer import EEGTransformer
+from neurolm.models.gpt import GPT
 from neurolm.models.masks import key_padding_mask, stair_mask, time_causal_mask
 from neurolm.models.quantizer import fp32_code_projection, l2norm, nearest_code_indices
+from neurolm.models.tokenizer import NeuralTokenizer
 
-__all__ = ["NeuroLMConfig", "NeuroLMOutput", "CodeHead", "NeuroLM", "SEP_TOKEN_ID", "EOT_TOKEN_ID"]
-
-SEP_TOKEN_ID = 50257
-"""[SEP]: the first new ``wte`` row, between EEG and text (spec §4.1)."""
-EOT_TOKEN_ID = 50256
-"""GPT-2's ``<|endoftext|>``; also the text padding id."""
-
-
-@dataclass
-class NeuroLMConfig:
-    """NeuroLM sizes and options. ``preset("base"|"large"|"xl")`` = NeuroLM-B/L/XL."""
-
-    gpt: GPTConfig = field(default_factory=GPTConfig)
-    encoder: EEGTransformerConfig = field(default_factory=EEGTransformerConfig)
-    """The frozen tokenizer encoder (official: 12 layers, 12 heads, width 768)."""
-    code_head: bool = False
-    """Carry the tokenizer's code projection and codebook, to compute pre-training targets in-model."""
-    code_dim: int = 128
-    """Code dimension of the code head (official 128)."""
-    channel_rows: int = 256
-    """Rows of the LLM-side channel embedding."""
-    causal_encoder_inputs: bool = False
-    """Fix for spec §6.3-4. Official (False): the encoder sees the whole sample in both directions, so the LLM
-    input at second t carries information from later seconds (future leakage, through attention and through
-    the patch embedding's GroupNorm statistics). True: when producing LLM inputs the encoder attends under
-    :func:`~neurolm.models.masks.time_causal_mask` and pools GroupNorm statistics over the same and earlier
-    seconds only; pre-training targets still come from the bidirectional encoder (a second encoder pass)."""
-    patch_norm_over_real_tokens: bool = False
-    """Official (False): the patch embedding's GroupNorm pools padding patches too, so features depend on the
-    padded length (e.g. 276 vs 1024 tokens). True: real patches only (identical results without padding)."""
-    per_sample_text_positions: bool = False
-    """Fix for spec §6.3-5. Official (False): text positions start at the batch-wide last second + 1, so they
-    depend on the other samples of the batch. True: at each sample's own last second + 1."""
-    scaled_new_embedding_init: bool = False
-    """Fix for spec §6.3-8. Official (False): new ``wte`` rows (incl. [SEP]) and the channel embedding start
-    at N(0, 1), ≈7× GPT-2's token norms. True: N(0, 0.02), GPT-2's own init scale."""
-    activation_checkpointing: bool = False
-    """Recompute GPT block activations in the backward pass (memory for compute)."""
-
-    @property
-    def num_codes(self) -> int:
-        return self.gpt.num_codes
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> NeuroLMConfig:
-        """``base`` / ``large`` / ``xl`` (NeuroLM-B/L/XL: gpt2 / gpt2-medium / gpt2-xl with the official encoder),
-        ``tiny`` (fast CPU runs) or ``debug`` (unit tests), then field overrides (``gpt``/``encoder`` as dicts)."""
-        official_encoder: dict[str, Any] = dict(n_layer=12, n_head=12, n_embd=768)
-        presets: dict[str, dict[str, Any]] = {
-            "base": dict(gpt=GPTConfig.preset("gpt2").to_dict(), encoder=official_encoder),
-            "large": dict(gpt=GPTConfig.preset("gpt2-medium").to_dict(), encoder=official_encoder),
-            "xl": dict(gpt=GPTConfig.preset("gpt2-xl").to_dict(), encoder=official_encoder),
-            "tiny": dict(gpt=GPTConfig.preset("tiny").to_dict(), encoder=dict(n_layer=2, n_head=4, n_embd=128),
-                         code_dim=32),
-            "debug": dict(gpt=GPTConfig.preset("debug").to_dict(), encoder=dict(n_layer=2, n_head=2, n_embd=16),
-                          code_dim=8),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown NeuroLM preset {name!r}; choose one of {sorted(presets)}")
-        base = presets[name]
-        merged = {**base, **overrides}
-        for sub in ("gpt", "encoder"):
-            if sub in overrides and isinstance(overrides[sub], dict):
-                merged[sub] = {**base.get(sub, {}), **overrides[sub]}
-        return cls.from_dict(merged)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["gpt"], out["encoder"] = self.gpt.to_dict(), self.encoder.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> NeuroLMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown NeuroLMConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        d = dict(d)
-        if isinstance(d.get("gpt"), dict):
-            d["gpt"] = GPTConfig.from_dict(d["gpt"])
-        if isinstance(d.get("encoder"), dict):
-            d["encoder"] = EEGTransformerConfig(**d["encoder"])
-        return cls(**d)
-
+__all__ = ["NeuroLMConfig", "NeuroLMOutput", "CodeHead", "NeuroLM", "next_code_targets", "tokens_per_second",
+           "attach_code_head"]
 
 @dataclass
 class NeuroLMOutput:
@@ -147,6 +65,35 @@ class CodeHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, L, E) encoder features → (B, L) nearest-code indices (fp32, as the official VQ)."""
         return nearest_code_indices(l2norm(fp32_code_projection(self.code_proj, features)), self.codebook)
+
+
+def next_code_targets(
+    codes: torch.Tensor, num_chans: torch.Tensor, num_tokens: torch.Tensor, ignore_index: int = -1
+) -> torch.Tensor:
+    """Multi-channel autoregressive targets (docs/reference.md §3.2): token (t, c) predicts the code of (t+1, c).
+
+    In the time-major layout that is ``target[b, j] = codes[b, j + C_b]`` for ``j < n_b - C_b``, else
+    ``ignore_index`` (last second and padding). ``codes`` (B, L) come from the model's code head, so this lives
+    with the model; ``num_chans``/``num_tokens`` (B,).
+    """
+    B, L = codes.shape
+    src = torch.arange(L, device=codes.device)[None, :] + num_chans.to(codes.device)[:, None]  # (B, L)
+    valid = src < num_tokens.to(codes.device)[:, None]
+    gathered = codes.gather(1, src.clamp(max=L - 1))  # (B, L)
+    return torch.where(valid, gathered, torch.full_like(gathered, ignore_index)).long()
+
+
+@torch.no_grad()
+def attach_code_head(model: NeuroLM, tokenizer: NeuralTokenizer, copy_encoder: bool = False) -> NeuroLM:
+    """Give ``model`` the tokenizer's code projection and codebook (pre-training targets); with
+    ``copy_encoder`` also its encoder weights (the frozen input encoder)."""
+    if model.code_head is None:
+        raise ValueError("build the NeuroLM with code_head=True to attach a code head")
+    model.code_head.code_proj.load_state_dict(tokenizer.code_proj.state_dict())
+    model.code_head.codebook.copy_(tokenizer.quantizer.codebook)
+    if copy_encoder:
+        model.encoder.load_state_dict(tokenizer.encoder.state_dict())
+    return model
 
 
 def tokens_per_second(input_time: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,17 +8,15 @@ optional. Sizes are inferred from tensor shapes, except the encoder's head count
 A file that does not fit raises :class:`CheckpointMismatchError` listing missing and unexpected keys and
 shape mismatches.
 
-CLI: ``neurolm import-official --vq VQ.pt [--lm NeuroLM-B.pt] --output DIR`` writes our safetensors exports
-(``DIR/tokenizer``, ``DIR/neurolm``) loadable with :func:`neurolm.models.io.load_pretrained`.
+``neurolm import-official`` (:func:`neurolm.models.io.import_official_cli`) converts these files to our
+safetensors exports. This module imports only the model classes (not :mod:`neurolm.models.io`), so that
+``io`` can build on it without an import cycle.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
-import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -26,9 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from neurolm.model_config import deep_merge
 from neurolm.models.gpt import GPTConfig
-from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+from neurolm.models.neurolm import NeuroLM, NeuroLMConfig, attach_code_head
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+from neurolm.vocab import GPT2_TEXT_VOCAB
 
 __all__ = [
     "CheckpointMismatchError",
@@ -40,8 +40,6 @@ __all__ = [
     "export_official_lm",
     "to_official_state_dict",
     "from_official_state_dict",
-    "compare_with_golden",
-    "import_official_cli",
 ]
 
 _EEG_INNER = (("patch_embed.l.0.", "patch_embed.proj."), ("pos_embed.", "channel_embed."), ("fc_norm.", "norm."))
@@ -224,7 +222,7 @@ def tokenizer_config_from_official(ckpt: Mapping[str, Any], **overrides: Any) ->
         freq_bins=sd["VQ.decode_task_layer_freq.2.weight"].shape[0],
         conv_channels=sd["VQ.encoder.patch_embed.conv1.weight"].shape[0],
         domain_hidden=sd["domain_classifier.0.weight"].shape[0],
-        text_vocab_size=sd["wte.weight"].shape[0] if "wte.weight" in sd else 50257,
+        text_vocab_size=sd["wte.weight"].shape[0] if "wte.weight" in sd else GPT2_TEXT_VOCAB,
         channel_rows=sd["VQ.encoder.pos_embed.weight"].shape[0],
         max_seconds=sd["VQ.encoder.time_embed.weight"].shape[0],
     )
@@ -260,11 +258,7 @@ def neurolm_config_from_official(
         time_rows=sd["tokenizer.time_embed.weight"].shape[0],
     )
     cfg = dict(gpt=gpt.to_dict(), encoder=encoder, channel_rows=sd["pos_embed.weight"].shape[0])
-    merged = {**cfg, **overrides}
-    for sub in ("gpt", "encoder"):
-        if isinstance(overrides.get(sub), dict):
-            merged[sub] = {**cfg[sub], **overrides[sub]}  # type: ignore[dict-item]
-    return NeuroLMConfig.from_dict(merged)
+    return NeuroLMConfig.from_dict(deep_merge(cfg, overrides))
 
 
 # ---------------------------------------------------------------------------------------------- import / export
@@ -302,8 +296,6 @@ def import_official_lm(
     model = NeuroLM(neurolm_config_from_official(ckpt, encoder_heads=encoder_heads, **overrides))
     from_official_state_dict(model, _model_state(ckpt), "lm", source)
     if tok is not None:
-        from neurolm.models.io import attach_code_head
-
         attach_code_head(model, tok)
     return model
 
@@ -365,39 +357,3 @@ def export_official_lm(model: NeuroLM, path: str | os.PathLike[str] | None = Non
     if path is not None:
         torch.save(ckpt, os.fspath(path))
     return ckpt
-
-
-def compare_with_golden(path: str | os.PathLike[str]) -> dict[str, float]:
-    """Rebuild every model of a golden ``.pt`` file and rerun every recorded computation; returns the max
-    absolute error per output (see :mod:`neurolm.models.golden`)."""
-    from neurolm.models.golden import compare_with_golden as _compare
-
-    return _compare(path)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def import_official_cli(argv: list[str] | None = None) -> int:
-    """``neurolm import-official --vq VQ.pt [--lm NeuroLM-B.pt] --output DIR``: official checkpoints → our
-    safetensors exports (``DIR/tokenizer`` and ``DIR/neurolm``)."""
-    parser = argparse.ArgumentParser(prog="neurolm import-official", description=import_official_cli.__doc__)
-    parser.add_argument("--vq", required=True, help="official tokenizer checkpoint (VQ.pt)")
-    parser.add_argument("--lm", default=None, help="official NeuroLM-B/L/XL.pt or instruction checkpoint")
-    parser.add_argument("--output", required=True, help="output directory (local path)")
-    parser.add_argument("--encoder-heads", type=int, default=None, help="override the encoder head count")
-    args = parser.parse_args(argv)
-    from neurolm.models.io import save_pretrained
-
-    try:
-        tok = import_official_vq(args.vq)
-        written = {"tokenizer": save_pretrained(tok, os.path.join(args.output, "tokenizer"))}
-        if args.lm:
-            model = import_official_lm(args.lm, vq=tok, encoder_heads=args.encoder_heads)
-            written["neurolm"] = save_pretrained(model, os.path.join(args.output, "neurolm"))
-    except (ValueError, OSError) as err:
-        print(f"neurolm import-official: {err}", file=sys.stderr)
-        return 2
-    json.dump(written, sys.stdout, indent=1)
-    print()
-    return 0

@@ -1,11 +1,11 @@
-"""The text-aligned neural tokenizer (stage 1; docs/reference.md §2; official ``VQ_Align``).
+"""The text-aligned neural tokenizer (stage 1; spec §2; official ``VQ_Align``).
 
 encoder (:class:`~neurolm.models.eeg_transformer.EEGTransformer`, raw patches) → ``code_proj``
 (Linear–Tanh–Linear to the code dimension, fp32) → :class:`~neurolm.models.quantizer.NormEMAQuantizer` →
 two decoders on the quantized vectors → heads predicting the z-scored Fourier amplitude (100 bins) and the
 z-scored raw patch (200 samples). A domain classifier behind a gradient-reversal layer sees the encoder
 features (label 0) and frozen GPT-2 token embeddings (label 1), pushing EEG features toward the text
-embedding space (docs/reference.md §2.5). All loss weights are 1 (docs/reference.md §2.4).
+embedding space (spec §2.5). All loss weights are 1 (spec §2.4).
 
 Usage::
 
@@ -19,100 +19,24 @@ Usage::
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neurolm.models.eeg_transformer import EEGTransformer, EEGTransformerConfig
+from neurolm.model_config import TokenizerConfig
+from neurolm.models.eeg_transformer import EEGTransformer
 from neurolm.models.masks import key_padding_mask
 from neurolm.models.quantizer import NormEMAQuantizer, QuantizerOutput, fp32_code_projection
 
 __all__ = ["TokenizerConfig", "TokenizerOutput", "NeuralTokenizer", "GradientReversal", "dann_alpha"]
 
 
-@dataclass
-class TokenizerConfig:
-    """Sizes and options of the neural tokenizer. Defaults = the official model (147.0 M parameters)."""
-
-    encoder_layers: int = 12
-    encoder_heads: int = 12
-    width: int = 768
-    """Encoder width; also the domain classifier's input and the text-embedding width (GPT-2 small: 768)."""
-    decoder_layers: int = 4
-    decoder_heads: int = 12
-    decoder_width: int = 768
-    num_codes: int = 8192
-    code_dim: int = 128
-    ema_decay: float = 0.99
-    commitment_weight: float = 1.0
-    kmeans_init: bool = True
-    kmeans_iters: int = 10
-    patch_size: int = 200
-    freq_bins: int = 100
-    """Fourier-amplitude bins predicted (the first half of the 200-point FFT)."""
-    conv_channels: int = 16
-    domain_hidden: int = 256
-    text_vocab_size: int = 50257
-    """Rows of the frozen text-embedding table used by the domain classifier (GPT-2's vocabulary)."""
-    channel_rows: int = 256
-    max_seconds: int = 64
-    """Rows of the time embeddings (encoder and decoders). Official 64: longer samples crash
-    (docs/reference.md §6.3-7)."""
-    dropout: float = 0.0
-    exclude_padding: bool = False
-    """Fix for docs/reference.md §6.3-6: padding tokens are left out of k-means, the EMA codebook statistics, the commitment
-    loss, the reconstruction-loss denominators and the patch embedding's GroupNorm statistics. Official
-    (False): they are included, diluting the losses, pulling codes toward the zero patch, and making every
-    token's features depend on how much padding the sample got."""
-    usage_ema_in_eval: bool = True
-    """Official quirk (docs/reference.md §6.3-9): the code-usage EMA also moves in eval mode. It affects no output."""
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TokenizerConfig:
-        """``base`` (official sizes), ``tiny`` (fast CPU training) or ``debug`` (unit tests), plus overrides."""
-        presets: dict[str, dict[str, Any]] = {
-            "base": {},
-            "tiny": dict(encoder_layers=2, encoder_heads=4, width=128, decoder_layers=1, decoder_heads=4,
-                         decoder_width=128, num_codes=512, code_dim=32, domain_hidden=64),
-            "debug": dict(encoder_layers=2, encoder_heads=2, width=16, decoder_layers=1, decoder_heads=2,
-                          decoder_width=16, num_codes=64, code_dim=8, domain_hidden=16, kmeans_iters=2),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown tokenizer preset {name!r}; choose one of {sorted(presets)}")
-        return cls.from_dict({**presets[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TokenizerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown TokenizerConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**d)
-
-    def encoder_config(self) -> EEGTransformerConfig:
-        return EEGTransformerConfig(
-            n_layer=self.encoder_layers, n_head=self.encoder_heads, n_embd=self.width, in_dim=None,
-            patch_size=self.patch_size, conv_channels=self.conv_channels, channel_rows=self.channel_rows,
-            time_rows=self.max_seconds, dropout=self.dropout,
-        )
-
-    def decoder_config(self) -> EEGTransformerConfig:
-        return EEGTransformerConfig(
-            n_layer=self.decoder_layers, n_head=self.decoder_heads, n_embd=self.decoder_width,
-            in_dim=self.code_dim, patch_size=self.patch_size, channel_rows=self.channel_rows,
-            time_rows=self.max_seconds, dropout=self.dropout,
-        )
-
-
 def dann_alpha(progress: float) -> float:
     """Gradient-reversal strength of the DANN schedule: ``2 / (1 + exp(-10 p)) - 1`` for progress p ∈ [0, 1]
-    (docs/reference.md §2.5; 0 at the start, ≈1 at the end)."""
+    (spec §2.5; 0 at the start, ≈1 at the end)."""
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
 
 
@@ -152,7 +76,7 @@ def _mlp_head(d_in: int, d_out: int) -> nn.Sequential:
 
 
 class NeuralTokenizer(nn.Module):
-    """VQ tokenizer with reconstruction decoders and the text-alignment domain classifier (docs/reference.md §2)."""
+    """VQ tokenizer with reconstruction decoders and the text-alignment domain classifier (spec §2)."""
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
@@ -181,7 +105,7 @@ class NeuralTokenizer(nn.Module):
         self.register_buffer("text_embeddings", torch.randn(c.text_vocab_size, c.width) * 0.02)
 
     def set_text_embeddings(self, wte: torch.Tensor) -> None:
-        """Install GPT-2 token embeddings ``(text_vocab_size, width)`` for the domain loss (docs/reference.md §2.5)."""
+        """Install GPT-2 token embeddings ``(text_vocab_size, width)`` for the domain loss (spec §2.5)."""
         if tuple(wte.shape) != tuple(self.text_embeddings.shape):
             raise ValueError(f"text embeddings must be {tuple(self.text_embeddings.shape)}, got {tuple(wte.shape)}")
         with torch.no_grad():
@@ -190,7 +114,7 @@ class NeuralTokenizer(nn.Module):
     def encode(
         self, x: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Encoder features (B, L, width): bidirectional over all real tokens of a sample (docs/reference.md §2.1)."""
+        """Encoder features (B, L, width): bidirectional over all real tokens of a sample (spec §2.1)."""
         norm_mask = None
         if self.config.exclude_padding:
             real = input_mask.bool()
@@ -241,7 +165,7 @@ class NeuralTokenizer(nn.Module):
         text_tokens: torch.Tensor | None = None,
         alpha: float = 0.0,
     ) -> TokenizerOutput:
-        """One training (or validation) step of the tokenizer (docs/reference.md §2.4).
+        """One training (or validation) step of the tokenizer (spec §2.4).
 
         ``x`` (B, L, 200) patches; targets (B, L, 100) and (B, L, 200) from :mod:`neurolm.data.layout`;
         ``text_tokens`` (B_t, n) GPT-2 ids for the text side of the domain loss; ``alpha`` the gradient-reversal

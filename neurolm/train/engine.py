@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from neurolm.config import DeepSpeedSection, OptimSection, TrainSection
+from neurolm.models import precision
 
 __all__ = [
     "resolve_precision",
@@ -27,9 +28,7 @@ __all__ = [
 
 def resolve_precision(ds: DeepSpeedSection, use_gpu: bool) -> str:
     """``bf16`` on GPU, ``fp32`` on CPU unless the config says otherwise."""
-    if ds.precision == "auto":
-        return "bf16" if use_gpu else "fp32"
-    return ds.precision
+    return precision.resolve_precision(ds.precision, use_gpu)
 
 
 def deepspeed_config(

@@ -9,7 +9,7 @@ reachable. Each failure is one :class:`~neurolm.config.ConfigError` line naming 
 from __future__ import annotations
 
 from neurolm import storage
-from neurolm.config import ConfigError, _StageConfig
+from neurolm.config import ConfigError, StageConfig
 from neurolm.data.validate import check_shard_inputs, check_text_inputs
 from neurolm.models.io import check_export
 
@@ -26,17 +26,16 @@ def _check_hf_dir(key: str, path: str | None) -> None:
         raise ConfigError(f"{key} = {path!r}: {err}") from None
 
 
-def check_stage_inputs(cfg: _StageConfig) -> None:
+def check_stage_inputs(cfg: StageConfig) -> None:
     """Raise :class:`ConfigError` for the first input of ``cfg`` that is missing or malformed."""
     tasks = getattr(cfg, "tasks", None)
     if tasks is None:  # stages 1-2 read data.train; stage 3 reads its tasks' shards instead
         check_shard_inputs("data.train", cfg.data.train)
-    else:
-        check_shard_inputs("data.train", cfg.data.train, required=False)
+    else:  # stage 3's data section has no train/val: its tasks name their own shards
         for i, task in enumerate(tasks):
             check_shard_inputs(f"tasks[{i}].train ({task.name})", task.train)
             check_shard_inputs(f"tasks[{i}].val ({task.name})", task.val, required=False)
-    check_shard_inputs("data.val", cfg.data.val, required=False)
+    check_shard_inputs("data.val", getattr(cfg.data, "val", None), required=False)
     if cfg.data.text_batch_size > 0:
         check_text_inputs("data.text", cfg.data.text)
     if hasattr(cfg, "tokenizer"):

@@ -20,14 +20,14 @@ from neurolm.config import (
     ConfigError,
     InstructJobConfig,
     PretrainJobConfig,
+    StageConfig,
     TokenizerJobConfig,
-    _StageConfig,
     load_config,
 )
 
 log = logging.getLogger("neurolm.train")
 
-STAGE_CONFIGS: dict[str, type[_StageConfig]] = {
+STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "tokenizer": TokenizerJobConfig,
     "pretrain": PretrainJobConfig,
     "instruct": InstructJobConfig,
@@ -113,7 +113,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     run_worker_loop(make_stage(cfg), cfg, steps_per_epoch=config["steps_per_epoch"], info=config.get("info"))
 
 
-def build_datasets(cfg: _StageConfig, stage) -> tuple[dict[str, Any], dict[str, Any]]:
+def build_datasets(cfg: StageConfig, stage) -> tuple[dict[str, Any], dict[str, Any]]:
     """The stage's datasets (mapped into its token layout) and facts for the workers (``rows``: train size).
 
     Rows are counted from Parquet metadata before any mapping, so counting reads no signal.
@@ -136,7 +136,7 @@ def build_datasets(cfg: _StageConfig, stage) -> tuple[dict[str, Any], dict[str, 
     return datasets, info
 
 
-def fit_stage(cfg: _StageConfig, callbacks: list[Any] | None = None) -> StageResult:
+def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResult:
     """Run one training stage on Ray Train + DeepSpeed and export its consolidated weights.
 
     ``callbacks`` go to ``RunConfig`` (e.g. Tune's ``TuneReportCallback`` when a Tune trial drives this).
@@ -152,11 +152,10 @@ def fit_stage(cfg: _StageConfig, callbacks: list[Any] | None = None) -> StageRes
 
     from neurolm.train.stages import make_stage
 
-    task_uris = [u for t in getattr(cfg, "tasks", []) for u in (t.train, t.val) if u]  # stage 3
-    for uri in _uris(cfg.data.train) + _uris(cfg.data.val) + task_uris + [cfg.run.storage_path]:
+    for uri in [*cfg.shard_uris(), cfg.run.storage_path]:
         storage.check_reachable(uri)  # before any Ray resources are requested
     if storage.is_s3(cfg.run.storage_path):
-        storage.ensure_bucket(cfg.run.storage_path[5:].split("/", 1)[0])
+        storage.ensure_bucket(storage.bucket_of(cfg.run.storage_path))
     stage = make_stage(cfg)  # validates model presets and loads nothing heavy on the driver
     ensure_ray(cfg.run.ray_address)
 

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from neurolm import storage
-from neurolm.config import _StageConfig, config_hash
+from neurolm.config import StageConfig, config_hash
+from neurolm.models.precision import precision_dtype
 from neurolm.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from neurolm.train.engine import build_engine, resolve_precision
+from neurolm.train.engine import build_engine
 from neurolm.train.metrics import MetricAccumulator, all_reduce_sum, peak_flops_per_device
 from neurolm.train.stage import Stage
 
@@ -96,7 +97,7 @@ def _to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.d
 
 
 def evaluate(
-    engine, stage: Stage, shard, cfg: _StageConfig, device: torch.device, dtype: torch.dtype
+    engine, stage: Stage, shard, cfg: StageConfig, device: torch.device, dtype: torch.dtype
 ) -> dict[str, float]:
     """Validation over this worker's val shard, summed over ranks: returns ``val/<metric>`` means."""
     sums: dict[str, float] = {}
@@ -114,7 +115,7 @@ def evaluate(
     return {f"val/{k}": v / count for k, v in zip(keys, totals[:-1], strict=True)}
 
 
-def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info: dict[str, Any] | None = None) -> None:
+def run_worker_loop(stage: Stage, cfg: StageConfig, steps_per_epoch: int, info: dict[str, Any] | None = None) -> None:
     """Train one stage on this worker. Called by every rank with the same arguments."""
     import ray.train
     from ray.train import Checkpoint
@@ -138,7 +139,7 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info:
     )
     if hasattr(stage, "after_engine"):
         stage.after_engine(engine)
-    dtype = torch.bfloat16 if resolve_precision(cfg.deepspeed, use_gpu) == "bf16" else torch.float32
+    dtype = precision_dtype(cfg.deepspeed.precision, use_gpu)
 
     state = TrainState(world_size=world, config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"))
     checkpoint = ray.train.get_checkpoint()
@@ -153,7 +154,7 @@ def run_worker_loop(stage: Stage, cfg: _StageConfig, steps_per_epoch: int, info:
 
     info = info or {}
     train_shard = None if hasattr(stage, "train_stream") else ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if cfg.data.val else None
+    val_shard = ray.train.get_dataset_shard("val") if getattr(cfg.data, "val", None) else None
     text = None
     if cfg.data.text and cfg.data.text_batch_size > 0:
         text = ResumableTextStream(
@@ -289,7 +290,7 @@ def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, float | int))
 
 
-def _init_wandb(cfg: _StageConfig, rank: int):
+def _init_wandb(cfg: StageConfig, rank: int):
     """Rank 0 logs to Weights & Biases: online with an API key, else offline (sync later with `wandb sync`)."""
     if not cfg.run.wandb or rank != 0:
         return None

@@ -226,7 +226,7 @@ def run_mixing_search(cfg: TuneJobConfig) -> dict[str, Any]:
     for uri in [t.train for t in base.tasks] + [t.val for t in base.tasks] + [cfg.storage_path]:
         storage.check_reachable(str(uri))
     if storage.is_s3(cfg.storage_path):
-        storage.ensure_bucket(cfg.storage_path[5:].split("/", 1)[0])
+        storage.ensure_bucket(storage.bucket_of(cfg.storage_path))
     sizes = task_sizes(base)
     ensure_ray(cfg.ray_address or base.run.ray_address)
     concurrent = _max_concurrent(cfg, base)

@@ -24,6 +24,7 @@ import yaml
 from neurolm import storage
 from neurolm.config import ConfigError, InstructJobConfig, TuneJobConfig, apply_overrides
 from neurolm.data.mixture import mixture_weights
+from neurolm.data.shards import count_rows
 
 __all__ = [
     "LOGIT_PREFIX",
@@ -76,19 +77,13 @@ def task_names(cfg: InstructJobConfig) -> list[str]:
 
 def task_sizes(cfg: InstructJobConfig) -> dict[str, int]:
     """Training samples per task, from the Parquet footers (reads no signal, needs no Ray)."""
-    import pyarrow.parquet as pq
-
     sizes: dict[str, int] = {}
     for t in cfg.tasks:
         assert t.train is not None  # validate_search checked it
-        files = storage.list_files(t.train, suffix=".parquet")
-        if not files:
-            raise storage.StorageError(f"{t.train}: no .parquet shards found (task {t.name})")
-        total = 0
-        for uri in files:
-            fs, path = storage.resolve(uri)
-            total += pq.read_metadata(path, filesystem=fs).num_rows
-        sizes[t.name] = total
+        try:
+            sizes[t.name] = count_rows(t.train)
+        except storage.StorageError as err:
+            raise storage.StorageError(f"{err} (task {t.name})") from None
     return sizes
 
 

@@ -42,6 +42,16 @@ FILL = {
 }
 
 
+def _has_key(cls, dotted: str) -> bool:
+    """Whether the config class ``cls`` has the (nested) key ``dotted``."""
+    for part in dotted.split("."):
+        field = cls.model_fields.get(part)
+        if field is None:
+            return False
+        cls = field.annotation
+    return True
+
+
 def load_preset(path: Path):
     """Load a preset with the values a user must give on the command line filled in."""
     cls = KINDS[path.parent.name]
@@ -51,7 +61,7 @@ def load_preset(path: Path):
         node = tree
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if node in (None, [], "") and (key.split(".")[0] in cls.model_fields):
+        if node in (None, [], "") and _has_key(cls, key):
             overrides += fill
     if cls is InstructJobConfig and "tasks" not in tree:
         overrides += ["tasks=[{name: TUAB, train: /shards/tuab/train}]"]
@@ -76,16 +86,16 @@ STAGE_PRESETS = [p for p in PRESETS if p.parent.name in ("tokenizer", "pretrain"
 @pytest.mark.parametrize("path", [p for p in STAGE_PRESETS if p.parent.name != "instruct"],
                          ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_stage_preset_builds_its_model_on_the_meta_device(path: Path) -> None:
-    from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
-    from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+    from neurolm.models.neurolm import NeuroLM
+    from neurolm.models.tokenizer import NeuralTokenizer
 
     cls = KINDS[path.parent.name]
     cfg = load_preset(path)
     with torch.device("meta"):
         if cls is TokenizerJobConfig:
-            model = NeuralTokenizer(TokenizerConfig.preset(cfg.model.preset, **cfg.model.overrides))
+            model = NeuralTokenizer(cfg.model.build())
         else:  # instruction presets load their model from the pre-trained export
-            model = NeuroLM(NeuroLMConfig.preset(cfg.model.preset, **cfg.model.overrides))
+            model = NeuroLM(cfg.model.build())
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -96,7 +106,7 @@ GPU_PRESETS = [p for p in STAGE_PRESETS if "use_gpu: true" in p.read_text()]
 
 @pytest.mark.parametrize("path", GPU_PRESETS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_gpu_presets_match_the_hardware_they_name(path: Path) -> None:
-    from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+    from neurolm.models.neurolm import NeuroLM
 
     stage = path.parent.name
     cfg = load_preset(path)
@@ -108,11 +118,11 @@ def test_gpu_presets_match_the_hardware_they_name(path: Path) -> None:
     assert not ds["optimizer"]["params"]["torch_adam"]  # fused Adam on GPU
     if stage == "pretrain":
         with torch.device("meta"):
-            model = NeuroLM(NeuroLMConfig.preset(cfg.model.preset, **cfg.model.overrides))
+            model = NeuroLM(cfg.model.build())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         # ZeRO-2, bf16: bf16 weights (2P) on every rank, grads + fp32 master + Adam moments sharded (14P / W).
         state_gb = (2 + 14 / workers) * trainable / 1e9
         assert ds["zero_optimization"]["stage"] == 2
         assert state_gb < 80 * 0.5, f"{path.name}: {state_gb:.1f} GB of training state per 80 GB GPU"
         if cfg.model.preset == "xl":
-            assert cfg.deepspeed.activation_checkpointing  # activations of 30 x 1024 tokens x 48 layers
+            assert cfg.train.activation_checkpointing  # activations of 30 x 1024 tokens x 48 layers

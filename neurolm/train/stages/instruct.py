@@ -1,7 +1,7 @@
 """Stage 3: multi-task instruction tuning (spec §4) with a block-deterministic task mixture.
 
 Each task's shards are their own Ray dataset, split across workers (``streaming_split``). The mixture picks one
-task per micro-batch, from :class:`neurolm.data.mixture.MixtureSampler` with the same seed on every rank, so all
+task per micro-batch, from :class:`neurolm.data.mixture.TaskSchedule` with the same seed on every rank, so all
 ranks read the same task's split at the same step. That lockstep is required: a streaming split's consumers
 start each pass together, and ranks reading different tasks' splits would wait on each other forever. The
 data order is a pure function of the seed and the step: a resume fast-forwards every task stream by the
@@ -20,12 +20,13 @@ import torch
 from torch import nn
 
 from neurolm.config import ConfigError, InstructJobConfig
-from neurolm.data.layout import layout_instruction_batch
-from neurolm.data.mixture import MixtureSampler, mixture_weights
-from neurolm.data.shards import batch_to_signals
+from neurolm.data.layout import instruction_layout
+from neurolm.data.mixture import TaskSchedule, mixture_weights
+from neurolm.data.shards import count_rows
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
 from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
+from neurolm.vocab import EOT_ID
 
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
 
@@ -34,22 +35,6 @@ def task_tokens(name: str) -> TaskTokens:
     from neurolm.data.bpe import load_gpt2_tokenizer
 
     return tokenize_task(get_task(name), load_gpt2_tokenizer().encode)
-
-
-def instruction_layout(
-    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, evaluation: bool
-) -> dict[str, np.ndarray]:
-    """Ray Data step: shard rows → EEG layout + instruction text (or the evaluation prompt)."""
-    labels = np.asarray(batch["label"])
-    if (labels < 0).any():
-        raise ValueError("instruction shards need a label on every sample (found -1)")
-    out = layout_instruction_batch(
-        batch_to_signals(batch), list(batch["channels"]), labels, tokens,
-        eeg_max_len=eeg_max_len, text_max_len=text_max_len, evaluation=evaluation, truncate=True,
-    )
-    out.pop("num_chans", None)
-    out.pop("num_tokens", None)
-    return out
 
 
 class _RowStream:
@@ -97,21 +82,21 @@ class _RowStream:
 
 
 class MixedTaskStream:
-    """Micro-batches of one worker, one task per micro-batch, in the order of a :class:`MixtureSampler` over
+    """Micro-batches of one worker, one task per micro-batch, in the order of a :class:`TaskSchedule` over
     micro-batch indices (identical on every rank)."""
 
-    def __init__(self, shards: dict[str, Any], sampler: MixtureSampler, batch_size: int, micro_batch: int,
+    def __init__(self, shards: dict[str, Any], schedule: TaskSchedule, batch_size: int, micro_batch: int,
                  shuffle_seed: int, shuffle_buffer: int) -> None:
-        self.sampler, self.batch_size = sampler, batch_size
+        self.schedule, self.batch_size = schedule, batch_size
         self.streams = {t: _RowStream(s, 64, shuffle_seed + i, shuffle_buffer)
                         for i, (t, s) in enumerate(sorted(shards.items()))}
         self.micro_batch = micro_batch
-        for task, count in sampler.task_counts(micro_batch).items():  # resume: replay each stream's batches
+        for task, count in schedule.task_counts(micro_batch).items():  # resume: replay each stream's batches
             if count:
                 self.streams[task].take(count * batch_size)
 
     def next(self) -> dict[str, torch.Tensor]:
-        (task, _), = self.sampler.indices(self.micro_batch, self.micro_batch + 1)
+        task = self.schedule.task_at(self.micro_batch)
         self.micro_batch += 1
         parts = self.streams[task].take(self.batch_size)
         return {k: torch.as_tensor(np.concatenate([p[k] for p in parts])) for k in parts[0]}
@@ -129,7 +114,7 @@ class InstructStage:
         missing = [t.name for t in cfg.tasks if not t.train]
         if missing:
             raise ConfigError(f"tasks: {missing} have no train shards")
-        self.model_overrides = dict(cfg.model.overrides)
+        self.model_overrides = cfg.model.override_dict()
         self._built_config = None
 
     # -- driver side ---------------------------------------------------------------------------------------
@@ -141,7 +126,7 @@ class InstructStage:
         for t in cfg.tasks:
             tokens = task_tokens(t.name)
             raw = read_shards([t.train])
-            sizes[t.name] = raw.count()
+            sizes[t.name] = count_rows(t.train)  # the same count as the tuner's, read from the Parquet footers
             datasets[f"train_{t.name}"] = raw.map_batches(
                 functools.partial(instruction_layout, tokens=tokens, eeg_max_len=cfg.eeg_max_len,
                                   text_max_len=cfg.text_max_len, evaluation=False),
@@ -159,16 +144,20 @@ class InstructStage:
     def weights(self, sizes: dict[str, int]) -> dict[str, float]:
         m = self.cfg.mixture
         try:
-            return mixture_weights(m.kind, sizes, weights=m.weights or None, temperature=m.temperature)
+            weights = mixture_weights(m.kind, sizes, weights=m.weights or None, temperature=m.temperature)
         except ValueError as err:
             raise ConfigError(f"mixture: {err}") from None
+        empty = sorted(t for t, w in weights.items() if w > 0 and sizes[t] == 0)
+        if empty:
+            raise ConfigError(f"mixture: tasks {empty} have a positive weight but no training samples")
+        return weights
 
     # -- worker side ---------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         from neurolm.models.io import load_neurolm
 
         model = load_neurolm(self.cfg.init, **self.model_overrides)
-        model.set_activation_checkpointing(self.cfg.deepspeed.activation_checkpointing)
+        model.set_activation_checkpointing(self.cfg.train.activation_checkpointing)
         self._built_config = model.config
         return model
 
@@ -176,10 +165,10 @@ class InstructStage:
         """The mixture stream at ``position`` samples; ``seed`` is the run's seed (the same on every rank)."""
         import ray.train
 
-        sampler = MixtureSampler(info["sizes"], info["weights"], self.cfg.mixture.block_size, seed)
+        schedule = TaskSchedule(info["weights"], self.cfg.mixture.block_micro_batches, seed)
         shards = {t: ray.train.get_dataset_shard(f"train_{t}") for t in info["sizes"]}
         batch = self.cfg.train.micro_batch_size
-        return MixedTaskStream(shards, sampler, batch, position // batch, seed + 7919 * (rank + 1),
+        return MixedTaskStream(shards, schedule, batch, position // batch, seed + 7919 * (rank + 1),
                                self.cfg.data.local_shuffle_buffer)
 
     def train_step(
@@ -189,7 +178,7 @@ class InstructStage:
                     text=batch["text"], text_targets=batch["text_targets"])
         loss = out.loss
         metrics = {"answer_loss": float(out.loss.detach()), "answer_accuracy": float(out.accuracy)}
-        tokens = int(batch["input_mask"].sum()) + int((batch["text"] != 50256).sum())
+        tokens = int(batch["input_mask"].sum()) + int((batch["text"] != EOT_ID).sum())
         if text is not None and self.cfg.text_loss_weight > 0:
             lm = model(text=text[:, :-1], text_targets=text[:, 1:])
             loss = loss + self.cfg.text_loss_weight * lm.loss
@@ -206,7 +195,7 @@ class InstructStage:
         all-reduced over ranks → ``val/<task>/balanced_accuracy``, ``accuracy``, ``loss`` (NLL of the truth)."""
         import ray.train
 
-        from neurolm.eval.generate import score_options
+        from neurolm.models.generate import score_options
 
         metrics: dict[str, float] = {}
         baccs = []

@@ -20,7 +20,7 @@ class PretrainStage:
     def __init__(self, cfg: PretrainJobConfig) -> None:
         self.cfg = cfg
         try:
-            self.model_config = NeuroLMConfig.preset(cfg.model.preset, **cfg.model.overrides)
+            self.model_config = cfg.model.build()
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model: {err}") from None
         self._built_config: NeuroLMConfig | None = None
@@ -30,7 +30,7 @@ class PretrainStage:
 
         tokenizer = load_tokenizer(self.cfg.tokenizer)
         model = neurolm_from_tokenizer(self.model_config, tokenizer, gpt2=self.cfg.gpt2)
-        model.set_activation_checkpointing(self.cfg.deepspeed.activation_checkpointing)
+        model.set_activation_checkpointing(self.cfg.train.activation_checkpointing)
         self._built_config = model.config
         return model
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from neurolm.config import ConfigError, TokenizerJobConfig
 from neurolm.data.layout import make_layout_fn
-from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig, dann_alpha
+from neurolm.models.tokenizer import NeuralTokenizer, dann_alpha
 from neurolm.train.metrics import transformer_flops_per_token
 from neurolm.train.stage import StepOutput
 
@@ -26,7 +26,7 @@ class TokenizerStage:
     def __init__(self, cfg: TokenizerJobConfig) -> None:
         self.cfg = cfg
         try:
-            self.model_config = TokenizerConfig.preset(cfg.model.preset, **cfg.model.overrides)
+            self.model_config = cfg.model.build()
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model: {err}") from None
 

@@ -11,7 +11,6 @@ from neurolm.data.layout import (
     instruction_text_batch,
     layout_batch,
     make_layout_fn,
-    next_code_targets,
     patchify,
 )
 
@@ -64,16 +63,6 @@ def test_layout_fn_reads_shard_columns_with_flat_signals() -> None:
     out = make_layout_fn(8, targets=False)(batch)
     assert out["num_tokens"].tolist() == [6, 2] and out["label"].tolist() == [1, 0]
     assert np.array_equal(out["x"][0, 1], flat.reshape(2, 600)[1, :200])
-
-
-def test_next_code_targets_numpy_and_torch_agree() -> None:
-    codes = np.arange(2 * 10).reshape(2, 10)
-    num_chans, num_tokens = np.array([2, 3]), np.array([8, 9])
-    y = next_code_targets(codes, num_chans, num_tokens)
-    assert y[0].tolist() == [2, 3, 4, 5, 6, 7, -1, -1, -1, -1]
-    assert y[1].tolist() == [13, 14, 15, 16, 17, 18, -1, -1, -1, -1]
-    yt = next_code_targets(torch.from_numpy(codes), torch.from_numpy(num_chans), torch.from_numpy(num_tokens))
-    assert np.array_equal(yt.numpy(), y)
 
 
 def test_instruction_targets_cover_the_answer_only() -> None:

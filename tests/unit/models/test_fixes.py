@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from neurolm.data.layout import layout_batch
-from neurolm.eval.generate import generate
-from neurolm.models.gpt import GPT2_TEXT_VOCAB
+from neurolm.models.generate import generate
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+from neurolm.vocab import GPT2_TEXT_VOCAB
 
 
 def _twin(model: NeuroLM, **fix: object) -> NeuroLM:

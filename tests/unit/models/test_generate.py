@@ -7,8 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from neurolm.data.tasks import get_task
-from neurolm.eval.generate import generate, option_probabilities, parse_answer, score_options
-from neurolm.models.gpt import GPT2_TEXT_VOCAB
+from neurolm.models.generate import generate, option_probabilities, parse_answer, score_options
+from neurolm.vocab import GPT2_TEXT_VOCAB
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from neurolm.models.official import compare_with_golden
+from neurolm.models.golden import compare_with_golden
 
 
 def test_every_recorded_output_matches_the_official_code(golden_path) -> None:

@@ -7,10 +7,9 @@ import shutil
 import pytest
 import torch
 
-from neurolm.data.layout import next_code_targets
 from neurolm.models.gpt import load_hf_gpt2
 from neurolm.models.io import neurolm_from_tokenizer
-from neurolm.models.neurolm import NeuroLM, NeuroLMConfig, tokens_per_second
+from neurolm.models.neurolm import NeuroLM, NeuroLMConfig, next_code_targets, tokens_per_second
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
 
 
@@ -75,3 +74,10 @@ def test_configs_round_trip_and_reject_unknown_fields() -> None:
     with pytest.raises(ValueError, match="unknown tokenizer preset"):
         TokenizerConfig.preset("huge")
     assert TokenizerConfig.from_dict(TokenizerConfig.preset("tiny").to_dict()) == TokenizerConfig.preset("tiny")
+
+
+def test_next_code_targets_shift_by_one_second_per_sample() -> None:
+    codes = torch.arange(2 * 10).reshape(2, 10)
+    y = next_code_targets(codes, torch.tensor([2, 3]), torch.tensor([8, 9]))
+    assert y[0].tolist() == [2, 3, 4, 5, 6, 7, -1, -1, -1, -1]
+    assert y[1].tolist() == [13, 14, 15, 16, 17, 18, -1, -1, -1, -1]

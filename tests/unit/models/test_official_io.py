@@ -8,13 +8,18 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from neurolm.models.io import load_neurolm, load_pretrained, load_tokenizer, save_pretrained
+from neurolm.models.io import (
+    import_official_cli,
+    load_neurolm,
+    load_pretrained,
+    load_tokenizer,
+    save_pretrained,
+)
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 from neurolm.models.official import (
     CheckpointMismatchError,
     export_official_lm,
     export_official_vq,
-    import_official_cli,
     import_official_lm,
     import_official_vq,
 )

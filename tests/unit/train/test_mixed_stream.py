@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from neurolm.data.mixture import MixtureSampler
+from neurolm.data.mixture import TaskSchedule
 from neurolm.train.stages.instruct import MixedTaskStream
 
 
@@ -27,7 +27,7 @@ SIZES = {"big": 100, "tiny": 10}
 
 def _stream(micro_batch: int, weights: dict[str, float]) -> MixedTaskStream:
     shards = {"big": FakeShard(100, 0), "tiny": FakeShard(10, 1000)}
-    return MixedTaskStream(shards, MixtureSampler(SIZES, weights, 16, seed=3), 8, micro_batch, shuffle_seed=0,
+    return MixedTaskStream(shards, TaskSchedule(weights, 16, seed=3), 8, micro_batch, shuffle_seed=0,
                            shuffle_buffer=0)
 
 

@@ -20,10 +20,10 @@ import torch
 from torch.nn import functional as F
 
 from neurolm.data.tasks import Task
-from neurolm.models.gpt import GPT2_TEXT_VOCAB
 from neurolm.models.layers import KVCache
 from neurolm.models.masks import official_generation_mask, stair_mask
 from neurolm.models.neurolm import NeuroLM
+from neurolm.vocab import GPT2_TEXT_VOCAB
 
 __all__ = ["GenerationOutput", "generate", "score_options", "option_probabilities", "parse_answer",
            "decode_answers"]
