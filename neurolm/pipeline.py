@@ -92,7 +92,7 @@ class PipelineConfig(Section):
 def _start_local_s3(cfg: PipelineConfig):
     if not cfg.local_s3.enabled or os.environ.get("AWS_ENDPOINT_URL") or not storage.is_s3(cfg.workdir):
         return None
-    from neurolm.s3server import LocalS3Server
+    from neurolm.runtime.s3server import LocalS3Server
 
     server = LocalS3Server(cfg.local_s3.dir, bucket=cfg.local_s3.bucket).start()
     os.environ.update(server.env())
@@ -121,7 +121,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run every step; returns the URIs of every artefact and each stage's final metrics."""
     from neurolm.data.text import prepare as prepare_text
     from neurolm.preprocess import run_preprocess
-    from neurolm.train.launch import ensure_ray, fit_stage
+    from neurolm.runtime import ensure_ray
+    from neurolm.train.launch import fit_stage
 
     t0 = time.perf_counter()
     server = _start_local_s3(cfg)

@@ -334,7 +334,7 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
     import ray.data
 
     from neurolm.data.bpe import load_gpt2_tokenizer
-    from neurolm.train.launch import read_shards
+    from neurolm.runtime import read_shards
 
     bpe = load_gpt2_tokenizer()
     streams = []
@@ -611,7 +611,7 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
         (per ``<split>/<task>``: ``n``, ``parse_failures``), ``rows``, ``scoring_seconds`` and ``rows_per_s`` (the
         Ray Data pipeline, actor start-up included), ``wall_s``.
     """
-    from neurolm.train.launch import ensure_ray
+    from neurolm.runtime import ensure_ray
 
     t0 = time.perf_counter()
     _check_config(cfg)
