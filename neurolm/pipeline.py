@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any
 
@@ -216,11 +215,6 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. workdir=s3://bucket/demo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(PipelineConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    result = run_pipeline(cfg)
+    result = run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
     print(json.dumps(result, indent=1, default=str))
     return 0

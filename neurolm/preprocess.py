@@ -225,20 +225,11 @@ def build_config(argv: Sequence[str]) -> tuple[PreprocessConfig, argparse.Namesp
 
 def cli(argv: list[str] | None = None) -> int:
     """Entry point of ``neurolm preprocess``; returns 0 when the run completed (failed recordings are listed
-    in the manifest; with ``--strict`` they give 3), 1 on a storage or input error, 2 on a config error."""
-    try:
-        cfg, args = build_config(sys.argv[1:] if argv is None else argv)
-        validate_config(cfg)
-    except SystemExit as err:  # argparse: --help (0) or a usage error (2), already printed
-        return int(err.code or 0)
-    except ConfigError as err:
-        print(f"neurolm preprocess: {err}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_preprocess(cfg, progress=not args.no_progress)
-    except (storage.StorageError, RecordingError) as err:
-        print(f"neurolm preprocess: {err}", file=sys.stderr)
-        return 1
+    in the manifest; with ``--strict`` they give 3). A storage or input error (1) and a config error (2) are
+    raised and mapped by :func:`neurolm.cli.run_command`."""
+    cfg, args = build_config(sys.argv[1:] if argv is None else argv)
+    validate_config(cfg)
+    summary = run_preprocess(cfg, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
     if summary["failed"]:
         print(
@@ -248,6 +239,3 @@ def cli(argv: list[str] | None = None) -> int:
         return 3 if args.strict else 0
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli())

@@ -682,7 +682,8 @@ def evaluation_config(**fields: Any) -> EvaluateJobConfig:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``neurolm eval [--config YAML] [key=value ...]``; prints the summary JSON, exit 2 on a bad config."""
+    """``neurolm eval [--config YAML] [key=value ...]``; prints the summary JSON (errors: see
+    :func:`neurolm.cli.run_command`)."""
     parser = argparse.ArgumentParser(
         prog="neurolm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -692,14 +693,6 @@ def cli(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(EvaluateJobConfig, args.config, args.overrides)
-        result = evaluate_checkpoint(cfg)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    except (storage.StorageError, ValueError) as err:  # unreachable storage, empty shards, bad checkpoint
-        print(f"neurolm eval: {err}", file=sys.stderr)
-        return 1
+    result = evaluate_checkpoint(load_config(EvaluateJobConfig, args.config, args.overrides))
     print(json.dumps(_strict_json(result), indent=1, default=str))
     return 0

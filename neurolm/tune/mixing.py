@@ -353,12 +353,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. num_samples=16 objective=worst")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(TuneJobConfig, args.config, args.overrides)
-        validate_search(cfg)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config(TuneJobConfig, args.config, args.overrides)
+    validate_search(cfg)
     summary = run_mixing_search(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "trials"}, indent=1, default=str))
     return 0

@@ -49,7 +49,9 @@ def test_local_ray_listens_on_loopback_only_and_requires_a_token(ray_cluster) ->
             name = proc.name()
         except psutil.Error:
             continue
-        listening += [(name, proc.pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+        listening += [
+            (name, proc.pid, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN
+        ]
     names = {n for n, *_ in listening}
     assert "gcs_server" in names and "raylet" in names, listening  # the servers were found at all
     exposed = [entry for entry in listening if not _is_loopback(entry[2])]
