@@ -108,9 +108,8 @@ class Trainer:
 
         t = cfg.train
         self.accum = t.grad_accum_steps
-        self.micro_per_epoch = (
-            steps_per_epoch * self.accum
-        )  # equal on every rank: the split is equal, drop_last
+        # Equal on every rank: the split is equal and drops the last partial batch.
+        self.micro_per_epoch = steps_per_epoch * self.accum
         self.total_steps = (
             steps_per_epoch * t.epochs
             if t.max_steps is None
