@@ -169,7 +169,7 @@ class Trainer:
                     )
                     state.config_hash, state.config = config_hash(cfg), cfg.model_dump(mode="json")
         # What the export rebuilds the model from: the config of the model actually built here.
-        state.model_config = self.stage.model_config(self.model)
+        state.model_config = self.stage.built_model_config(self.model)
         return state
 
     # -- the loop ----------------------------------------------------------------------------------------

@@ -187,10 +187,10 @@ class Stage(ABC):
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
         """Write consolidated weights (safetensors + config JSON) loadable without DeepSpeed or Ray.
 
-        ``model_config`` is what :meth:`model_config` returned on the workers (saved with the checkpoint), so
+        ``model_config`` is what :meth:`built_model_config` returned on the workers (saved with the checkpoint), so
         the driver rebuilds nothing to learn it."""
 
-    def model_config(self, model: nn.Module) -> dict[str, Any]:
+    def built_model_config(self, model: nn.Module) -> dict[str, Any]:
         """The built model's config as JSON, stored in every checkpoint's ``state.json`` for the export.
         Default: ``model.config.to_dict()``."""
         return model.config.to_dict()

@@ -46,7 +46,7 @@ class RegressionStage(Stage):
         loss = ((model(batch["x"]) - batch["y"]) ** 2).mean()
         return StepOutput(loss=loss, metrics={"loss": float(loss.detach())}, tokens=int(batch["x"].numel()))
 
-    def model_config(self, model: nn.Module) -> dict[str, Any]:
+    def built_model_config(self, model: nn.Module) -> dict[str, Any]:
         return {"in": 8, "out": 1}
 
     def export(self, state_dict, out_dir, model_config) -> None:
