@@ -31,7 +31,7 @@ from neurolm.config import PreprocessConfig  # noqa: E402
 from neurolm.data import synthetic  # noqa: E402
 from neurolm.data.samples import fetch_sample  # noqa: E402
 from neurolm.preprocess import run_preprocess  # noqa: E402
-from neurolm.storage import storage_env  # noqa: E402
+from neurolm.runtime import init_local_ray, worker_env  # noqa: E402
 
 
 def _process_once(cfg: PreprocessConfig) -> None:
@@ -56,8 +56,8 @@ def measure(cfg: PreprocessConfig, workers: int, repeats: int) -> dict:
     """Best of ``repeats`` runs, each into a fresh output directory (other jobs share this machine's CPUs);
     ``workers == 0`` runs in this process without Ray."""
     if workers:
-        ray.init(address="local", num_cpus=workers, object_store_memory=int(5e8), include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": storage_env()})  # fmt: skip
+        init_local_ray(worker_env(), num_cpus=workers, include_dashboard=False, object_store_memory=int(5e8),
+                       log_to_driver=False)  # fmt: skip
         ray.get([_warm_up.remote(cfg) for _ in range(workers)])
     else:
         _process_once(cfg)

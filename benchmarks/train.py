@@ -91,14 +91,15 @@ def main() -> None:
     from neurolm.data.samples import fetch_sample
     from neurolm.data.text import prepare
     from neurolm.preprocess import run_preprocess
-    from neurolm.s3server import LocalS3Server
-    from neurolm.train.launch import ensure_ray, fit_stage
+    from neurolm.runtime import ensure_ray
+    from neurolm.runtime.s3server import LocalS3Server
+    from neurolm.train.launch import fit_stage
     from neurolm.train.stages import make_stage
 
     out: dict = {"machine": {"cpus": os.cpu_count()}, "stages": {}}
     with tempfile.TemporaryDirectory() as tmp, LocalS3Server(os.path.join(tmp, "s3")) as server:
         os.environ.update(server.env())
-        from neurolm.train.launch import init_local_ray, worker_env
+        from neurolm.runtime import init_local_ray, worker_env
 
         init_local_ray(worker_env(), log_to_driver=False)  # worker logs stay in Ray's files: stdout is the JSON
         ensure_ray(None)

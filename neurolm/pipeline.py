@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 from typing import Any
 
@@ -92,7 +91,7 @@ class PipelineConfig(Section):
 def _start_local_s3(cfg: PipelineConfig):
     if not cfg.local_s3.enabled or os.environ.get("AWS_ENDPOINT_URL") or not storage.is_s3(cfg.workdir):
         return None
-    from neurolm.s3server import LocalS3Server
+    from neurolm.runtime.s3server import LocalS3Server
 
     server = LocalS3Server(cfg.local_s3.dir, bucket=cfg.local_s3.bucket).start()
     os.environ.update(server.env())
@@ -121,7 +120,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """Run every step; returns the URIs of every artefact and each stage's final metrics."""
     from neurolm.data.text import prepare as prepare_text
     from neurolm.preprocess import run_preprocess
-    from neurolm.train.launch import ensure_ray, fit_stage
+    from neurolm.runtime import ensure_ray
+    from neurolm.train.launch import fit_stage
 
     t0 = time.perf_counter()
     server = _start_local_s3(cfg)
@@ -215,11 +215,6 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. workdir=s3://bucket/demo")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(PipelineConfig, args.config, args.overrides)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    result = run_pipeline(cfg)
+    result = run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
     print(json.dumps(result, indent=1, default=str))
     return 0

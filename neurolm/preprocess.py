@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any, Literal
 
 import ray
 
-from neurolm import storage
+from neurolm import runtime, storage
 from neurolm.config import CORPORA, ConfigError, PreprocessConfig, load_config
 from neurolm.data import preprocessing, shards
 from neurolm.data.readers.base import RecordingTask
@@ -76,29 +75,6 @@ def validate_config(cfg: PreprocessConfig) -> None:
         problems.append(f"output = {cfg.output!r}: {err}")
     if problems:
         raise ConfigError("invalid preprocess config:\n  " + "\n  ".join(problems))
-
-
-def _ensure_ray(cfg: PreprocessConfig) -> bool:
-    """Use a running Ray, or connect to ``ray_address``/``RAY_ADDRESS``, or start a local instance.
-
-    Returns True when this call started (and so must stop) Ray.
-    """
-    if ray.is_initialized():
-        return False
-    runtime_env = {"env_vars": storage.storage_env()}
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-    else:
-        ray.init(
-            address="local",
-            num_cpus=os.cpu_count() or 1,
-            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-            include_dashboard=False,
-            runtime_env=runtime_env,
-            log_to_driver=False,
-        )
-    return True
 
 
 @ray.remote(max_retries=1)
@@ -249,7 +225,10 @@ def run_preprocess(
     if todo and executor == "inline":
         fresh = _run_inline(todo, cfg)
     elif todo:
-        started = _ensure_ray(cfg)
+        # One task per recording: no dashboard needed, and worker logs stay out of the progress bar.
+        started = runtime.ensure_ray(
+            cfg.ray_address, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False
+        )
         try:
             fresh = _run_tasks(todo, cfg, progress)
         finally:
@@ -298,26 +277,14 @@ def build_config(argv: Sequence[str]) -> tuple[PreprocessConfig, argparse.Namesp
 
 def cli(argv: list[str] | None = None) -> int:
     """Entry point of ``neurolm preprocess``; returns 0 when the run completed (failed recordings are listed
-    in the manifest; with ``--strict`` they give 3), 1 on a storage or input error, 2 on a config error."""
-    try:
-        cfg, args = build_config(sys.argv[1:] if argv is None else argv)
-        validate_config(cfg)
-    except SystemExit as err:  # argparse: --help (0) or a usage error (2), already printed
-        return int(err.code or 0)
-    except ConfigError as err:
-        print(f"neurolm preprocess: {err}", file=sys.stderr)
-        return 2
-    try:
-        summary = run_preprocess(cfg, progress=not args.no_progress)
-    except (storage.StorageError, RecordingError) as err:
-        print(f"neurolm preprocess: {err}", file=sys.stderr)
-        return 1
+    in the manifest; with ``--strict`` they give 3). A storage or input error (1) and a config error (2) are
+    raised and mapped by :func:`neurolm.cli.run_command`."""
+    cfg, args = build_config(sys.argv[1:] if argv is None else argv)
+    validate_config(cfg)
+    summary = run_preprocess(cfg, progress=not args.no_progress)
     print(json.dumps(summary, indent=1))
     print(format_summary(summary), file=sys.stderr)
     if summary["failed"]:
         return 3 if args.strict else 0
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(cli())

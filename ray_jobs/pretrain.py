@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir, when not pip-installed
 
-from neurolm.train.launch import job_main  # noqa: E402
+from neurolm.cli import run_command  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(job_main("pretrain"))
+    sys.exit(run_command("train", ["pretrain", *sys.argv[1:]]))

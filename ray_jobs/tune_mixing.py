@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the job's working dir, when not pip-installed
 
-from neurolm.tune.mixing import cli  # noqa: E402
+from neurolm.cli import run_command  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_command("tune", sys.argv[1:]))

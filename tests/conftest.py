@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real S3 server on 127.0.0.1 with bucket ``neurolm``; its AWS_* variables are set for the session."""
-    from neurolm.s3server import LocalS3Server
+    from neurolm.runtime.s3server import LocalS3Server
 
     server = LocalS3Server(str(tmp_path_factory.mktemp("s3")), bucket="neurolm").start()
     saved = {k: os.environ.get(k) for k in server.env()}
@@ -52,7 +52,7 @@ def ray_cluster(s3_server: dict[str, str]) -> Iterator[None]:
     """
     import ray
 
-    from neurolm.train.launch import init_local_ray, worker_env
+    from neurolm.runtime import init_local_ray, worker_env
 
     init_local_ray({**worker_env(), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
                     "TRANSFORMERS_OFFLINE": "1"}, num_cpus=2)

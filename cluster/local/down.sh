@@ -62,9 +62,9 @@ fi
 # The head's address file: stale once the head is gone (in our private temp dir, see common.sh).
 rm -f "$HEAD_STATE" "$RAY_TEMP_DIR/ray_current_cluster"
 
-if "$PYTHON" -m neurolm.s3server status --dir "$S3_DIR" >/dev/null 2>&1; then
+if "$PYTHON" -m neurolm.runtime.s3server status --dir "$S3_DIR" >/dev/null 2>&1; then
     log "stopping the S3 server ($S3_DIR)"
 fi
-"$PYTHON" -m neurolm.s3server stop --dir "$S3_DIR"
+"$PYTHON" -m neurolm.runtime.s3server stop --dir "$S3_DIR"
 rm -f "$ENV_FILE"
 log "local cluster down"

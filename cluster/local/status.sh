@@ -10,4 +10,4 @@ load_env_file
 log "Ray head pid $head_pid, GCS $RAY_ADDRESS, dashboard $RAY_API_SERVER_ADDRESS, auth $RAY_AUTH_MODE"
 ray_cli status --address "$RAY_ADDRESS"
 ray_cli job list --address "$RAY_API_SERVER_ADDRESS"
-"$PYTHON" -m neurolm.s3server status --dir "$S3_DIR"
+"$PYTHON" -m neurolm.runtime.s3server status --dir "$S3_DIR"

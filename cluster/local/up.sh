@@ -69,9 +69,9 @@ write_env_file() {
 
 head_pid="$(state_get pid)"
 if alive "$head_pid"; then
-    "$PYTHON" -m neurolm.s3server status --dir "$S3_DIR" >/dev/null ||
+    "$PYTHON" -m neurolm.runtime.s3server status --dir "$S3_DIR" >/dev/null ||
         die "the Ray head is up but the S3 server is not: run cluster/local/down.sh, then up.sh"
-    s3_exports="$("$PYTHON" -m neurolm.s3server start --dir "$S3_DIR" --bucket "$S3_BUCKET")"
+    s3_exports="$("$PYTHON" -m neurolm.runtime.s3server start --dir "$S3_DIR" --bucket "$S3_BUCKET")"
     log "already running (head pid $head_pid); refreshed $ENV_FILE"
     write_env_file
     exit 0
@@ -82,7 +82,7 @@ if [[ -f "$HEAD_STATE" ]]; then
 fi
 
 # 1. S3 server: prints `export AWS_...=...` lines (endpoint, key, secret, region); reuses a running one.
-s3_exports="$("$PYTHON" -m neurolm.s3server start --dir "$S3_DIR" --bucket "$S3_BUCKET")" ||
+s3_exports="$("$PYTHON" -m neurolm.runtime.s3server start --dir "$S3_DIR" --bucket "$S3_BUCKET")" ||
     die "the S3 server did not start (see $S3_DIR/weed.log)"
 while IFS= read -r line; do
     if [[ "$line" == "export AWS_"*=* ]]; then

@@ -330,7 +330,7 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
     import ray.data
 
     from neurolm.data.bpe import load_gpt2_tokenizer
-    from neurolm.train.launch import read_shards
+    from neurolm.runtime import read_shards
 
     bpe = load_gpt2_tokenizer()
     streams = []
@@ -603,7 +603,7 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
         (per ``<split>/<task>``: ``n``, ``parse_failures``), ``rows``, ``scoring_seconds`` and ``rows_per_s`` (the
         Ray Data pipeline, actor start-up included), ``wall_s``.
     """
-    from neurolm.train.launch import ensure_ray
+    from neurolm.runtime import ensure_ray
 
     t0 = time.perf_counter()
     _check_config(cfg)
@@ -674,7 +674,8 @@ def evaluation_config(**fields: Any) -> EvaluateJobConfig:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``neurolm eval [--config YAML] [key=value ...]``; prints the summary JSON, exit 2 on a bad config."""
+    """``neurolm eval [--config YAML] [key=value ...]``; prints the summary JSON (errors: see
+    :func:`neurolm.cli.run_command`)."""
     parser = argparse.ArgumentParser(
         prog="neurolm eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -684,14 +685,6 @@ def cli(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(EvaluateJobConfig, args.config, args.overrides)
-        result = evaluate_checkpoint(cfg)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    except (storage.StorageError, ValueError) as err:  # unreachable storage, empty shards, bad checkpoint
-        print(f"neurolm eval: {err}", file=sys.stderr)
-        return 1
+    result = evaluate_checkpoint(load_config(EvaluateJobConfig, args.config, args.overrides))
     print(json.dumps(_strict_json(result), indent=1, default=str))
     return 0

@@ -3,7 +3,7 @@
 Layout of one checkpoint directory (Ray merges every rank's files into it)::
 
     ds/latest, ds/<tag>/mp_rank_00_model_states.pt, ds/<tag>/*zero_pp_rank_<r>_*optim_states.pt
-    state.json      step, epoch, position in the epoch, samples/tokens seen, config and its hash
+    state.json      step, epoch, position in the epoch, samples/tokens seen, config and its hash, model config
     rank_<r>.json   each rank's own data position (proves every rank's files arrived)
 
 A checkpoint is usable only when ``state.json`` and one ``rank_<r>.json`` per rank are present: Ray registers a
@@ -49,6 +49,7 @@ class TrainState:
     resumes: int = 0  # how many times this run was resumed from a checkpoint (restarts and reruns)
     config_hash: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    model_config: dict[str, Any] = field(default_factory=dict)  # the built model's config: what exports rebuild
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)

@@ -7,13 +7,16 @@ is validated before this runs; storage is checked before Ray resources are reque
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
-import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from neurolm import storage
 from neurolm.config import (
@@ -24,6 +27,9 @@ from neurolm.config import (
     TokenizerJobConfig,
     load_config,
 )
+from neurolm.runtime import ensure_ray, read_shards
+from neurolm.train.checkpoint import CheckpointError
+from neurolm.train.stage import Stage, WorkerContext
 
 log = logging.getLogger("neurolm.train")
 
@@ -32,9 +38,6 @@ STAGE_CONFIGS: dict[str, type[StageConfig]] = {
     "pretrain": PretrainJobConfig,
     "instruct": InstructJobConfig,
 }
-
-WORKER_ENV = ("DS_ACCELERATOR", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-
 
 @dataclass
 class StageResult:
@@ -46,87 +49,62 @@ class StageResult:
     metrics: dict[str, Any]
 
 
-def worker_env() -> dict[str, str]:
-    """Environment forwarded to Ray workers: S3 settings plus the offline/accelerator switches."""
-    env = storage.storage_env()
-    env.update({k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)})
-    return env
+def ray_worker_context(cfg: StageConfig, dataset_names: list[str]) -> WorkerContext:
+    """The :class:`WorkerContext` of a Ray Train worker: its rank, device and dtype, its dataset shards, a
+    ``torch.distributed`` all-reduce, and reports and checkpoints through ``ray.train``."""
+    import ray.train
 
+    from neurolm.train.engine import resolve_precision
+    from neurolm.train.metrics import all_reduce_sum
 
-def ensure_ray(address: str | None) -> None:
-    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local instance sized for this machine."""
-    import ray
+    ray_ctx = ray.train.get_context()
+    use_gpu = cfg.scaling.use_gpu
+    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
+    dtype = torch.bfloat16 if resolve_precision(cfg.deepspeed, use_gpu) == "bf16" else torch.float32
 
-    if ray.is_initialized():
-        return
-    runtime_env = {"env_vars": worker_env()}
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, runtime_env=runtime_env)
-    else:
-        init_local_ray(runtime_env["env_vars"])
+    def report(metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None) -> None:
+        if checkpoint_dir is None:
+            ray.train.report(metrics)
+        else:
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir), checkpoint_dir_name=name
+            )
 
+    @contextlib.contextmanager
+    def restore() -> Iterator[str | None]:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield directory
 
-def init_local_ray(env_vars: dict[str, str], num_cpus: int | None = None, **kwargs: Any) -> None:
-    """A fresh local Ray instance (immune to a stale ``ray_current_cluster`` file) with the dashboard on.
-
-    Train V2's placement-group cleaner asks the state API for its controller; with several Ray instances on
-    one machine its address auto-detection fails ("Found multiple active Ray instances") and finished runs
-    leak their placement groups. Pinning the dashboard port and handing its URL to every worker avoids that.
-    """
-    import ray
-
-    from neurolm.s3server import free_ports
-
-    port = free_ports(1)[0]
-    env = {**env_vars, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
-    ray.init(address="local", num_cpus=num_cpus, object_store_memory=int(1e9), include_dashboard=True,
-             dashboard_host="127.0.0.1", dashboard_port=port, runtime_env={"env_vars": env}, **kwargs)
-
-
-def _uris(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
-
-
-def read_shards(uris: list[str]):
-    """A streaming Ray Dataset over Parquet shards in one or more directories (local or s3://)."""
-    import ray.data
-
-    fs, _ = storage.resolve(uris[0])
-    paths = []
-    for uri in uris:
-        files = storage.list_files(uri, suffix=".parquet")
-        if not files:
-            raise storage.StorageError(f"{uri}: no .parquet shards found")
-        paths += [storage.resolve(f)[1] for f in files]
-    return ray.data.read_parquet(paths, filesystem=fs, shuffle=None)
+    return WorkerContext(
+        device=device,
+        dtype=dtype,
+        rank=ray_ctx.get_world_rank(),
+        world_size=ray_ctx.get_world_size(),
+        shards={name: ray.train.get_dataset_shard(name) for name in dataset_names},
+        all_reduce=functools.partial(all_reduce_sum, device=device),
+        report=report,
+        restore=restore,
+    )
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's worker entry point: rebuild the config and the stage, then run the shared loop."""
-    from neurolm.train.loop import run_worker_loop
+    """Ray Train's worker entry point: rebuild the config and the stage, then run the shared trainer."""
+    from neurolm.train.loop import Trainer
     from neurolm.train.stages import make_stage
 
     cfg = STAGE_CONFIGS[config["stage"]].model_validate(config["cfg"])
-    run_worker_loop(make_stage(cfg), cfg, steps_per_epoch=config["steps_per_epoch"], info=config.get("info"))
+    ctx = ray_worker_context(cfg, config["datasets"])
+    Trainer(make_stage(cfg), cfg, ctx, steps_per_epoch=config["steps_per_epoch"], info=config.get("info")).fit()
 
 
-def build_datasets(cfg: StageConfig, stage) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stage's datasets (mapped into its token layout) and facts for the workers (``rows``: train size).
-
-    Rows are counted from Parquet metadata before any mapping, so counting reads no signal.
-    """
-    if hasattr(stage, "datasets"):
-        datasets, info = stage.datasets(read_shards)
-    else:
-        transform = stage.batch_transform()
-        raw = read_shards(_uris(cfg.data.train))
-        info = {"rows": raw.count()}
-        datasets = {"train": raw.map_batches(transform, batch_format="numpy")}
-        if cfg.data.val:
-            datasets["val"] = read_shards(_uris(cfg.data.val)).map_batches(transform, batch_format="numpy")
+def build_datasets(cfg: StageConfig, stage: Stage) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stage's datasets (mapped into its token layout), the text windows for the LM loss, and facts for
+    the workers (``rows``: train size)."""
+    datasets, info = stage.datasets(read_shards)
     if cfg.data.text and cfg.data.text_batch_size > 0:
         from neurolm.data.text import text_windows
 
@@ -181,7 +159,7 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
     trainer = TorchTrainer(
         train_fn_per_worker,
         train_loop_config={"stage": cfg.stage, "cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
-                           "info": info},
+                           "info": info, "datasets": sorted(datasets)},
         scaling_config=ScalingConfig(
             num_workers=world,
             use_gpu=cfg.scaling.use_gpu,
@@ -221,13 +199,20 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
     return StageResult(run_dir=run_dir, checkpoint=ckpt_uri, export_dir=export_dir, metrics=metrics)
 
 
-def export_checkpoint(stage, checkpoint, export_uri: str) -> None:
-    """Consolidate a (possibly ZeRO-partitioned) checkpoint into safetensors + config at ``export_uri``."""
-    from neurolm.train.checkpoint import consolidated_state_dict
+def export_checkpoint(stage: Stage, checkpoint: Any, export_uri: str) -> None:
+    """Consolidate a (possibly ZeRO-partitioned) checkpoint into safetensors + config at ``export_uri``.
+
+    The model config is the one the ranks built and saved in the checkpoint's ``state.json``: the driver
+    loads no tokenizer, GPT-2 or earlier export to learn it."""
+    from neurolm.train.checkpoint import consolidated_state_dict, validate_checkpoint_dir
 
     with checkpoint.as_directory() as d:
+        model_config = validate_checkpoint_dir(d).model_config
+        if not model_config:
+            raise CheckpointError(f"{checkpoint.path}: state.json holds no model_config (written before exports "
+                                  "read it); export it with this version by resuming the run for one step")
         state_dict = consolidated_state_dict(d)
-    stage.export(state_dict, export_uri)
+    stage.export(state_dict, export_uri, model_config)
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -249,18 +234,11 @@ def job_main(stage: str, argv: list[str] | None = None) -> int:
 
 
 def run_stage_main(stage: str, config: str, overrides: list[str]) -> int:
-    """Shared body of ``ray_jobs/<stage>.py`` and ``neurolm train``: validate, fit, print the result."""
+    """Shared body of ``ray_jobs/<stage>.py`` and ``neurolm train``: validate, fit, print the result (config
+    errors propagate to :func:`neurolm.cli.run_command`, which prints them in one line)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(STAGE_CONFIGS[stage], config, overrides)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    try:
-        result = fit_stage(cfg)
-    except ConfigError as err:  # a bad input found before Ray started: one line, exit 2
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config(STAGE_CONFIGS[stage], config, overrides)
+    result = fit_stage(cfg)
     print(json.dumps({"run_dir": result.run_dir, "checkpoint": result.checkpoint, "export_dir": result.export_dir,
                       "metrics": result.metrics}, indent=1, default=float))
     return 0

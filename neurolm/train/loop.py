@@ -1,17 +1,20 @@
-"""The worker loop every stage shares: ``train_fn_per_worker`` runs inside each Ray Train worker.
+"""The trainer every stage shares: :class:`Trainer` runs inside each worker, the same on every rank.
 
-Data: each worker streams its share of the training shards with ``get_dataset_shard("train")`` (Ray's
-``streaming_split``; with ``preserve_order`` the split is deterministic, which is what makes resume exact).
-Engine: DeepSpeed, built by :mod:`neurolm.train.engine`. Checkpoints: every rank saves and reports
-(:mod:`neurolm.train.checkpoint`); a rerun with the same run name resumes from ``ray.train.get_checkpoint()``,
-skipping the micro-batches of the interrupted epoch that were already consumed.
+It talks to no cluster: the worker entry point (:func:`neurolm.train.launch.train_fn_per_worker`) hands it a
+:class:`~neurolm.train.stage.WorkerContext` with this worker's dataset shards (Ray's ``streaming_split``; with
+``preserve_order`` the split is deterministic, which is what makes resume exact), an all-reduce, a report
+function and the checkpoint to resume from. Engine: DeepSpeed, built by :mod:`neurolm.train.engine`.
+Checkpoints: every rank saves and reports (:mod:`neurolm.train.checkpoint`); a resumed run skips the
+micro-batches of the interrupted epoch that were already consumed.
+
+After every optimizer step :meth:`Trainer._after_step` alone decides whether to flush metrics, validate,
+checkpoint or stop, and :meth:`Trainer._flush` alone turns the accumulated micro-steps into reported metrics.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import tempfile
 import time
@@ -23,11 +26,11 @@ import torch
 
 from neurolm import storage
 from neurolm.config import StageConfig, config_hash
-from neurolm.models.precision import precision_dtype
+from neurolm.runtime import wandb_mode
 from neurolm.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from neurolm.train.engine import build_engine
-from neurolm.train.metrics import MetricAccumulator, all_reduce_sum, peak_flops_per_device
-from neurolm.train.stage import Stage
+from neurolm.train.metrics import MetricAccumulator, peak_flops_per_device
+from neurolm.train.stage import Stage, WorkerContext
 
 log = logging.getLogger("neurolm.train")
 
@@ -62,16 +65,14 @@ class MetricsHistory:
 class ResumableTextStream:
     """Cycles over this worker's text shard forever; can fast-forward to a consumed count after a resume."""
 
-    def __init__(self, shard, batch_size: int, consumed: int, seed: int) -> None:
-        self.shard, self.batch_size, self.seed = shard, batch_size, seed
+    def __init__(self, shard: Any, batch_size: int, consumed: int) -> None:
+        self.shard, self.batch_size = shard, batch_size
         self.consumed = 0
-        self._passes = 0
         self._it: Iterator[dict[str, torch.Tensor]] = self._new_pass()
         while self.consumed < consumed:
             self.next()
 
     def _new_pass(self) -> Iterator[dict[str, torch.Tensor]]:
-        self._passes += 1
         return iter(self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True))
 
     def next(self) -> torch.Tensor:
@@ -85,224 +86,251 @@ class ResumableTextStream:
         raise RuntimeError("the text shard of this worker holds fewer rows than one text batch")
 
 
-def _to_device(batch: dict[str, Any], device: torch.device, float_dtype: torch.dtype) -> dict[str, Any]:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if v.is_floating_point():
-                v = v.to(float_dtype)
-        out[k] = v
-    return out
+class Trainer:
+    """One stage's training on this worker. Every rank builds one with the same arguments and calls :meth:`fit`."""
 
-
-def evaluate(
-    engine, stage: Stage, shard, cfg: StageConfig, device: torch.device, dtype: torch.dtype
-) -> dict[str, float]:
-    """Validation over this worker's val shard, summed over ranks: returns ``val/<metric>`` means."""
-    sums: dict[str, float] = {}
-    n = 0
-    with torch.no_grad():
-        for i, batch in enumerate(shard.iter_torch_batches(batch_size=cfg.train.micro_batch_size, drop_last=True)):
-            if cfg.train.eval_batches is not None and i >= cfg.train.eval_batches:
-                break
-            for k, v in stage.eval_step(engine.module, _to_device(batch, device, dtype)).items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-    keys = sorted(sums)
-    totals = all_reduce_sum([sums[k] for k in keys] + [float(n)], device)
-    count = max(totals[-1], 1.0)
-    return {f"val/{k}": v / count for k, v in zip(keys, totals[:-1], strict=True)}
-
-
-def run_worker_loop(stage: Stage, cfg: StageConfig, steps_per_epoch: int, info: dict[str, Any] | None = None) -> None:
-    """Train one stage on this worker. Called by every rank with the same arguments."""
-    import ray.train
-    from ray.train import Checkpoint
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(asctime)s %(message)s")
-    use_gpu = cfg.scaling.use_gpu
-    device = torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
-    if not use_gpu:
-        # Two workers share this machine's cores; oversubscribed intra-op threads only slow both down.
-        torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)) if cfg.scaling.cpus_per_worker >= 1 else 1)
-    seed_everything(derived_seed(cfg.train.seed, rank))
-
-    total_steps = steps_per_epoch * cfg.train.epochs
-    if cfg.train.max_steps is not None:
-        total_steps = min(total_steps, cfg.train.max_steps)
-    model = stage.build_model()
-    engine = build_engine(
-        model, cfg.deepspeed, cfg.optim, cfg.train, use_gpu, total_steps=total_steps, steps_per_epoch=steps_per_epoch
-    )
-    if hasattr(stage, "after_engine"):
-        stage.after_engine(engine)
-    dtype = precision_dtype(cfg.deepspeed.precision, use_gpu)
-
-    state = TrainState(world_size=world, config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"))
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = load_checkpoint(engine, d, world)
-        state.resumes += 1
-        log.info("resumed from step %d (epoch %d, micro-batch %d)", state.step, state.epoch, state.micro_in_epoch)
-        if state.config_hash != config_hash(cfg):
-            log.warning("resuming a run whose config changed (hash %s -> %s)", state.config_hash, config_hash(cfg))
-            state.config_hash, state.config = config_hash(cfg), cfg.model_dump(mode="json")
-
-    info = info or {}
-    train_shard = None if hasattr(stage, "train_stream") else ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val") if getattr(cfg.data, "val", None) else None
-    text = None
-    if cfg.data.text and cfg.data.text_batch_size > 0:
-        text = ResumableTextStream(
-            ray.train.get_dataset_shard("text"), cfg.data.text_batch_size, state.text_batches, cfg.train.seed
+    def __init__(
+        self,
+        stage: Stage,
+        cfg: StageConfig,
+        ctx: WorkerContext,
+        steps_per_epoch: int,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        self.stage, self.cfg, self.ctx = stage, cfg, ctx
+        logging.basicConfig(
+            level=logging.INFO if ctx.rank == 0 else logging.WARNING, format="%(asctime)s %(message)s"
         )
+        if ctx.device.type == "cpu":
+            # Workers share this machine's cores; oversubscribed intra-op threads only slow them all down.
+            torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+        seed_everything(derived_seed(cfg.train.seed, ctx.rank))
 
-    run = _init_wandb(cfg, rank)
-    # Every rank measures; the mean keeps MFU consistent across ranks (a CPU measurement is noisy).
-    peak = all_reduce_sum([peak_flops_per_device(device)], device)[0] / world
-    flops_per_token = stage.flops_per_token(model)
-    acc = MetricAccumulator()
-    accum = cfg.train.grad_accum_steps
+        t = cfg.train
+        self.accum = t.grad_accum_steps
+        # Equal on every rank: the split is equal and drops the last partial batch.
+        self.micro_per_epoch = steps_per_epoch * self.accum
+        self.total_steps = (
+            steps_per_epoch * t.epochs
+            if t.max_steps is None
+            else min(steps_per_epoch * t.epochs, t.max_steps)
+        )
+        self.model = stage.build_model()
+        self.engine = build_engine(
+            self.model,
+            cfg.deepspeed,
+            cfg.optim,
+            t,
+            cfg.scaling.use_gpu,
+            total_steps=self.total_steps,
+            steps_per_epoch=steps_per_epoch,
+        )
+        stage.after_engine(self.engine)
+        self.state = self._restore()
 
-    history = MetricsHistory(storage.join(cfg.run.storage_path, cfg.run.name, "metrics.jsonl"), state.step) \
-        if rank == 0 else None
-
-    def report(metrics: dict[str, float], with_checkpoint: bool) -> None:
-        metrics = {**metrics, "step": state.step, "epoch": state.epoch}
-        if run is not None:
-            run.log(metrics, step=state.step)
-        if history is not None:
-            history.append(metrics)
-        if not with_checkpoint:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(engine, tmp, state, rank)
-            ray.train.report(
-                metrics, checkpoint=Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step_{state.step:07d}"
+        self.text = None
+        if cfg.data.text and cfg.data.text_batch_size > 0:
+            self.text = ResumableTextStream(
+                ctx.shard("text"), cfg.data.text_batch_size, self.state.text_batches
             )
+        position = (self.state.epoch * self.micro_per_epoch + self.state.micro_in_epoch) * t.micro_batch_size
+        self.stream = stage.train_stream(ctx, info or {}, position, derived_seed(t.seed))
 
-    micro_per_epoch = steps_per_epoch * accum  # equal on every rank: the split is equal, drop_last
-    mixed = None
-    if hasattr(stage, "train_stream"):  # stage 3: a task mixture over several datasets
-        position = (state.epoch * micro_per_epoch + state.micro_in_epoch) * cfg.train.micro_batch_size
-        mixed = stage.train_stream(info, position, rank, derived_seed(cfg.train.seed))
+        self.run = init_wandb(cfg, ctx.rank)
+        # Every rank measures; the mean keeps MFU consistent across ranks (a CPU measurement is noisy).
+        self.peak = ctx.all_reduce([peak_flops_per_device(ctx.device)])[0] / ctx.world_size
+        self.flops_per_token = stage.flops_per_token(self.model)
+        self.acc = MetricAccumulator()
+        self.history = None
+        if ctx.rank == 0:
+            uri = storage.join(cfg.run.storage_path, cfg.run.name, "metrics.jsonl")
+            self.history = MetricsHistory(uri, self.state.step)
+        self._last_flush = time.perf_counter()
 
-    def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-        if mixed is not None:
-            while True:
-                yield mixed.next()
+    # -- state -------------------------------------------------------------------------------------------
+    def _restore(self) -> TrainState:
+        cfg, world = self.cfg, self.ctx.world_size
+        state = TrainState(world_size=world, config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"))
+        with self.ctx.restore() as directory:
+            if directory is not None:
+                state = load_checkpoint(self.engine, directory, world)
+                state.resumes += 1
+                log.info(
+                    "resumed from step %d (epoch %d, micro-batch %d)",
+                    state.step,
+                    state.epoch,
+                    state.micro_in_epoch,
+                )
+                if state.config_hash != config_hash(cfg):
+                    log.warning(
+                        "resuming a run whose config changed (hash %s -> %s)",
+                        state.config_hash,
+                        config_hash(cfg),
+                    )
+                    state.config_hash, state.config = config_hash(cfg), cfg.model_dump(mode="json")
+        # What the export rebuilds the model from: the config of the model actually built here.
+        state.model_config = self.stage.built_model_config(self.model)
+        return state
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        """Train until the schedule's end (or ``train.stop_after_steps``); returns the final counters."""
+        state, epochs = self.state, self.cfg.train.epochs
+        done = state.step >= self.total_steps
+        self._last_flush = time.perf_counter()
+        while not done and state.epoch < epochs:
+            batches = self._epoch_batches(state.epoch)
+            while state.micro_in_epoch < self.micro_per_epoch:
+                t0 = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                self._micro_step(batch, t0)
+                if state.micro_in_epoch % self.accum:
+                    continue
+                state.step += 1
+                if self._after_step():
+                    done = True
+                    break
+            if not done:
+                self._end_of_epoch()
+        if self.run is not None:
+            self.run.finish()
+        return state
+
+    def _epoch_batches(self, epoch: int) -> Iterator[dict[str, Any]]:
+        if self.stream is not None:
+            return self.stream
+        cfg, rank = self.cfg, self.ctx.rank
+        shuffle = cfg.data.local_shuffle_buffer
         it = iter(
-            train_shard.iter_torch_batches(
+            self.ctx.shard("train").iter_torch_batches(
                 batch_size=cfg.train.micro_batch_size,
                 drop_last=True,
-                local_shuffle_buffer_size=cfg.data.local_shuffle_buffer or None,
-                local_shuffle_seed=derived_seed(cfg.train.seed, epoch, rank) if cfg.data.local_shuffle_buffer else None,
+                local_shuffle_buffer_size=shuffle or None,
+                local_shuffle_seed=derived_seed(cfg.train.seed, epoch, rank) if shuffle else None,
                 prefetch_batches=cfg.data.prefetch_batches,
             )
         )
-        for _ in range(state.micro_in_epoch):  # fast-forward to where the checkpoint was taken
+        for _ in range(self.state.micro_in_epoch):  # fast-forward to where the checkpoint was taken
             next(it)
-        yield from it
+        return it
 
-    def validate() -> dict[str, float]:
-        engine.eval()
-        try:
-            if hasattr(stage, "evaluate"):
-                with torch.no_grad():
-                    return stage.evaluate(engine.module, device, dtype)
-            if val_shard is not None:
-                return evaluate(engine, stage, val_shard, cfg, device, dtype)
-            return {}
-        finally:
-            engine.train()
+    def _micro_step(self, batch: dict[str, Any], t0: float) -> None:
+        state, ctx, seed = self.state, self.ctx, self.cfg.train.seed
+        text_tokens = self.text.next().to(ctx.device) if self.text is not None else None
+        t1 = time.perf_counter()
+        # The step's randomness is a function of (seed, step, micro-step, rank): resume replays it exactly.
+        torch.manual_seed(derived_seed(seed, state.step, state.micro_in_epoch, ctx.rank))
+        out = self.stage.train_step(
+            self.engine, ctx.to_device(batch), text_tokens, progress=state.step / max(self.total_steps, 1)
+        )
+        self.engine.backward(out.loss)
+        self.engine.step()
+        state.micro_in_epoch += 1
+        state.text_batches = self.text.consumed if self.text is not None else 0
+        self.acc.add(
+            out.metrics,
+            tokens=out.tokens,
+            samples=self.cfg.train.micro_batch_size,
+            data_s=t1 - t0,
+            step_s=time.perf_counter() - t0,
+        )
 
-    done = state.step >= total_steps
-    while not done and state.epoch < cfg.train.epochs:
-        batches = epoch_batches(state.epoch)
-        last_report = time.perf_counter()
-        while state.micro_in_epoch < micro_per_epoch:
-            t0 = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
-            text_tokens = text.next().to(device) if text is not None else None
-            t1 = time.perf_counter()
-            # The step's randomness is a function of (seed, step, micro-step, rank): resume replays it exactly.
-            torch.manual_seed(derived_seed(cfg.train.seed, state.step, state.micro_in_epoch, rank))
-            out = stage.train_step(
-                engine, _to_device(batch, device, dtype), text_tokens, progress=state.step / max(total_steps, 1)
+    # -- decisions and reports ---------------------------------------------------------------------------
+    def _after_step(self) -> bool:
+        """After an optimizer step: flush, validate, checkpoint as the schedule says. True ends this invocation.
+
+        A checkpoint or validation step is always also a metrics step, so each step is reported at most once.
+        """
+        t, step = self.cfg.train, self.state.step
+        last = step >= self.total_steps
+        stop = not last and t.stop_after_steps is not None and step >= t.stop_after_steps
+        checkpoint = last or stop or (t.checkpoint_every is not None and step % t.checkpoint_every == 0)
+        validate = last or (t.eval_every is not None and step % t.eval_every == 0)
+        if checkpoint or validate or step % t.log_every == 0:
+            self._publish(
+                self._flush(),
+                validate=validate,
+                checkpoint=checkpoint,
+                what=f"step {step}/{self.total_steps}",
             )
-            engine.backward(out.loss)
-            engine.step()
-            state.micro_in_epoch += 1
-            state.text_batches = text.consumed if text is not None else 0
-            acc.add(out.metrics, tokens=out.tokens, samples=cfg.train.micro_batch_size,
-                    data_s=t1 - t0, step_s=time.perf_counter() - t0)
-            if state.micro_in_epoch % accum:
-                continue
-            state.step += 1
-            if state.step % cfg.train.log_every == 0 or state.step == total_steps:
-                metrics = acc.summary(world, flops_per_token, peak, time.perf_counter() - last_report, device, accum)
-                state.samples += int(metrics.pop("_samples"))
-                state.tokens += int(metrics.pop("_tokens"))
-                metrics["train/lr"] = engine.get_lr()[0]
-                eval_now = cfg.train.eval_every is not None and state.step % cfg.train.eval_every == 0
-                if eval_now or state.step == total_steps:
-                    metrics.update(validate())
-                ckpt_now = cfg.train.checkpoint_every is not None and state.step % cfg.train.checkpoint_every == 0
-                if rank == 0:
-                    log.info("step %d/%d %s", state.step, total_steps, _fmt(metrics))
-                report(metrics, with_checkpoint=ckpt_now or state.step == total_steps)
-                last_report = time.perf_counter()
-            if state.step >= total_steps:
-                done = True
-                break
-            if cfg.train.stop_after_steps is not None and state.step >= cfg.train.stop_after_steps:
-                if state.step % cfg.train.log_every:  # make sure this step is checkpointed
-                    report(acc.summary(world, flops_per_token, peak, 1.0, device, accum), with_checkpoint=True)
-                elif not ckpt_now and state.step != total_steps:
-                    report({}, with_checkpoint=True)
-                log.info("stopping after step %d as configured (train.stop_after_steps)", state.step)
-                done = True
-                break
-        if done:
-            break
-        state.epoch += 1
-        state.micro_in_epoch = 0
-        epoch_metrics = acc.summary(world, flops_per_token, peak, time.perf_counter() - last_report, device, accum)
-        state.samples += int(epoch_metrics.pop("_samples"))
-        state.tokens += int(epoch_metrics.pop("_tokens"))
-        epoch_metrics.update(validate())
+        if stop:
+            log.info("stopping after step %d as configured (train.stop_after_steps)", step)
+        return last or stop
+
+    def _end_of_epoch(self) -> None:
+        self.state.epoch += 1
+        self.state.micro_in_epoch = 0
+        self._publish(
+            self._flush(),
+            validate=True,
+            checkpoint=self.cfg.train.checkpoint_every is None,
+            what=f"epoch {self.state.epoch} done:",
+        )
+
+    def _flush(self) -> dict[str, float]:
+        """The one place accumulated micro-steps become metrics: means over ranks, ``perf/*`` over the real wall
+        time since the last flush, and the run's sample and token counters advanced."""
+        now = time.perf_counter()
+        ctx = self.ctx
+        metrics = self.acc.summary(
+            ctx.world_size, self.flops_per_token, self.peak, now - self._last_flush, ctx.device, self.accum
+        )
+        self._last_flush = now
+        self.state.samples += int(metrics.pop("_samples"))
+        self.state.tokens += int(metrics.pop("_tokens"))
+        metrics["train/lr"] = self.engine.get_lr()[0]
+        return metrics
+
+    def _validate(self) -> dict[str, float]:
+        self.engine.eval()
+        try:
+            with torch.no_grad():
+                return self.stage.evaluate(self.engine.module, self.ctx)
+        finally:
+            self.engine.train()
+
+    def _publish(self, metrics: dict[str, float], validate: bool, checkpoint: bool, what: str) -> None:
+        """Validation (every rank), then one report with or without this rank's checkpoint files."""
+        if validate:
+            metrics.update(self._validate())
+        metrics = {**metrics, "step": self.state.step, "epoch": self.state.epoch}
+        rank = self.ctx.rank
         if rank == 0:
-            log.info("epoch %d done: %s", state.epoch, _fmt(epoch_metrics))
-        report(epoch_metrics, with_checkpoint=cfg.train.checkpoint_every is None)
-    if run is not None:
-        run.finish()
+            log.info("%s %s", what, _fmt(metrics))
+        if self.run is not None:
+            self.run.log(metrics, step=self.state.step)
+        if self.history is not None:
+            self.history.append(metrics)
+        if checkpoint:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(self.engine, tmp, self.state, rank)
+                self.ctx.report(metrics, tmp, f"step_{self.state.step:07d}")
+        else:
+            self.ctx.report(metrics)
+        self._last_flush = time.perf_counter()  # throughput excludes validation and checkpointing
 
 
 def _fmt(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if isinstance(v, float | int))
 
 
-def _init_wandb(cfg: StageConfig, rank: int):
-    """Rank 0 logs to Weights & Biases: online with an API key, else offline (sync later with `wandb sync`)."""
+def init_wandb(cfg: StageConfig, rank: int):
+    """Rank 0 logs to Weights & Biases in :func:`neurolm.runtime.wandb_mode` (offline without an API key)."""
     if not cfg.run.wandb or rank != 0:
         return None
+    import os
+
     import wandb
 
-    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     return wandb.init(
         project=cfg.run.wandb_project,
         name=cfg.run.name,
         id=cfg.run.name.replace("/", "-"),
         resume="allow",
         config=cfg.model_dump(mode="json"),
-        mode=mode,
+        mode=wandb_mode(),
         dir=os.environ.get("WANDB_DIR", tempfile.gettempdir()),
     )

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -134,8 +133,9 @@ def _callbacks(cfg: TuneJobConfig) -> list[Any]:
     if cfg.wandb:
         from ray.air.integrations.wandb import WandbLoggerCallback
 
-        mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        callbacks.append(WandbLoggerCallback(project=cfg.wandb_project, group=cfg.name, mode=mode))
+        from neurolm.runtime import wandb_mode
+
+        callbacks.append(WandbLoggerCallback(project=cfg.wandb_project, group=cfg.name, mode=wandb_mode()))
     return callbacks
 
 
@@ -218,7 +218,7 @@ def run_mixing_search(cfg: TuneJobConfig) -> dict[str, Any]:
     from ray.tune.search.optuna import OptunaSearch
 
     from neurolm.eval.report import plot_trials
-    from neurolm.train.launch import ensure_ray
+    from neurolm.runtime import ensure_ray
 
     start = time.perf_counter()
     base = validate_search(cfg)
@@ -353,12 +353,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. num_samples=16 objective=worst")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = load_config(TuneJobConfig, args.config, args.overrides)
-        validate_search(cfg)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
+    cfg = load_config(TuneJobConfig, args.config, args.overrides)
+    validate_search(cfg)
     summary = run_mixing_search(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "trials"}, indent=1, default=str))
     return 0

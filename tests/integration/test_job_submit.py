@@ -67,7 +67,7 @@ def test_pipeline_submitted_to_a_local_head_leaves_exports_and_metrics_on_s3(tmp
 
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"):
         monkeypatch.setenv(key, cluster[key])
-    server = subprocess.run([env["PYTHON"], "-m", "neurolm.s3server", "start", "--dir", env["NEUROLM_S3_DIR"]],
+    server = subprocess.run([env["PYTHON"], "-m", "neurolm.runtime.s3server", "start", "--dir", env["NEUROLM_S3_DIR"]],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     try:
         assert server.returncode == 0, server.stderr
@@ -84,6 +84,6 @@ def test_pipeline_submitted_to_a_local_head_leaves_exports_and_metrics_on_s3(tmp
         summary = json.loads(storage.read_text("s3://neurolm/submitted/pipeline.json"))
         assert set(summary["stages"]) == {"tokenizer", "pretrain", "instruct"}
     finally:
-        subprocess.run([env["PYTHON"], "-m", "neurolm.s3server", "stop", "--dir", env["NEUROLM_S3_DIR"]],
+        subprocess.run([env["PYTHON"], "-m", "neurolm.runtime.s3server", "stop", "--dir", env["NEUROLM_S3_DIR"]],
                        cwd=REPO, env=env, timeout=60)
 

@@ -57,8 +57,11 @@ def test_stopped_run_resumes_at_next_step_and_matches_uninterrupted(eeg_shards, 
     resumed_cfg = _tokenizer_cfg(eeg_shards, text_shards, s3_uri, "resume-split", *common)
     second = fit_stage(resumed_cfg)
 
-    # The first run ended with a checkpoint at step 3; the rerun's first step was 4.
-    assert [row["step"] for row in _history(resumed_cfg)] == [1, 2, 3, 3, 4, 5, 6]
+    # The first run ended with a checkpoint at step 3 (reported once, with its metrics); the rerun's first step
+    # was 4.
+    history = _history(resumed_cfg)
+    assert [row["step"] for row in history] == [1, 2, 3, 4, 5, 6]
+    assert "train/loss" in history[2] and "train/lr" in history[2]
     state = _state(second.checkpoint)
     assert (state.step, state.resumes) == (6, 1)
 

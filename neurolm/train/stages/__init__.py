@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from neurolm.config import InstructJobConfig, PretrainJobConfig, StageConfig, TokenizerJobConfig
+from neurolm.train.stage import Stage
 
 
-def make_stage(cfg: StageConfig):
+def make_stage(cfg: StageConfig) -> Stage:
     """The stage object for a validated stage config (builds and checks the model config, loads nothing)."""
     if isinstance(cfg, TokenizerJobConfig):
         from neurolm.train.stages.tokenizer import TokenizerStage

@@ -24,8 +24,8 @@ from neurolm.data.layout import instruction_layout
 from neurolm.data.mixture import TaskSchedule, mixture_weights
 from neurolm.data.shards import count_rows
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
-from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
-from neurolm.train.stage import StepOutput
+from neurolm.train.metrics import neurolm_flops_per_token
+from neurolm.train.stage import Stage, StepOutput, WorkerContext
 from neurolm.vocab import EOT_ID
 
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
@@ -101,12 +101,19 @@ class MixedTaskStream:
         parts = self.streams[task].take(self.batch_size)
         return {k: torch.as_tensor(np.concatenate([p[k] for p in parts])) for k in parts[0]}
 
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
 
-class InstructStage:
+    __next__ = next
+
+
+class InstructStage(Stage):
+    """Validation is per task (:meth:`evaluate`); :meth:`eval_step` is the base class's (the answer loss)."""
+
     name = "instruct"
 
     def __init__(self, cfg: InstructJobConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         try:
             self.tasks = {t.name: get_task(t.name) for t in cfg.tasks}
         except KeyError as err:
@@ -115,7 +122,6 @@ class InstructStage:
         if missing:
             raise ConfigError(f"tasks: {missing} have no train shards")
         self.model_overrides = cfg.model.override_dict()
-        self._built_config = None
 
     # -- driver side ---------------------------------------------------------------------------------------
     def datasets(self, read_shards) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -158,17 +164,14 @@ class InstructStage:
 
         model = load_neurolm(self.cfg.init, **self.model_overrides)
         model.set_activation_checkpointing(self.cfg.train.activation_checkpointing)
-        self._built_config = model.config
         return model
 
-    def train_stream(self, info: dict[str, Any], position: int, rank: int, seed: int) -> MixedTaskStream:
+    def train_stream(self, ctx: WorkerContext, info: dict[str, Any], position: int, seed: int) -> MixedTaskStream:
         """The mixture stream at ``position`` samples; ``seed`` is the run's seed (the same on every rank)."""
-        import ray.train
-
         schedule = TaskSchedule(info["weights"], self.cfg.mixture.block_micro_batches, seed)
-        shards = {t: ray.train.get_dataset_shard(f"train_{t}") for t in info["sizes"]}
+        shards = {t: ctx.shard(f"train_{t}") for t in info["sizes"]}
         batch = self.cfg.train.micro_batch_size
-        return MixedTaskStream(shards, schedule, batch, position // batch, seed + 7919 * (rank + 1),
+        return MixedTaskStream(shards, schedule, batch, position // batch, seed + 7919 * (ctx.rank + 1),
                                self.cfg.data.local_shuffle_buffer)
 
     def train_step(
@@ -187,14 +190,9 @@ class InstructStage:
         metrics["loss"] = float(loss.detach())
         return StepOutput(loss=loss, metrics=metrics, tokens=tokens)
 
-    def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        raise RuntimeError("instruction tuning validates per task with evaluate()")
-
-    def evaluate(self, model: nn.Module, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, ctx: WorkerContext) -> dict[str, float]:
         """Per task: constrained scoring of the answer options on this worker's val shard, confusion counts
         all-reduced over ranks → ``val/<task>/balanced_accuracy``, ``accuracy``, ``loss`` (NLL of the truth)."""
-        import ray.train
-
         from neurolm.models.generate import score_options
 
         metrics: dict[str, float] = {}
@@ -206,19 +204,18 @@ class InstructStage:
             k = len(tokens.options)
             confusion = np.zeros((k, k))
             nll = 0.0
-            shard = ray.train.get_dataset_shard(f"val_{t.name}")
+            shard = ctx.shard(f"val_{t.name}")
             for i, batch in enumerate(shard.iter_torch_batches(batch_size=self.cfg.train.micro_batch_size)):
                 if self.cfg.train.eval_batches is not None and i >= self.cfg.train.eval_batches:
                     break
-                b = {key: v.to(device) for key, v in batch.items() if key in EVAL_KEYS}
-                b["x"] = b["x"].to(dtype)
+                b = ctx.to_device({key: v for key, v in batch.items() if key in EVAL_KEYS})
                 ll = score_options(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
                                    tokens.options).float()
                 logp = torch.log_softmax(ll, dim=-1)
                 labels = b["label"].long()
                 nll -= float(logp.gather(1, labels[:, None]).sum())
                 np.add.at(confusion, (labels.cpu().numpy(), logp.argmax(-1).cpu().numpy()), 1)
-            total = all_reduce_sum(confusion.ravel().tolist() + [nll], device)
+            total = ctx.all_reduce(confusion.ravel().tolist() + [nll])
             confusion = np.asarray(total[:-1]).reshape(k, k)
             n = confusion.sum()
             support = confusion.sum(axis=1)
@@ -238,19 +235,15 @@ class InstructStage:
         seq = self.cfg.eeg_max_len + self.cfg.text_max_len
         return neurolm_flops_per_token(model, seq, supervised_frac=4.0 / seq)  # ~4 answer tokens per sample
 
-    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str) -> None:
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
         from neurolm.models.io import save_pretrained
-        from neurolm.models.neurolm import NeuroLM
+        from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 
-        if self._built_config is None:
-            self.build_model()
-        model = NeuroLM(self._built_config)
-        model.load_state_dict(state_dict, strict=True)
+        with torch.device("meta"):  # the weights come from the checkpoint: allocate nothing twice
+            model = NeuroLM(NeuroLMConfig.from_dict(model_config))
+        model.load_state_dict(state_dict, strict=True, assign=True)
         # The sequence lengths it was tuned with: without patch_norm_over_real_tokens features depend on padding.
         save_pretrained(model, out_dir, extra={"stage": "instruct", "run": self.cfg.run.name,
                                                "tasks": [t.name for t in self.cfg.tasks],
                                                "eeg_max_len": self.cfg.eeg_max_len,
                                                "text_max_len": self.cfg.text_max_len})
-
-    def config_dict(self) -> dict[str, Any]:
-        return {"init": self.cfg.init, **self.model_overrides}

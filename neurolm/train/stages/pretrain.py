@@ -11,19 +11,18 @@ from neurolm.config import ConfigError, PretrainJobConfig
 from neurolm.data.layout import make_layout_fn
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 from neurolm.train.metrics import neurolm_flops_per_token
-from neurolm.train.stage import StepOutput
+from neurolm.train.stage import Stage, StepOutput
 
 
-class PretrainStage:
+class PretrainStage(Stage):
     name = "pretrain"
 
     def __init__(self, cfg: PretrainJobConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         try:
             self.model_config = cfg.model.build()
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model: {err}") from None
-        self._built_config: NeuroLMConfig | None = None
 
     def build_model(self) -> nn.Module:
         from neurolm.models.io import load_tokenizer, neurolm_from_tokenizer
@@ -31,7 +30,6 @@ class PretrainStage:
         tokenizer = load_tokenizer(self.cfg.tokenizer)
         model = neurolm_from_tokenizer(self.model_config, tokenizer, gpt2=self.cfg.gpt2)
         model.set_activation_checkpointing(self.cfg.train.activation_checkpointing)
-        self._built_config = model.config
         return model
 
     def after_engine(self, engine: Any) -> None:
@@ -67,14 +65,10 @@ class PretrainStage:
     def flops_per_token(self, model: nn.Module) -> float:
         return neurolm_flops_per_token(model, self.cfg.data.max_tokens, supervised_frac=1.0)
 
-    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str) -> None:
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
         from neurolm.models.io import save_pretrained
 
-        if self._built_config is None:  # on the driver: rebuild the config the workers built
-            self.build_model()
-        model = NeuroLM(self._built_config)
-        model.load_state_dict(state_dict, strict=True)
+        with torch.device("meta"):  # the weights come from the checkpoint: allocate nothing twice
+            model = NeuroLM(NeuroLMConfig.from_dict(model_config))
+        model.load_state_dict(state_dict, strict=True, assign=True)
         save_pretrained(model, out_dir, extra={"stage": "pretrain", "run": self.cfg.run.name})
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.model_config.to_dict()

@@ -9,9 +9,9 @@ from torch import nn
 
 from neurolm.config import ConfigError, TokenizerJobConfig
 from neurolm.data.layout import make_layout_fn
-from neurolm.models.tokenizer import NeuralTokenizer, dann_alpha
+from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig, dann_alpha
 from neurolm.train.metrics import transformer_flops_per_token
-from neurolm.train.stage import StepOutput
+from neurolm.train.stage import Stage, StepOutput
 
 
 def random_text_embeddings(vocab: int, width: int, seed: int) -> torch.Tensor:
@@ -20,11 +20,11 @@ def random_text_embeddings(vocab: int, width: int, seed: int) -> torch.Tensor:
     return torch.randn(vocab, width, generator=g) * 0.02
 
 
-class TokenizerStage:
+class TokenizerStage(Stage):
     name = "tokenizer"
 
     def __init__(self, cfg: TokenizerJobConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         try:
             self.model_config = cfg.model.build()
         except (ValueError, TypeError) as err:
@@ -80,13 +80,12 @@ class TokenizerStage:
         layers = c.encoder_layers + 2 * c.decoder_layers
         return transformer_flops_per_token(n, layers, c.width, self.cfg.data.max_tokens)
 
-    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str) -> None:
+    def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
         from neurolm.models.io import save_pretrained
 
-        model = NeuralTokenizer(self.model_config)
-        model.set_text_embeddings(torch.zeros(self.model_config.text_vocab_size, self.model_config.width))
-        model.load_state_dict(state_dict, strict=True)
+        config = TokenizerConfig.from_dict(model_config)
+        with torch.device("meta"):  # the weights come from the checkpoint: allocate nothing twice
+            model = NeuralTokenizer(config)
+            model.set_text_embeddings(torch.zeros(config.text_vocab_size, config.width))
+        model.load_state_dict(state_dict, strict=True, assign=True)
         save_pretrained(model, out_dir, extra={"stage": "tokenizer", "run": self.cfg.run.name})
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.model_config.to_dict()

@@ -13,7 +13,7 @@ import pytest
 from neurolm.config import PreprocessConfig
 from neurolm.data import synthetic
 from neurolm.data.samples import fetch_sample
-from neurolm.preprocess import build_config, cli, run_preprocess, validate_config
+from neurolm.preprocess import build_config, run_preprocess, validate_config
 
 
 def shard_bytes(root: Path) -> dict[str, bytes]:
@@ -76,6 +76,13 @@ def test_interrupted_run_resumes_to_exactly_the_clean_shards(tmp_path):
     # Changing a processing setting redoes every recording and replaces its shards.
     renotched = run_preprocess(resumed.model_copy(update={"notch": 60.0}), executor="inline")
     assert renotched["processed"] == 8 and shard_bytes(dataset) != shard_bytes(tmp_path / "clean" / "tuab")
+
+
+def cli(argv: list[str]) -> int:
+    """``neurolm preprocess ARGV`` as the console script runs it (errors become exit codes in one place)."""
+    from neurolm.cli import main
+
+    return main(["preprocess", *argv])
 
 
 def test_cli_rejects_bad_configs_before_starting_anything(tmp_path, capsys):

@@ -6,8 +6,8 @@ bound to loopback and chosen free at start, so several servers (a test session a
 
 Command line (also ``neurolm s3 start|stop|status``)::
 
-    python -m neurolm.s3server start --dir .cache/s3 --bucket neurolm   # prints `export AWS_...` lines
-    python -m neurolm.s3server stop --dir .cache/s3
+    python -m neurolm.runtime.s3server start --dir .cache/s3 --bucket neurolm   # prints `export AWS_...` lines
+    python -m neurolm.runtime.s3server stop --dir .cache/s3
 """
 
 from __future__ import annotations
@@ -164,7 +164,9 @@ class LocalS3Server:
             except (BotoCoreError, ClientError) as err:
                 last = err
             time.sleep(0.3)
-        raise S3ServerError(f"S3 server at {self.endpoint} not healthy after {self.startup_timeout_s}s: {last}")
+        raise S3ServerError(
+            f"S3 server at {self.endpoint} not healthy after {self.startup_timeout_s}s: {last}"
+        )
 
     def stop(self) -> None:
         if self.pid is None:
