@@ -21,6 +21,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from neurolm.config_preprocess import EventsOptions, LeakageOptions
+
 __all__ = [
     "ConfigError",
     "Section",
@@ -44,13 +46,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-CORPORA = ("edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts")
+CORPORA = ("edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts", "events")
 
 
 class PreprocessConfig(Section):
     """``neurolm preprocess``: raw recordings → Parquet sample shards (spec §1)."""
 
-    corpus: Literal["edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts"] = Field(
+    corpus: Literal["edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts", "events"] = Field(
         description="Which corpus reader to use (one module per corpus under neurolm/data/readers)."
     )
     input: str = Field(description="Root of the raw corpus: a local directory (or a single file for `edf`).")
@@ -91,6 +93,9 @@ class PreprocessConfig(Section):
         description="Generic `edf` reader: regex whose first group, searched in a file's path relative to input, "
         "is its subject; None = the parent folder (the file name for files directly in input).",
     )
+
+    events: EventsOptions = Field(default_factory=EventsOptions, description="`events` corpus: labels, trials.")
+    leakage: LeakageOptions = Field(default_factory=LeakageOptions, description="Pre-training leakage guard.")
 
     @field_validator("split_fractions")
     @classmethod
