@@ -49,12 +49,15 @@ class EventsOptions(_Options):
         description="Keep only descriptions that fully match this regular expression; None = all but BAD*/EDGE* "
         "(MNE's default).",
     )
-    bids_column: str = Field(default="trial_type", description="Column of *_events.tsv holding the label name.")
+    bids_column: str = Field(
+        default="trial_type", description="Column of *_events.tsv holding the label name."
+    )
     trial_start_offset_s: float = Field(
         default=0.0, description="Trial start = event onset + this (braindecode's trial_start_offset_s)."
     )
     trial_stop_offset_s: float = Field(
-        default=0.0, description="Trial stop = event onset + duration + this (braindecode's trial_stop_offset_s)."
+        default=0.0,
+        description="Trial stop = event onset + duration + this (braindecode's trial_stop_offset_s).",
     )
     window_stride_s: float | None = Field(
         default=None, gt=0, description="Hop between windows inside one trial; None = the window length."
@@ -70,7 +73,10 @@ class EventsOptions(_Options):
         "nyquist_fraction x Nyquist (and drop a notch at or above Nyquist), recorded in the manifest; or refuse.",
     )
     nyquist_fraction: float = Field(
-        default=0.9, gt=0, lt=1, description="Lowered band-pass upper edge as a fraction of the source Nyquist."
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="Lowered band-pass upper edge as a fraction of the source Nyquist.",
     )
 
     @field_validator("regex")

@@ -129,7 +129,9 @@ def _annotation_trials(raw: Any) -> list[tuple[float, float, str]]:
     shift = raw.first_time if annotations.orig_time is not None else 0.0
     return [
         (float(onset) - shift, float(duration), str(desc))
-        for onset, duration, desc in zip(annotations.onset, annotations.duration, annotations.description, strict=True)
+        for onset, duration, desc in zip(
+            annotations.onset, annotations.duration, annotations.description, strict=True
+        )
     ]
 
 
@@ -176,7 +178,9 @@ def read_bids_events(path: Path, column: str) -> list[tuple[float, float, str]]:
                 onset = float(row["onset"])
                 duration = 0.0 if row["duration"].strip() in ("", "n/a") else float(row["duration"])
             except ValueError:
-                raise RecordingError(path, f"line {line}: onset/duration must be seconds, got {row}") from None
+                raise RecordingError(
+                    path, f"line {line}: onset/duration must be seconds, got {row}"
+                ) from None
             out.append((onset, duration, label))
     return out
 
@@ -244,7 +248,9 @@ def nyquist_rule(
             f"({fraction:g} x the {nyquist:g} Hz Nyquist frequency of a {source_sfreq:g} Hz recording)"
         )
     if notch is not None and notch >= nyquist:
-        notes.append(f"nyquist: notch at {notch:g} Hz dropped (at or above the {nyquist:g} Hz Nyquist frequency)")
+        notes.append(
+            f"nyquist: notch at {notch:g} Hz dropped (at or above the {nyquist:g} Hz Nyquist frequency)"
+        )
         notch = None
     return h_freq, notch, notes
 
@@ -282,7 +288,9 @@ def _raw_events(
         out = []
         for f in files:
             raw = read_raw(f)
-            out.append((f, _subject(f, base, cfg.subject_regex), _annotation_trials(raw), float(raw.info["sfreq"])))
+            out.append(
+                (f, _subject(f, base, cfg.subject_regex), _annotation_trials(raw), float(raw.info["sfreq"]))
+            )
         return out, base
     # csv
     assert cfg.events.csv is not None
@@ -333,7 +341,8 @@ def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]:
     if bad:
         p, t = bad[0]
         raise RecordingError(
-            p, f"trial {t.name!r} at {t.start_s:.3f} s has no length after the offsets; raise trial_stop_offset_s"
+            p,
+            f"trial {t.name!r} at {t.start_s:.3f} s has no length after the offsets; raise trial_stop_offset_s",
         )
     mapping = label_mapping([t.name for _, t in all_trials], opts.mapping)
     shortest = min(t.seconds for _, t in all_trials)
@@ -419,7 +428,9 @@ def manifest_extra(cfg: PreprocessConfig, tasks: Sequence[RecordingTask]) -> dic
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _window_starts(start: int, stop: int, window: int, hop: int, policy: str, n: int) -> list[tuple[int, int]]:
+def _window_starts(
+    start: int, stop: int, window: int, hop: int, policy: str, n: int
+) -> list[tuple[int, int]]:
     """(first sample, samples of real data) of every window of a trial ``[start, stop)``."""
     length = stop - start
     if length >= window:
