@@ -33,7 +33,7 @@ def _run(tmp_path: Path, corpus_dir: Path, *overrides: str) -> tuple[dict, dict]
     cfg = load_config(
         PreprocessConfig,
         overrides=[
-            f"corpus=events",
+            "corpus=events",
             f"input={corpus_dir}",
             f"output={tmp_path / 'out'}",
             "notch=60",
