@@ -225,7 +225,11 @@ def _source(cfg: PreprocessConfig, root: Path) -> str:
 
 
 def nyquist_rule(
-    params: SignalParams, source_sfreq: float, fraction: float = 0.9, lower: bool = True
+    params: SignalParams,
+    source_sfreq: float,
+    fraction: float = 0.9,
+    lower: bool = True,
+    source: str | Path = "<recording>",
 ) -> tuple[float, float | None, list[str]]:
     """The band-pass upper edge and notch a recording at ``source_sfreq`` can carry.
 
@@ -241,7 +245,8 @@ def nyquist_rule(
         h_freq = round(fraction * nyquist, 3)
         if h_freq <= params.l_freq:
             raise RecordingError(
-                "<nyquist>", f"a {source_sfreq:g} Hz recording cannot carry l_freq = {params.l_freq:g} Hz"
+                source,
+                f"a {source_sfreq:g} Hz recording cannot carry the band-pass from l_freq = {params.l_freq:g} Hz",
             )
         notes.append(
             f"nyquist: h_freq lowered from {params.h_freq:g} to {h_freq:g} Hz "
@@ -366,7 +371,7 @@ def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]:
     tasks: list[RecordingTask] = []
     for path, subject, _, source_sfreq in found:
         h_freq, rec_notch, notes = nyquist_rule(
-            params, source_sfreq, opts.nyquist_fraction, lower=opts.nyquist == "lower"
+            params, source_sfreq, opts.nyquist_fraction, lower=opts.nyquist == "lower", source=path
         )
         trials = tuple(
             (round(t.start_s, 6), round(t.stop_s, 6), mapping[t.name], t.name) for t in trials_of[path]
@@ -447,10 +452,10 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
     recording are dropped with a warning)."""
     if not isinstance(task, EventsTask):
         raise TypeError("the events reader needs tasks planned by events.list_recordings")
-    params = SignalParams(l_freq=cfg.l_freq, h_freq=task.h_freq, notch=task.notch, sfreq=cfg.sfreq)
-    rec = load_recording(task.sources[0], params, drop_flat=True, dtype=cfg.signal_dtype)
     if not task.trials:
         raise RecordingError(task.sources[0], "no labelled trial in this recording", status="skipped")
+    params = SignalParams(l_freq=cfg.l_freq, h_freq=task.h_freq, notch=task.notch, sfreq=cfg.sfreq)
+    rec = load_recording(task.sources[0], params, drop_flat=True, dtype=cfg.signal_dtype)
     sfreq, n = rec.sfreq, rec.data.shape[1]
     window = int(round(task.window_s * sfreq))
     hop = max(1, int(round(task.stride_s * sfreq)))
