@@ -29,6 +29,8 @@ from neurolm.model_config import (
     deep_merge,
 )
 
+from neurolm.config_preprocess import EventsOptions, LeakageOptions
+
 __all__ = [
     "ConfigError",
     "Section",
@@ -53,13 +55,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-CORPORA = ("edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts")
+CORPORA = ("edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts", "events")
 
 
 class PreprocessConfig(Section):
     """``neurolm preprocess``: raw recordings → Parquet sample shards (spec §1)."""
 
-    corpus: Literal["edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts"] = Field(
+    corpus: Literal["edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts", "events"] = Field(
         description="Which corpus reader to use (one module per corpus under neurolm/data/readers)."
     )
     input: str = Field(description="Root of the raw corpus: a local directory (or a single file for `edf`).")
@@ -100,6 +102,9 @@ class PreprocessConfig(Section):
         description="Generic `edf` reader: regex whose first group, searched in a file's path relative to input, "
         "is its subject; None = the parent folder (the file name for files directly in input).",
     )
+
+    events: EventsOptions = Field(default_factory=EventsOptions, description="`events` corpus: labels, trials.")
+    leakage: LeakageOptions = Field(default_factory=LeakageOptions, description="Pre-training leakage guard.")
 
     @field_validator("split_fractions")
     @classmethod

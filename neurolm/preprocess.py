@@ -30,6 +30,7 @@ import ray
 from neurolm import runtime, storage
 from neurolm.config import CORPORA, ConfigError, PreprocessConfig, load_config
 from neurolm.data import preprocessing, shards
+from neurolm.data.manifest_extra import manifest_extra
 from neurolm.data.readers.base import RecordingTask
 from neurolm.data.signal import RecordingError
 
@@ -236,7 +237,7 @@ def run_preprocess(
                 ray.shutdown()
     wall_s = round(time.perf_counter() - start, 3)
     cpu_s = round(sum(r.get("cpu_s", 0.0) for r in fresh), 3)
-    manifest = preprocessing.finalize(cfg, dataset, reused + fresh)
+    manifest = preprocessing.finalize(cfg, dataset, reused + fresh, extra=manifest_extra(cfg, tasks))
     return {
         "dataset": dataset,
         "output": target,

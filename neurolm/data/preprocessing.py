@@ -27,7 +27,7 @@ from typing import Any
 
 from neurolm import storage
 from neurolm.config import PreprocessConfig, config_hash
-from neurolm.data import shards
+from neurolm.data import leakage, shards
 from neurolm.data.readers import get_reader
 from neurolm.data.readers.base import RecordingTask
 from neurolm.data.signal import RecordingError
@@ -49,7 +49,7 @@ __all__ = [
 PREPROCESSING_VERSION = 1
 FINAL_STATUSES = ("written", "skipped")  # outcomes a rerun reuses; "failed" is retried
 # Config fields that cannot change a shard's content.
-_RUN_ONLY_FIELDS = ("output", "input", "ray_address", "num_cpus_per_task", "max_files")
+_RUN_ONLY_FIELDS = ("output", "input", "ray_address", "num_cpus_per_task", "max_files", "leakage")
 
 
 def dataset_uri(cfg: PreprocessConfig, dataset: str) -> str:
@@ -59,7 +59,7 @@ def dataset_uri(cfg: PreprocessConfig, dataset: str) -> str:
 def plan(cfg: PreprocessConfig) -> list[RecordingTask]:
     """The recordings of a run in a deterministic order (at most ``cfg.max_files``); raises RecordingError if
     the input does not look like the corpus."""
-    tasks = get_reader(cfg.corpus).list_recordings(cfg)
+    tasks = leakage.guard(cfg, get_reader(cfg.corpus).list_recordings(cfg))
     keys = [shards.recording_key(t.recording) for t in tasks]
     if len(set(keys)) != len(keys):
         raise RecordingError(cfg.input, "two recordings map to the same identifier")

@@ -19,6 +19,7 @@ READER_MODULES = MappingProxyType(
         "workload": "neurolm.data.readers.workload",
         "tusl": "neurolm.data.readers.tusl",
         "ts": "neurolm.data.readers.ts",
+        "events": "neurolm.data.readers.events",
     }
 )
 
