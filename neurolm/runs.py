@@ -1,8 +1,8 @@
 """Look at runs and fetch artefacts: ``neurolm runs list|show`` and ``neurolm s3 get``.
 
 A run is a directory ``<storage_path>/<run name>/`` written by a training stage (:mod:`neurolm.train`):
-``metrics.jsonl`` (one JSON object per report, rank 0), ``checkpoint_*/state.json`` (the step and config of each
-kept checkpoint), ``export/config.json`` (the consolidated weights) and ``final_metrics.json``. Everything is
+``metrics.jsonl`` (one JSON object per report, rank 0), ``step_<n>/state.json`` (the step and config of each
+kept checkpoint, beside its DeepSpeed files), ``export/config.json`` (the consolidated weights) and ``final_metrics.json``. Everything is
 read through :mod:`neurolm.storage`, so a local directory and an ``s3://`` prefix work the same way.
 
 For ``s3://`` URIs without ``AWS_ENDPOINT_URL`` in the environment, the local S3 server of ``--s3-dir``
@@ -83,9 +83,8 @@ def describe_run(run_uri: str, files: list[str] | None = None) -> dict[str, Any]
     rows = read_metrics(run_uri) if "metrics.jsonl" in rel else []
     checkpoints = []
     stage = None
-    for name in sorted(
-        {r.split("/", 1)[0] for r in rel if r.startswith("checkpoint_") and r.endswith("/state.json")}
-    ):
+    # A checkpoint is a directory with a state.json sidecar (named step_<n> by the training loop).
+    for name in sorted({r.split("/", 1)[0] for r in rel if r.count("/") == 1 and r.endswith("/state.json")}):
         state = _read_json(storage.join(run_uri, name, "state.json")) or {}
         stage = stage or (state.get("config") or {}).get("stage")
         checkpoints.append(
@@ -148,8 +147,8 @@ def list_runs(uri: str) -> list[dict[str, Any]]:
         names = {_rel(storage.join(root, name), f) for f in run_files}
         if (
             "metrics.jsonl" in names
-            or any(n.startswith("checkpoint_") for n in names)
             or "export/config.json" in names
+            or any(n.count("/") == 1 and n.endswith("/state.json") for n in names)
         ):
             runs.append(describe_run(storage.join(root, name), run_files))
     return runs
@@ -206,10 +205,17 @@ def copy_tree(uri: str, dest: str | Path) -> list[Path]:
     A single file lands at ``dest`` (or inside it when ``dest`` is an existing directory); a prefix keeps its
     layout below ``dest``.
     """
+    import pyarrow.fs as pafs
+
     dest = Path(dest)
-    files = storage.list_files(uri)
+    fs, path = storage.resolve(uri)
+    try:
+        kind = fs.get_file_info(path).type
+    except OSError as err:
+        raise storage.StorageError(f"{uri}: {err}") from err
+    files = storage.list_files(uri) if kind == pafs.FileType.Directory else []
     if not files:
-        if not storage.exists(uri):
+        if kind != pafs.FileType.File:
             raise storage.StorageError(f"{uri}: no such object, file or prefix")
         target = dest / posixpath.basename(uri.rstrip("/")) if dest.is_dir() else dest
         target.parent.mkdir(parents=True, exist_ok=True)
