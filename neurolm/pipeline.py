@@ -142,6 +142,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
         runs = storage.join(cfg.workdir, "runs")
         out: dict[str, Any] = {"workdir": cfg.workdir, "shards": {}, "stages": {}}
         ensure_ray(cfg.ray_address)
+        console.say(f"Ray dashboard: {_dashboard_url()}")
 
         for step in cfg.preprocess:
             pre = load_config(PreprocessConfig, None, [*step.overrides], base={
@@ -230,6 +231,19 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
 
             ray.shutdown()  # workers hold S3 connections; stop them before the server
             server.stop()
+
+
+def _dashboard_url() -> str:
+    """The Ray dashboard this driver is connected to (on a local instance: 127.0.0.1 and a free port)."""
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        url = get_dashboard_url()
+    except Exception:  # noqa: BLE001 - a private helper; the story only loses one line
+        url = ""
+    if not url:
+        return "not running"
+    return url if url.startswith("http") else f"http://{url}"
 
 
 def _metrics_uri(stage_cfg: Any) -> str:

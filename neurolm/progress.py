@@ -76,7 +76,7 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
 _TEST_METRICS = ("balanced_accuracy", "cohen_kappa", "weighted_f1", "roc_auc", "accuracy")
 
 
-def test_metrics_table(metrics: dict[str, Any]) -> str:
+def metrics_table(metrics: dict[str, Any]) -> str:
     """``<split>/<task>/<metric>`` evaluation metrics as rows (task, metric, model, baseline when reported).
 
     A baseline is any key of the same task whose path names one (e.g. ``test/T/baseline/balanced_accuracy``).
@@ -303,7 +303,7 @@ def _summary(records: list[StageRecord]) -> str:
         val = m.get("val/mean_balanced_accuracy", m.get("val/loss"))
         rows.append([r.name, steps, _duration(r.wall_s), m.get("train/loss"), val, r.note])
     table = format_table(["stage", "steps", "wall", "train loss", "val loss/bacc", "note"], rows)
-    tests = [test_metrics_table(r.metrics) for r in records if r.name == "evaluate"]
+    tests = [metrics_table(r.metrics) for r in records if r.name == "evaluate"]
     return table + ("\n\n" + tests[0] if tests and tests[0] else "")
 
 
