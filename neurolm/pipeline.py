@@ -151,7 +151,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
             })
             with console.stage(f"preprocess {step.dataset}") as rec:
                 summary = run_preprocess(pre)
-                rec.note = f"samples {summary.get('samples')}"
+                samples = summary.get("samples") or {}
+                rec.note = "samples " + ", ".join(f"{k} {v}" for k, v in sorted(samples.items()))
             out["shards"][step.dataset] = storage.join(shards_root, step.dataset)
             log.info("preprocessed %s: %s", step.dataset, {k: summary.get(k) for k in ("written", "failed", "samples")})
 

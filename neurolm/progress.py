@@ -259,7 +259,7 @@ class Console:
             losses = _loss_summary(record.metrics)
             note = f"  {record.note}" if record.note else ""
             self.say(
-                f"  {name:<12} done in {_duration(record.wall_s):>6}  {done}{rate}{losses}{note}".rstrip()
+                f"  {name:<20} done in {_duration(record.wall_s):>6}  {done}{rate}{losses}{note}".rstrip()
             )
 
     def _follow(self, record: StageRecord, metrics_uri: str, t0: float, stop: threading.Event) -> None:
@@ -271,7 +271,7 @@ class Console:
             now = time.perf_counter()
             info = read_progress(metrics_uri)
             step = int(info["step"]) if info and "step" in info else None
-            parts = [f"  {record.name:<12} {_duration(now - t0):>6}"]
+            parts = [f"  {record.name:<20} {_duration(now - t0):>6}"]
             if step is None:
                 parts.append("starting workers")
             else:
