@@ -273,7 +273,7 @@ class Console:
             step = int(info["step"]) if info and "step" in info else None
             parts = [f"  {record.name:<20} {_duration(now - t0):>6}"]
             if step is None:
-                parts.append("starting workers")
+                parts.append("starting, no report yet")
             else:
                 if first is None:
                     first = (now, step)
