@@ -267,6 +267,7 @@ class Console:
             None  # (time, step) of the first report: excludes start-up from the rate
         )
         last_plain = time.perf_counter()
+        last_step: int | None = None
         while not stop.wait(self.poll_s):
             now = time.perf_counter()
             info = read_progress(metrics_uri)
@@ -290,9 +291,10 @@ class Console:
             line = "  ".join(parts)
             if self.tty:
                 self._live_line(line)
-            elif now - last_plain >= self.plain_every_s:
+            # Without a TTY (a log, CI): a line when the step moved, less often while nothing changes.
+            elif now - last_plain >= self.plain_every_s * (1 if step != last_step else 4):
                 self.say(line)
-                last_plain = now
+                last_plain, last_step = now, step
 
 
 def _summary(records: list[StageRecord]) -> str:
