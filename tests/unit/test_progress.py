@@ -81,3 +81,25 @@ def test_tables() -> None:
     assert rows[2].split() == ["test/T", "balanced_accuracy", "0.9", "-"]
     assert rows[3].split() == ["test/T", "roc_auc", "0.95", "-"]
     assert Console(verbose=True).summary().splitlines()[0].split()[0] == "stage"
+
+
+def test_fetch_results_copies_the_report_into_a_fresh_local_folder(tmp_path: Path) -> None:
+    from neurolm import storage
+    from neurolm.pipeline import fetch_results
+
+    workdir = str(tmp_path / "work")
+    storage.write_text(storage.join(workdir, "eval", "report.md"), "# report\n")
+    storage.write_bytes(storage.join(workdir, "eval", "summary.png"), b"\x89PNG\r\n\x1a\n")
+    storage.write_text(storage.join(workdir, "eval", "predictions_test_t.csv"), "label,pred\n1,1\n")
+    storage.write_text(storage.join(workdir, "pipeline.json"), "{}")
+    results = tmp_path / "results"
+    (results / "old").mkdir(parents=True)
+    (results / "old" / "stale.md").write_text("from an earlier run")
+    console = Console(verbose=True)
+    with console.stage("evaluate") as rec:
+        rec.metrics = {"test/T/balanced_accuracy": 0.75}
+    dest = fetch_results(workdir, str(results), console)
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "pipeline.json", "predictions_test_t.csv", "report.md", "summary.png", "summary.txt"
+    ]  # fmt: skip
+    assert "balanced_accuracy" in (dest / "summary.txt").read_text()
