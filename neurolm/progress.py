@@ -161,7 +161,7 @@ class Console:
             return
         sys.stdout.flush()
         sys.stderr.flush()
-        if exc is not None and not isinstance(exc, KeyboardInterrupt):
+        if exc is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             self.say(f"FAILED: {type(exc).__name__}: {exc}".splitlines()[0][:300])
             # The traceback goes to the log (fd 2), the last lines of the log to the terminal.
             import traceback
