@@ -23,10 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "neurolm.models.io:import_official_cli",
         "convert official VQ.pt / NeuroLM-*.pt checkpoints to our safetensors format",
     ),
-    "s3": (
-        "neurolm.runtime.s3server:main",
-        "start | stop | status a local S3 server (SeaweedFS) on 127.0.0.1",
-    ),
+    "s3": ("neurolm.runs:s3_cli", "start | stop | status a local S3 server on 127.0.0.1; get URI DEST fetches files"),
+    "runs": ("neurolm.runs:runs_cli", "list | show runs: stage, step, last metrics, checkpoints, exports"),
 }
 
 

@@ -16,7 +16,9 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -31,6 +33,7 @@ from neurolm.config import (
     TokenizerJobConfig,
     load_config,
 )
+from neurolm.progress import Console
 
 log = logging.getLogger("neurolm.pipeline")
 
@@ -86,6 +89,10 @@ class PipelineConfig(Section):
         description="Instruction task name → dataset whose train/val/test splits it uses.", min_length=1
     )
     evaluate: EvaluateStep = Field(default_factory=EvaluateStep)
+    results_dir: str | None = Field(
+        default=".cache/demo/results",
+        description="Local folder that receives a copy of the evaluation report, plots and predictions (null: none).",
+    )
 
 
 def _start_local_s3(cfg: PipelineConfig):
@@ -116,13 +123,17 @@ def _split(dataset_uri: str, split: str) -> str | None:
     return uri if storage.list_files(uri, suffix=".parquet") else None
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
-    """Run every step; returns the URIs of every artefact and each stage's final metrics."""
+def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[str, Any]:
+    """Run every step; returns the URIs of every artefact and each stage's final metrics.
+
+    ``console`` prints one line per stage (and follows training progress); by default lines go to stdout.
+    """
     from neurolm.data.text import prepare as prepare_text
     from neurolm.preprocess import run_preprocess
     from neurolm.runtime import ensure_ray
     from neurolm.train.launch import fit_stage
 
+    console = console or Console(verbose=True)
     t0 = time.perf_counter()
     server = _start_local_s3(cfg)
     try:
@@ -132,18 +143,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         runs = storage.join(cfg.workdir, "runs")
         out: dict[str, Any] = {"workdir": cfg.workdir, "shards": {}, "stages": {}}
         ensure_ray(cfg.ray_address)
+        console.say(f"Ray dashboard: {_dashboard_url()}")
 
         for step in cfg.preprocess:
             pre = load_config(PreprocessConfig, None, [*step.overrides], base={
                 "corpus": step.corpus, "input": _resolve_input(step.input), "output": shards_root,
                 "dataset": step.dataset,
             })
-            summary = run_preprocess(pre)
+            with console.stage(f"preprocess {step.dataset}") as rec:
+                summary = run_preprocess(pre)
+                samples = summary.get("samples") or {}
+                rec.note = "samples " + ", ".join(f"{k} {v}" for k, v in sorted(samples.items()))
             out["shards"][step.dataset] = storage.join(shards_root, step.dataset)
             log.info("preprocessed %s: %s", step.dataset, {k: summary.get(k) for k in ("written", "failed", "samples")})
 
         text_uri = storage.join(cfg.workdir, "text")
-        text_summary = prepare_text(cfg.text.inputs, text_uri, window=cfg.text.window, builtin=cfg.text.builtin)
+        with console.stage("text") as rec:
+            text_summary = prepare_text(cfg.text.inputs, text_uri, window=cfg.text.window, builtin=cfg.text.builtin)
+            rec.note = f"{text_summary['tokens']} tokens"
         out["text"] = {"uri": text_uri, "tokens": text_summary["tokens"]}
 
         def train_splits(names: list[str]) -> list[str]:
@@ -162,7 +179,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         ])
         tok_cfg.data.train = train_splits(cfg.tokenizer.datasets)
         tok_cfg.data.val = val_split(cfg.tokenizer.datasets)
-        tok = fit_stage(tok_cfg)
+        with console.stage("tokenizer", _metrics_uri(tok_cfg), tok_cfg.train.max_steps) as rec:
+            tok = fit_stage(tok_cfg)
+            rec.metrics = dict(tok.metrics)
         out["stages"]["tokenizer"] = tok.__dict__
 
         pre_cfg = load_config(PretrainJobConfig, cfg.pretrain.config, [
@@ -170,7 +189,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         ])
         pre_cfg.data.train = train_splits(cfg.pretrain.datasets)
         pre_cfg.data.val = val_split(cfg.pretrain.datasets)
-        lm = fit_stage(pre_cfg)
+        with console.stage("pretrain", _metrics_uri(pre_cfg), pre_cfg.train.max_steps) as rec:
+            lm = fit_stage(pre_cfg)
+            rec.metrics = dict(lm.metrics)
         out["stages"]["pretrain"] = lm.__dict__
 
         tasks = []
@@ -183,7 +204,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         ins_cfg = load_config(InstructJobConfig, cfg.instruct.config, [
             *cfg.instruct.overrides, f"run.storage_path={runs}", f"run.name={cfg.name}-instruct", f"init={lm.export_dir}",
         ], base={"tasks": tasks})
-        ins = fit_stage(ins_cfg)
+        with console.stage("instruct", _metrics_uri(ins_cfg), ins_cfg.train.max_steps) as rec:
+            ins = fit_stage(ins_cfg)
+            rec.metrics = dict(ins.metrics)
         out["stages"]["instruct"] = ins.__dict__
 
         if cfg.evaluate.enabled:
@@ -195,9 +218,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 output=storage.join(cfg.workdir, "eval"),
                 **cfg.evaluate.overrides,
             )
-            out["evaluation"] = evaluate_checkpoint(eval_cfg)
+            with console.stage("evaluate") as rec:
+                out["evaluation"] = evaluate_checkpoint(eval_cfg)
+                rec.note = f"{out['evaluation']['rows']} test rows"
+                rec.metrics = dict(out["evaluation"]["metrics"])
         out["wall_s"] = round(time.perf_counter() - t0, 1)
         storage.write_text(storage.join(cfg.workdir, "pipeline.json"), json.dumps(out, indent=1, default=str))
+        if cfg.results_dir:
+            out["results_dir"] = str(fetch_results(cfg.workdir, cfg.results_dir, console))
         return out
     finally:
         if server is not None:
@@ -207,14 +235,65 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             server.stop()
 
 
+def _dashboard_url() -> str:
+    """The Ray dashboard this driver is connected to (on a local instance: 127.0.0.1 and a free port)."""
+    try:
+        from ray._private.worker import get_dashboard_url
+
+        url = get_dashboard_url()
+    except Exception:  # noqa: BLE001 - a private helper; the story only loses one line
+        url = ""
+    if not url:
+        return "not running"
+    return url if url.startswith("http") else f"http://{url}"
+
+
+def _metrics_uri(stage_cfg: Any) -> str:
+    return storage.join(stage_cfg.run.storage_path, stage_cfg.run.name, "metrics.jsonl")
+
+
+def fetch_results(workdir: str, results_dir: str, console: Console) -> Path:
+    """Copy the evaluation report (report.md, metrics.json, PNGs, predictions) and pipeline.json from the
+    workdir (usually on S3, whose server keeps no plain files) into a local folder, plus the summary table."""
+    import shutil
+
+    from neurolm.runs import copy_tree
+
+    dest = Path(results_dir).absolute()
+    if dest.exists():
+        shutil.rmtree(dest)  # the folder mirrors the last run only
+    dest.mkdir(parents=True)
+    eval_uri = storage.join(workdir, "eval")
+    if storage.list_files(eval_uri):
+        copy_tree(eval_uri, dest)
+    copy_tree(storage.join(workdir, "pipeline.json"), dest / "pipeline.json")
+    (dest / "summary.txt").write_text(console.summary() + "\n")
+    return dest
+
+
 def cli(argv: list[str] | None = None) -> int:
     """``neurolm pipeline --config configs/pipeline/demo.yaml [key=value ...]``."""
     parser = argparse.ArgumentParser(prog="neurolm pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/pipeline/demo.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. workdir=s3://bucket/demo")
+    parser.add_argument("--verbose", action="store_true",
+                        help="every log line on the terminal (default: a short story here, the full logs in a file)")
+    parser.add_argument("--log-dir", default=".cache/demo/logs", help="where the full logs go (default %(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    result = run_pipeline(load_config(PipelineConfig, args.config, args.overrides))
-    print(json.dumps(result, indent=1, default=str))
+    cfg = load_config(PipelineConfig, args.config, args.overrides)  # errors: one line via neurolm.cli
+    with Console(verbose=args.verbose, log_dir=args.log_dir) as console:
+        # After the console took over stdout/stderr, so the log lines land in the log file.
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        console.say(f"pipeline {cfg.name}: workdir {cfg.workdir}")
+        result = run_pipeline(cfg, console)
+        if args.verbose:
+            print(json.dumps(result, indent=1, default=str))
+        console.say("")
+        console.say(console.summary())
+        console.say("")
+        console.say(f"whole pipeline: {result['wall_s']} s; every artefact under {cfg.workdir}")
+        if result.get("results_dir"):
+            console.say(f"report, plots and predictions (local copy): {result['results_dir']}")
+            console.say(f"  open {result['results_dir']}/report.md; list the runs: neurolm runs list {cfg.workdir}")
     return 0

@@ -66,6 +66,7 @@ def test_debug_search_stops_trials_early_and_writes_a_loadable_best_mixture(
         f"instruct.config.tasks={tasks}",
         f"storage_path={storage_path}",
         f"name=debug-{int(time.time())}",
+        "wandb=true",  # W&B offline: the files `wandb sync` reads (README, watching a search)
     ])  # fmt: skip
 
     start = time.perf_counter()
@@ -105,3 +106,14 @@ def test_debug_search_stops_trials_early_and_writes_a_loadable_best_mixture(
     events = storage.list_files(summary["experiment"])
     assert sum("events.out.tfevents" in f for f in events) == summary["num_trials"]
     assert summary["export_dir"] and storage.exists(storage.join(summary["export_dir"], "model.safetensors"))
+
+    # What the README's ways of watching a search read: TensorBoard events (above), one W&B offline run per
+    # trial, and each trial's metrics.jsonl, which `neurolm runs list` summarises.
+    offline_runs = {f.split("/wandb/")[1].split("/")[0] for f in events if "/wandb/offline-run-" in f}
+    assert len(offline_runs) == summary["num_trials"], sorted(offline_runs)
+    assert sum(f.endswith(".wandb") for f in events) >= summary["num_trials"]
+    from neurolm.runs import list_runs
+
+    runs = list_runs(storage.join(summary["experiment"], "runs"))
+    assert len(runs) == summary["num_trials"]
+    assert all(r["reports"] > 0 and r["step"] for r in runs), runs
