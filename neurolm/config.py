@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from neurolm.config_preprocess import EventsOptions, LeakageOptions
 from neurolm.model_config import (
     NeuroLMConfig,
     NeuroLMConfigOverrides,
@@ -28,8 +29,6 @@ from neurolm.model_config import (
     TokenizerConfigOverrides,
     deep_merge,
 )
-
-from neurolm.config_preprocess import EventsOptions, LeakageOptions
 
 __all__ = [
     "ConfigError",
