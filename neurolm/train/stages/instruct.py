@@ -206,6 +206,7 @@ class InstructStage:
         all-reduced over ranks → ``val/<task>/balanced_accuracy``, ``accuracy``, ``loss`` (NLL of the truth)."""
         import ray.train
 
+        from neurolm.eval.collapse import collapse_metrics
         from neurolm.eval.generate import score_options
 
         metrics: dict[str, float] = {}
@@ -238,6 +239,8 @@ class InstructStage:
             metrics[f"val/{t.name}/balanced_accuracy"] = bacc
             metrics[f"val/{t.name}/accuracy"] = float(np.trace(confusion) / max(n, 1))
             metrics[f"val/{t.name}/loss"] = total[-1] / max(n, 1)
+            # issue 16: a model answering one class (or with a non-finite loss) is flagged, not just scored.
+            metrics.update(collapse_metrics(f"val/{t.name}", confusion.sum(axis=0), metrics[f"val/{t.name}/loss"]))
             baccs.append(bacc)
         if baccs:
             metrics["val/mean_balanced_accuracy"] = float(np.nanmean(baccs))
