@@ -28,7 +28,9 @@ def majority_share(predicted_counts: Sequence[float] | np.ndarray) -> float:
     return float(counts.max() / total) if total > 0 else float("nan")
 
 
-def is_collapsed(predicted_counts: Sequence[float] | np.ndarray, *losses: float, share: float = COLLAPSE_SHARE) -> bool:
+def is_collapsed(
+    predicted_counts: Sequence[float] | np.ndarray, *losses: float, share: float = COLLAPSE_SHARE
+) -> bool:
     """One answer for ≥ ``share`` of the rows (with at least two rows), or any non-finite loss."""
     if any(not math.isfinite(float(loss)) for loss in losses):
         return True
@@ -36,13 +38,18 @@ def is_collapsed(predicted_counts: Sequence[float] | np.ndarray, *losses: float,
     return bool(counts.sum() >= 2 and majority_share(counts) >= share)
 
 
-def collapse_metrics(prefix: str, predicted_counts: Sequence[float] | np.ndarray, *losses: float) -> dict[str, float]:
+def collapse_metrics(
+    prefix: str, predicted_counts: Sequence[float] | np.ndarray, *losses: float
+) -> dict[str, float]:
     """``<prefix>/collapsed`` (1.0 or 0.0) and ``<prefix>/majority_share``; logs a warning when collapsed."""
     collapsed = is_collapsed(predicted_counts, *losses)
     share = majority_share(predicted_counts)
     if collapsed:
         log.warning(
             "COLLAPSED: %s answers one class for %.0f%% of %d rows (losses %s)",
-            prefix, 100 * share, int(np.sum(predicted_counts)), [round(float(x), 4) for x in losses],
+            prefix,
+            100 * share,
+            int(np.sum(predicted_counts)),
+            [round(float(x), 4) for x in losses],
         )
     return {f"{prefix}/collapsed": float(collapsed), f"{prefix}/majority_share": share}

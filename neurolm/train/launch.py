@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
