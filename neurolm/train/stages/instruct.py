@@ -12,6 +12,7 @@ closed-form count of batches it had given, and continues exactly. Task weights t
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from neurolm.data.shards import batch_to_signals
 from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
 from neurolm.train.metrics import all_reduce_sum, neurolm_flops_per_token
 from neurolm.train.stage import StepOutput
+
+log = logging.getLogger("neurolm.train")
 
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
 
@@ -196,6 +199,10 @@ class InstructStage:
             metrics["text_loss"] = float(lm.loss.detach())
             tokens += text[:, :-1].numel()
         metrics["loss"] = float(loss.detach())
+        # issue 16: a non-finite loss is reported (train/nonfinite_loss = share of such micro-steps), not averaged away.
+        metrics["nonfinite_loss"] = float(not np.isfinite(metrics["loss"]))
+        if metrics["nonfinite_loss"]:
+            log.warning("COLLAPSED: non-finite instruction loss %s at progress %.3f", metrics["loss"], progress)
         return StepOutput(loss=loss, metrics=metrics, tokens=tokens)
 
     def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
