@@ -101,6 +101,25 @@ class PreprocessConfig(Section):
         description="Generic `edf` reader: regex whose first group, searched in a file's path relative to input, "
         "is its subject; None = the parent folder (the file name for files directly in input).",
     )
+    # --- small real tasks (issue 16; used by the `ts` reader, see neurolm/data/recipe.py) ---
+    below_nyquist: Literal["lower", "refuse"] = Field(
+        default="lower",
+        description="Source rate below twice h_freq: lower h_freq to 0.9 x the source Nyquist frequency (and drop "
+        "a notch at or above it), recorded in the manifest; or refuse the recording.",
+    )
+    short_trials: Literal["pad", "refuse"] = Field(
+        default="pad",
+        description="`ts` trials shorter than one 1-s patch: pad each channel with its own trial mean to 1 s "
+        "(recorded in the manifest), or refuse.",
+    )
+    normalize: Literal["none", "dataset"] = Field(
+        default="none",
+        description="`ts` reader: none = the 100 uV convention only; dataset = subtract each channel's mean and "
+        "divide by one dataset-wide within-trial scale, both measured on the train split, to normalize_std.",
+    )
+    normalize_std: float = Field(
+        default=0.1, gt=0, description="Within-trial std after normalize=dataset, in model units (100 uV)."
+    )
 
     events: EventsOptions = Field(default_factory=EventsOptions, description="`events` corpus: labels, trials.")
     leakage: LeakageOptions = Field(default_factory=LeakageOptions, description="Pre-training leakage guard.")
@@ -503,6 +522,11 @@ class EvalTaskData(Section):
     name: str = Field(description="Task name, e.g. TUAB or SelfRegulationSCP1 (neurolm.data.tasks.TASKS).")
     test: str | list[str] = Field(description="Shard directory URI(s) (part-*.parquet) of the evaluated split.")
     split: str = Field(default="test", description="Name of the split in the report and metric keys.")
+    baseline_train: str | list[str] | None = Field(
+        default=None,
+        description="Train-split shard URI(s) of the task: when given, linear baselines (neurolm.eval.baselines) "
+        "are fitted on them and scored on the evaluated split beside the model.",
+    )
 
 
 class EvaluateJobConfig(Section):

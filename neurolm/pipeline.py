@@ -214,7 +214,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
 
             eval_cfg = evaluation_config(
                 checkpoint=ins.export_dir,
-                tasks=[{"name": t["name"], "test": t["test"]} for t in tasks if t["test"]],
+                tasks=[{"name": t["name"], "test": t["test"], "baseline_train": t["train"]} for t in tasks if t["test"]],
                 output=storage.join(cfg.workdir, "eval"),
                 **cfg.evaluate.overrides,
             )

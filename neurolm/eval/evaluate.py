@@ -54,7 +54,9 @@ from neurolm import storage
 from neurolm.config import ConfigError, EvaluateJobConfig, load_config
 from neurolm.data.layout import instruction_layout, prompt_batch
 from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
+from neurolm.eval.baselines import baselines_from_shards, best_baseline
 from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
+from neurolm.models.collapse import is_collapsed, majority_share
 from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.models.neurolm import NeuroLM
 from neurolm.models.precision import precision_dtype
@@ -417,6 +419,11 @@ def task_metrics_entry(task: Task, rows: Mapping[str, np.ndarray]) -> dict[str, 
         metrics["parse_failures"] = int(gen["parse_failures"])
         metrics.update({key: v for key, v in gen.items() if key.startswith("official/")})
         metrics.update({f"generation/{key}": gen[key] for key in OURS_HARD_METRICS})
+    # issue 16: one answer for >= 95 % of the rows, or non-finite class probabilities, is a collapsed model.
+    counts = np.bincount(probs.argmax(axis=1), minlength=k) if len(probs) else np.zeros(k)
+    finite = bool(np.isfinite(probs).all())
+    metrics["majority_share"] = majority_share(counts)
+    metrics["collapsed"] = is_collapsed(counts, 0.0 if finite else float("nan"))
     return metrics
 
 
@@ -465,7 +472,15 @@ def write_evaluation_report(
 
     ``entries``: per task and split, ``{"key", "task": Task, "split", "rows", "metrics"}``.
     """
-    from neurolm.eval.report import markdown_table, plot_confusion_matrix, plot_summary, plot_task_metrics
+    from neurolm.eval.report import (
+        baseline_markdown,
+        collapse_warnings,
+        markdown_table,
+        plot_baselines,
+        plot_confusion_matrix,
+        plot_summary,
+        plot_task_metrics,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -490,6 +505,10 @@ def write_evaluation_report(
             "confusion_matrix": confusion_matrix(labels, rows["pred"], k)[:, :k].tolist(),
             "truncated_samples": int(np.sum(rows["truncated"])) if "truncated" in rows else 0,
         }
+        # issue 16: collapse flag and linear baselines on the same split (added by evaluate_checkpoint).
+        entry["collapsed"] = bool(e["metrics"].get("collapsed", False))
+        if e.get("baselines"):
+            entry["baselines"] = {n: {m: _json_value(v) for m, v in b.items()} for n, b in e["baselines"].items()}
         images = [
             plot_confusion_matrix(
                 labels,
@@ -524,6 +543,11 @@ def write_evaluation_report(
     json_path = out / "metrics.json"
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     summary = plot_summary(report, out / "summary.png")
+    extra_md = collapse_warnings(report) + baseline_markdown(report)
+    if any(t.get("baselines") for t in report["tasks"].values()):
+        baseline_png = plot_baselines(report, out / "baselines.png")
+        written.append(baseline_png)
+        extra_md += f"\n![baselines]({baseline_png.name})\n"
     table_view = {
         "tasks": {
             key: {
@@ -545,6 +569,7 @@ def write_evaluation_report(
         f"{metadata.get('rows')} rows scored in {metadata.get('scoring_seconds')} s "
         f"({metadata.get('rows_per_s')} rows/s on {metadata.get('concurrency')} actor(s)).\n\n",
         markdown_table(table_view),
+        extra_md,
         "\nOurs: BAcc, κ, W-F1 and Acc from the most probable answer option; AUROC and AUC-PR from the option "
         "probabilities (softmax of the answers' log-likelihoods; one-vs-rest macro for multi-class). Official: "
         "the official code's scoring of greedy generations (≤ "
@@ -632,6 +657,17 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
         }
         for t, rows in zip(cfg.tasks, scored, strict=True)
     ]
+    for t, e in zip(cfg.tasks, entries, strict=True):
+        if e["metrics"]["collapsed"]:
+            log.warning(
+                "COLLAPSED: %s answers one class for %.0f%% of %d rows",
+                e["key"], 100 * e["metrics"]["majority_share"], e["metrics"]["n"],
+            )
+        if t.baseline_train:
+            b0 = time.perf_counter()
+            e["baselines"] = baselines_from_shards(t.baseline_train, t.test, e["task"].num_classes)
+            best = best_baseline(e["baselines"])
+            log.info("%s: linear baselines in %.1f s, best %s", e["key"], time.perf_counter() - b0, best)
     metadata = {
         "checkpoint": cfg.checkpoint,
         "eeg_max_len": eeg_max_len,
@@ -652,6 +688,11 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
         files = write_evaluation_report(entries, local, title=cfg.title, metadata=metadata)
         uris = _publish(files, local, cfg.output)
     metrics = {f"{e['key']}/{m}": v for e in entries for m, v in e["metrics"].items()}
+    metrics.update({
+        f"{e['key']}/baseline/{name}/{m}": v
+        for e in entries for name, b in (e.get("baselines") or {}).items() for m, v in b.items()
+        if m in ("balanced_accuracy", "accuracy", "roc_auc")
+    })  # fmt: skip
     tasks = {
         e["key"]: {"n": e["metrics"]["n"], "parse_failures": e["metrics"]["parse_failures"]} for e in entries
     }

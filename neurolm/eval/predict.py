@@ -97,6 +97,12 @@ TASK_RULES: Mapping[str, TaskRules] = MappingProxyType(
         "Workload": TaskRules(4.0, 50.0, WORKLOAD_CHANNELS),
         "TUSL": TaskRules(10.0, 60.0, TUH_CHANNELS),
         "SelfRegulationSCP1": TaskRules(3.0, 50.0, TS_CHANNELS["SelfRegulationSCP1"]),
+        # issue 16; trained with normalize=dataset, whose statistics are in the shards' manifest, not applied here.
+        "Blink": TaskRules(2.0, 50.0, TS_CHANNELS["Blink"]),
+        "EyesOpenShut": TaskRules(
+            1.0, 50.0, ("F7", "F3", "O2", "P8", "T8", "FC6", "F4", "AF3", "FC5", "T7", "P7", "O1", "F8", "AF4")
+        ),  # auxiliary/EyesOpenShut.json
+        "FingerMovements": TaskRules(1.0, 50.0, TS_CHANNELS["FingerMovements"]),
     }
 )
 """Per-task sample length, notch and channels of the training shards."""

@@ -413,3 +413,54 @@ def plot_trials(
         ax.legend(fontsize=7, loc="best")
     _save(fig, out_png)
     return dict(usable[best][1])
+
+
+# -- baselines and collapse (issues 14.5 and 16) ------------------------------------------------------------------
+
+
+def baseline_markdown(report: Mapping[str, Any], metric: str = "balanced_accuracy") -> str:
+    """Markdown table of ``metric`` per task: the model beside each linear baseline (``tasks[key]["baselines"]``)
+    and the margin to the best one; empty when no task has baselines."""
+    keyed = {k: t for k, t in report["tasks"].items() if t.get("baselines")}
+    if not keyed:
+        return ""
+    names = sorted({b for t in keyed.values() for b in t["baselines"]})
+    title = dict(REPORT_METRICS).get(metric, metric)
+    lines = [
+        f"\n### {title}: model vs linear baselines (same train/test split)\n\n",
+        "| task | model | " + " | ".join(names) + " | model − best baseline |\n",
+        "|---|---|" + "---|" * len(names) + "---|\n",
+    ]
+    for key, t in keyed.items():
+        model = t["metrics"].get(metric)
+        values = [t["baselines"][n].get(metric) for n in names]
+        finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+        margin = "–" if not finite or model is None else f"{model - max(finite):+.3f}"
+        cells = ["–" if v is None else f"{v:.3f}" for v in values]
+        model_cell = "–" if model is None else f"{model:.3f}"
+        lines.append(f"| {key} | {model_cell} | " + " | ".join(cells) + f" | {margin} |\n")
+    return "".join(lines)
+
+
+def collapse_warnings(report: Mapping[str, Any]) -> str:
+    """A loud Markdown block naming every collapsed task (one answer for ≥ 95 % of rows or non-finite scores)."""
+    lines = [
+        f"> **WARNING — collapsed model on {key}**: one answer for {100 * t['metrics'].get('majority_share', 1):.0f} % "
+        "of the rows (or non-finite scores); its metrics measure a constant, not the EEG.\n"
+        for key, t in report["tasks"].items()
+        if t.get("collapsed")
+    ]
+    return ("\n" + ">\n".join(lines)) if lines else ""
+
+
+def plot_baselines(report: Mapping[str, Any], out_png: str | Path, *, metric: str = "balanced_accuracy") -> Path:
+    """One bar group per task: the model and each linear baseline."""
+    keyed = {k: t for k, t in report["tasks"].items() if t.get("baselines")}
+    if not keyed:
+        raise ValueError("no task has baselines")
+    names = sorted({b for t in keyed.values() for b in t["baselines"]})
+    series: dict[str, list[float | None]] = {"NeuroLM": [t["metrics"].get(metric) for t in keyed.values()]}
+    for n in names:
+        series[n] = [t["baselines"].get(n, {}).get(metric) for t in keyed.values()]
+    title = dict(REPORT_METRICS).get(metric, metric)
+    return _grouped_bars(list(keyed), series, out_png, f"{title}: model vs linear baselines", title)

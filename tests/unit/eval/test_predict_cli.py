@@ -187,6 +187,9 @@ def test_every_registered_task_has_preprocessing_rules() -> None:
         "Workload": 4,
         "TUSL": 10,
         "SelfRegulationSCP1": 3,
+        "Blink": 2,
+        "EyesOpenShut": 1,
+        "FingerMovements": 1,
     }
     assert task_rules("TUSL").notch_hz == 60 and task_rules("TUAB").notch_hz == 50
 

