@@ -124,9 +124,10 @@ def build_datasets(cfg: _StageConfig, stage) -> tuple[dict[str, Any], dict[str, 
         transform = stage.batch_transform()
         raw = read_shards(_uris(cfg.data.train))
         info = {"rows": raw.count()}
-        datasets = {"train": raw.map_batches(transform, batch_format="numpy")}
+        # pyarrow batches: the layout reads the signal bytes in place (numpy batches copy each row to bytes).
+        datasets = {"train": raw.map_batches(transform, batch_format="pyarrow")}
         if cfg.data.val:
-            datasets["val"] = read_shards(_uris(cfg.data.val)).map_batches(transform, batch_format="numpy")
+            datasets["val"] = read_shards(_uris(cfg.data.val)).map_batches(transform, batch_format="pyarrow")
     if cfg.data.text and cfg.data.text_batch_size > 0:
         from neurolm.data.text import text_windows
 
