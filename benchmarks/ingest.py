@@ -194,6 +194,7 @@ def main() -> None:
     p.add_argument("--format", type=int, default=2, choices=(1, 2))
     p.add_argument("--batch-format", default="pyarrow", choices=("pyarrow", "numpy"))
     p.add_argument("--settings", default="inproc,raytrain")
+    p.add_argument("--out", help="also write the JSON here (Ray's raylet may print warnings to stdout)")
     args = p.parse_args()
     import torch
 
@@ -214,8 +215,11 @@ def main() -> None:
             results.append(bench_raytrain(rep, args))
         finally:
             ray.shutdown()
-    print(json.dumps({"bench": "ingest", "shard_format": args.format, "rows": rows,
-                      "load_avg": os.getloadavg(), "results": results}, indent=1))  # fmt: skip
+    report = json.dumps({"bench": "ingest", "shard_format": args.format, "rows": rows,
+                         "load_avg": os.getloadavg(), "results": results}, indent=1)  # fmt: skip
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
 
 
 if __name__ == "__main__":
