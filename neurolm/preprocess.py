@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-
-import ray
 
 from neurolm import runtime, storage
 from neurolm.config import CORPORA, ConfigError, PreprocessConfig, load_config
@@ -34,9 +33,20 @@ from neurolm.data.manifest_extra import manifest_extra
 from neurolm.data.readers.base import RecordingTask
 from neurolm.data.signal import RecordingError
 
-__all__ = ["cli", "run_preprocess", "validate_config", "build_config", "outcome_summary", "format_summary"]
+__all__ = [
+    "cli",
+    "run_preprocess",
+    "choose_executor",
+    "validate_config",
+    "build_config",
+    "outcome_summary",
+    "format_summary",
+]
 
 SUMMARY_REASONS = 3  # reasons shown per outcome in the console summary (all of them are in the manifest)
+INLINE_MAX_BYTES = 32 * 2**20
+"""``executor="auto"`` processes in this process when the recordings to do hold at most this many bytes (or are
+one recording): starting a local Ray instance costs ~6 s, more than such a job takes on one core."""
 LOCAL_OBJECT_STORE_BYTES = int(5e8)  # STACK.md §8: always cap the object store on small machines
 MAX_IN_FLIGHT = 1000  # submitted but unfinished recording tasks (bounds driver memory on 30k-file corpora)
 
@@ -78,8 +88,7 @@ def validate_config(cfg: PreprocessConfig) -> None:
         raise ConfigError("invalid preprocess config:\n  " + "\n  ".join(problems))
 
 
-@ray.remote(max_retries=1)
-def _process_remote(task: RecordingTask, cfg: PreprocessConfig, fingerprint: str) -> dict[str, Any]:
+def _process_in_task(task: RecordingTask, cfg: PreprocessConfig, fingerprint: str) -> dict[str, Any]:
     return preprocessing.process_recording(task, cfg, fingerprint)
 
 
@@ -87,9 +96,10 @@ def _run_tasks(
     tasks: Sequence[tuple[RecordingTask, str]], cfg: PreprocessConfig, progress: bool
 ) -> list[dict[str, Any]]:
     """One Ray task per recording, at most :data:`MAX_IN_FLIGHT` submitted at a time, with a progress bar."""
+    import ray  # imported only here: an in-process job never pays for it
     from tqdm.auto import tqdm
 
-    remote = _process_remote.options(num_cpus=cfg.num_cpus_per_task)
+    remote = ray.remote(max_retries=1)(_process_in_task).options(num_cpus=cfg.num_cpus_per_task)
     queue = list(tasks)
     owner: dict[ray.ObjectRef, tuple[RecordingTask, str]] = {}
     records: list[dict[str, Any]] = []
@@ -167,8 +177,31 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def choose_executor(cfg: PreprocessConfig, tasks: Sequence[RecordingTask]) -> Literal["ray", "inline"]:
+    """``auto``: Ray when a cluster is already there (running, ``ray_address`` or ``RAY_ADDRESS``) or the job is
+    big; in this process when it is one recording or at most :data:`INLINE_MAX_BYTES` of source files."""
+    ray = sys.modules.get("ray")  # a running Ray was imported by whoever started it
+    if (ray is not None and ray.is_initialized()) or cfg.ray_address or os.environ.get("RAY_ADDRESS"):
+        return "ray"
+    if len(tasks) <= 1:
+        return "inline"
+    size = 0
+    for task in tasks:
+        for source in task.sources:
+            try:
+                size += os.path.getsize(source)
+            except OSError:  # not a local file (or gone): let the workers report it
+                return "ray"
+            if size > INLINE_MAX_BYTES:
+                return "ray"
+    return "inline"
+
+
 def run_preprocess(
-    cfg: PreprocessConfig, progress: bool = True, executor: Literal["ray", "inline"] = "ray"
+    cfg: PreprocessConfig,
+    progress: bool = True,
+    executor: Literal["ray", "inline", "auto"] = "ray",
+    num_cpus: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a preprocessing job and return its summary.
 
@@ -178,9 +211,12 @@ def run_preprocess(
         The job; ``output`` may be a local directory or ``s3://bucket/prefix``.
     progress : bool
         Show a progress bar (tqdm) on stderr.
-    executor : {"ray", "inline"}
+    executor : {"ray", "inline", "auto"}
         ``ray``: one Ray task per recording (default). ``inline``: process in this process, one after the other
-        (debugging, tests without a cluster); the output is identical.
+        (small jobs, debugging, tests without a cluster); the output is identical. ``auto``: see
+        :func:`choose_executor`.
+    num_cpus : int, optional
+        CPUs of a local Ray instance started for this job (default: all).
 
     Returns
     -------
@@ -223,17 +259,25 @@ def run_preprocess(
         else:
             todo.append((task, fingerprint))
     fresh: list[dict[str, Any]] = []
+    if executor == "auto":
+        executor = choose_executor(cfg, [task for task, _ in todo])
     if todo and executor == "inline":
         fresh = _run_inline(todo, cfg)
     elif todo:
         # One task per recording: no dashboard needed, and worker logs stay out of the progress bar.
+        local = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
         started = runtime.ensure_ray(
-            cfg.ray_address, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, log_to_driver=False
+            cfg.ray_address,
+            include_dashboard=False,
+            log_to_driver=False,
+            **({"object_store_memory": LOCAL_OBJECT_STORE_BYTES, "num_cpus": num_cpus} if local else {}),
         )
         try:
             fresh = _run_tasks(todo, cfg, progress)
         finally:
             if started:
+                import ray
+
                 ray.shutdown()
     wall_s = round(time.perf_counter() - start, 3)
     cpu_s = round(sum(r.get("cpu_s", 0.0) for r in fresh), 3)
@@ -248,6 +292,7 @@ def run_preprocess(
         "processed": len(fresh),
         "cpu_s": cpu_s,
         "wall_s": wall_s,
+        "executor": executor if todo else "none",
     }
 
 
@@ -269,6 +314,14 @@ def build_config(argv: Sequence[str]) -> tuple[PreprocessConfig, argparse.Namesp
     parser.add_argument("--config", help="YAML preset (PreprocessConfig keys)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--strict", action="store_true", help="exit with status 3 if any recording failed")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="0: process in this process, no Ray; N: a local Ray with N CPUs (ignored when joining a cluster); "
+        "default: in this process for one recording or a few MB of input, else Ray with every CPU",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. split_seed=1 notch=60")
     args = parser.parse_args(list(argv))
     flags = [f"{key}={_quoted(getattr(args, key))}" for key in ("corpus", "input", "output", "dataset")
@@ -282,7 +335,10 @@ def cli(argv: list[str] | None = None) -> int:
     raised and mapped by :func:`neurolm.cli.run_command`."""
     cfg, args = build_config(sys.argv[1:] if argv is None else argv)
     validate_config(cfg)
-    summary = run_preprocess(cfg, progress=not args.no_progress)
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers = {args.workers}: must be 0 (in-process) or a CPU count")
+    executor = "auto" if args.workers is None else "inline" if args.workers == 0 else "ray"
+    summary = run_preprocess(cfg, progress=not args.no_progress, executor=executor, num_cpus=args.workers or None)
     print(json.dumps(summary, indent=1))
     print(format_summary(summary), file=sys.stderr)
     if summary["failed"]:

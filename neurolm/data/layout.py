@@ -45,6 +45,7 @@ __all__ = [
     "raw_signal_target",
     "layout_batch",
     "make_layout_fn",
+    "shard_columns",
     "instruction_text_batch",
     "prompt_batch",
     "layout_instruction_batch",
@@ -141,13 +142,17 @@ def layout_batch(
         T = sig.shape[1] // patch_size
         if C * T > L:
             if not truncate:
-                raise ValueError(f"sample {i} has {C} channels x {T} s = {C * T} tokens > max_tokens {L}; "
-                                 "cut shorter windows or pass truncate=True")
+                raise ValueError(
+                    f"sample {i} has {C} channels x {T} s = {C * T} tokens > max_tokens {L}; "
+                    "cut shorter windows or pass truncate=True"
+                )
             T = L // C
             sig = sig[:, : T * patch_size]
         if max_seconds is not None and T > max_seconds:
-            raise ValueError(f"sample {i} lasts {T} s but the model's time table has {max_seconds} rows "
-                             "(raise max_seconds in the model config)")
+            raise ValueError(
+                f"sample {i} lasts {T} s but the model's time table has {max_seconds} rows "
+                "(raise max_seconds in the model config)"
+            )
         n = C * T
         patches = patchify(sig, patch_size)  # (n, P)
         x[i, :n] = patches
@@ -158,10 +163,51 @@ def layout_batch(
         if targets and n:
             freq_target[i, :n] = fourier_amplitude_target(patches)
             raw_target[i, :n] = raw_signal_target(patches)
-    out = {"x": x, "input_chans": input_chans, "input_time": input_time, "input_mask": input_mask,
-           "num_chans": num_chans, "num_tokens": num_tokens}
+    out = {
+        "x": x,
+        "input_chans": input_chans,
+        "input_time": input_time,
+        "input_mask": input_mask,
+        "num_chans": num_chans,
+        "num_tokens": num_tokens,
+    }
     if targets:
         out["freq_target"], out["raw_target"] = freq_target, raw_target
+    return out
+
+
+def shard_columns(batch: Any) -> dict[str, Any]:
+    """The columns :func:`layout_batch` needs from a Ray Data batch of shard rows, decoded without copying the
+    signal: ``signal`` as per-sample ``(C, T·200)`` arrays, ``channels`` as per-sample index arrays, and
+    ``n_channels``, ``n_seconds``, ``label`` (when present) as numpy arrays.
+
+    ``batch`` is a ``pyarrow.Table`` (``map_batches(batch_format="pyarrow")``) or a dict of numpy arrays
+    (``batch_format="numpy"``), from shards of either format (:mod:`neurolm.data.shards`).
+    """
+    import pyarrow as pa
+
+    from neurolm.data.shards import batch_to_signals
+
+    if isinstance(batch, pa.Table):
+        names = batch.column_names
+        channels = batch.column("channels").combine_chunks()
+        flat = channels.flatten().to_numpy()
+        offsets = channels.offsets.to_numpy()
+        out = {
+            "signal": batch_to_signals(batch),
+            "channels": [flat[offsets[i] : offsets[i + 1]] for i in range(len(channels))],
+        }
+        for name in ("n_channels", "n_seconds", "label"):
+            out[name] = batch.column(name).to_numpy() if name in names else None
+        return {k: v for k, v in out.items() if v is not None or k in ("n_channels", "n_seconds")}
+    out = {
+        "signal": batch_to_signals(batch) if "n_channels" in batch else batch["signal"],
+        "channels": batch["channels"],
+        "n_channels": batch.get("n_channels"),
+        "n_seconds": batch.get("n_seconds"),
+    }
+    if "label" in batch:
+        out["label"] = batch["label"]
     return out
 
 
@@ -169,16 +215,25 @@ def make_layout_fn(
     max_tokens: int, targets: bool = True, keep: Sequence[str] = ("label",), truncate: bool = False
 ) -> Callable[[dict[str, Any]], dict[str, np.ndarray]]:
     """A ``map_batches`` function over sample-shard columns (``signal``, ``channels``, optional ``n_channels``,
-    ``n_seconds``) returning :func:`layout_batch`'s arrays plus the ``keep`` columns that are present."""
+    ``n_seconds``) returning :func:`layout_batch`'s arrays plus the ``keep`` columns that are present.
 
-    def layout_fn(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    It takes ``batch_format="pyarrow"`` batches (fastest: the signal is read in place from the Arrow buffer) or
+    ``"numpy"`` ones, of either shard format (see :func:`shard_columns`)."""
+
+    def layout_fn(batch: Any) -> dict[str, np.ndarray]:
+        columns = shard_columns(batch)
         out = layout_batch(
-            batch["signal"], batch["channels"], max_tokens, n_channels=batch.get("n_channels"),
-            n_seconds=batch.get("n_seconds"), targets=targets, truncate=truncate,
+            columns["signal"],
+            columns["channels"],
+            max_tokens,
+            n_channels=columns["n_channels"],
+            n_seconds=columns["n_seconds"],
+            targets=targets,
+            truncate=truncate,
         )
         for name in keep:
-            if name in batch:
-                out[name] = np.asarray(batch[name])
+            if name in columns:
+                out[name] = np.asarray(columns[name])
         return out
 
     return layout_fn

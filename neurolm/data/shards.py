@@ -23,15 +23,21 @@ Schema (one row per sample)::
     channels      list<int16>  10-20 vocabulary indices (neurolm.channels.STANDARD_1020), length C
     n_channels    int16        C
     n_seconds     int32        T
-    signal        arrow.fixed_shape_tensor<float32>[C, T·200]   units of 100 µV, row-major
+    signal        large_binary  (C, T·200) little-endian float32 (or float16) bytes, row-major, units of 100 µV
     source_sfreq  float64      sampling rate of the source file
 
-``signal`` is a fixed-shape tensor column, one shape per file (all samples of a recording share it). Measured
-with Ray 2.60: ``ray.data.read_parquet(...).map_batches(fn, batch_format="numpy")`` hands ``fn`` a real
-``(B, C, T·200)`` float32 ndarray when the batch comes from shards of one shape, and an object array of
-``(C_i, T_i·200)`` float32 ndarrays when shards of different shapes meet (TUEG, generic folders). A flat
-``FixedSizeList`` column would arrive as an object array of 1-D arrays (STACK.md §4); we do not write one.
-:func:`batch_to_signals` turns any of these into per-sample ``(C, T·200)`` arrays.
+Shard format 2 (:data:`SHARD_FORMAT`, in the file's schema metadata ``neurolm.shard_format``) stores ``signal``
+as raw bytes, uncompressed, and every other column zstd-compressed. Format 1 stored it as an
+``arrow.fixed_shape_tensor<float32>[C, T·200]`` column compressed with zstd; Parquet decodes such a nested
+column value by value (a repetition and a definition level per float), which read at ~120 samples/s
+(64 ch x 16 s) on one core where format 2 reads at ~3000 (zstd gained only 4-7 % on float EEG and cost 3x
+the read time). Format 1 shards are still read, validated and decoded everywhere. The dtype of a format 2 row is
+implied by its length: ``len / (C·T·200)`` bytes per value (4: float32, 2: float16).
+
+Ray Data hands a ``map_batches(fn, batch_format="pyarrow")`` function the Arrow column (decoded here without a
+copy); with ``batch_format="numpy"`` it hands an object array of ``bytes`` (format 2), a ``(B, C, T·200)``
+ndarray or an object array of ndarrays (format 1). :func:`batch_to_signals` turns any of these into per-sample
+``(C, T·200)`` arrays.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from neurolm import storage
 from neurolm.data.readers.base import SPLITS, RecordingSamples, RecordingTask
 
 __all__ = [
+    "SHARD_FORMAT",
     "SHARD_COLUMNS",
     "SIGNAL_COLUMN",
     "MANIFEST_NAME",
@@ -68,6 +75,7 @@ __all__ = [
     "list_shards",
     "batch_to_signals",
     "table_to_signals",
+    "signal_rows",
 ]
 
 SIGNAL_COLUMN = "signal"
@@ -89,18 +97,34 @@ SHARD_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("source_sfreq", pa.float64()),
 )
 _SIGNAL_DTYPES = {"float32": pa.float32(), "float16": pa.float16()}
+_ITEMSIZE_DTYPES = {4: np.dtype("<f4"), 2: np.dtype("<f2")}  # format 2: bytes per value -> dtype
+SHARD_FORMAT = 2
+"""Version of the shard layout written by :func:`samples_to_table` (see the module docstring)."""
+FORMAT_KEY = b"neurolm.shard_format"
+PATCH = 200  # samples per second of signal (one token); a format 2 row holds C x n_seconds x PATCH values
 
 
 class ShardSchemaError(ValueError):
     """A shard does not follow the sample schema; the message names the file, the column and the mismatch."""
 
 
-def shard_schema(n_channels: int, n_times: int, dtype: str = "float32") -> pa.Schema:
-    """The schema of a shard whose samples are ``(n_channels, n_times)`` signals of ``dtype``."""
-    signal_type = pa.fixed_shape_tensor(_SIGNAL_DTYPES[dtype], (n_channels, n_times))
+def shard_schema(
+    n_channels: int, n_times: int, dtype: str = "float32", version: int = SHARD_FORMAT
+) -> pa.Schema:
+    """The schema of a shard whose samples are ``(n_channels, n_times)`` signals of ``dtype``.
+
+    ``version`` 2 (the default) stores the signal as raw bytes; 1 as a fixed-shape tensor (still readable,
+    written only by tests that check old shards keep working).
+    """
+    if version == 1:
+        signal_type = pa.fixed_shape_tensor(_SIGNAL_DTYPES[dtype], (n_channels, n_times))
+    elif version == 2:
+        signal_type = pa.large_binary()
+    else:
+        raise ValueError(f"shard format {version} is not one of 1, 2")
     columns = [pa.field(name, kind) for name, kind in SHARD_COLUMNS]
     columns.insert(len(columns) - 1, pa.field(SIGNAL_COLUMN, signal_type))
-    return pa.schema(columns)
+    return pa.schema(columns, metadata={FORMAT_KEY: str(version).encode()})
 
 
 def recording_key(recording: str) -> str:
@@ -110,7 +134,9 @@ def recording_key(recording: str) -> str:
     return f"{readable}-{digest}" if readable else digest
 
 
-def samples_to_table(task: RecordingTask, samples: RecordingSamples, sfreq: float = 200.0) -> pa.Table:
+def samples_to_table(
+    task: RecordingTask, samples: RecordingSamples, sfreq: float = 200.0, version: int = SHARD_FORMAT
+) -> pa.Table:
     """All samples of one recording as one table in sample order (any mix of splits)."""
     n, n_channels, n_times = samples.signals.shape
     dtype = str(samples.signals.dtype)
@@ -118,10 +144,13 @@ def samples_to_table(task: RecordingTask, samples: RecordingSamples, sfreq: floa
         raise ValueError(f"signal dtype must be one of {sorted(_SIGNAL_DTYPES)}, got {dtype}")
     if n_times % int(sfreq):
         raise ValueError(f"windows of {n_times} samples are not whole seconds at {sfreq} Hz")
-    schema = shard_schema(n_channels, n_times, dtype)
-    flat = pa.array(samples.signals.reshape(n, -1).ravel(), type=_SIGNAL_DTYPES[dtype])
-    storage_array = pa.FixedSizeListArray.from_arrays(flat, n_channels * n_times)
-    signal = pa.ExtensionArray.from_storage(schema.field(SIGNAL_COLUMN).type, storage_array)
+    schema = shard_schema(n_channels, n_times, dtype, version)
+    if version == 1:
+        flat = pa.array(samples.signals.reshape(n, -1).ravel(), type=_SIGNAL_DTYPES[dtype])
+        storage_array = pa.FixedSizeListArray.from_arrays(flat, n_channels * n_times)
+        signal = pa.ExtensionArray.from_storage(schema.field(SIGNAL_COLUMN).type, storage_array)
+    else:
+        signal = _binary_signal(samples.signals.reshape(n, -1))
     channels = [samples.channel_indices.astype(np.int16).tolist()] * n
     columns = {
         "sample_id": [f"{task.dataset}/{task.recording}/{i:06d}" for i in range(n)],
@@ -140,10 +169,28 @@ def samples_to_table(task: RecordingTask, samples: RecordingSamples, sfreq: floa
     return pa.Table.from_pydict(columns, schema=schema)
 
 
+def _binary_signal(rows: np.ndarray) -> pa.Array:
+    """``(n, k)`` values → a ``large_binary`` array of n little-endian rows, built on one contiguous buffer."""
+    rows = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))
+    n, width = rows.shape[0], rows.shape[1] * rows.itemsize
+    offsets = pa.py_buffer((np.arange(n + 1, dtype=np.int64) * width).tobytes())
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, offsets, pa.py_buffer(rows)])
+
+
 def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as zstd Parquet bytes (deterministic for a given table and pyarrow version)."""
+    """A table as Parquet bytes (deterministic for a given table and pyarrow version).
+
+    Format 2: the signal bytes are stored plain and uncompressed (zstd gains a few % on float EEG and triples
+    the read time), the other columns with zstd. Format 1 tables are written as before (zstd throughout).
+    """
     sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
+    if pa.types.is_large_binary(table.schema.field(SIGNAL_COLUMN).type):
+        others = [name for name in table.schema.names if name != SIGNAL_COLUMN]
+        compression = {name: "zstd" for name in others} | {SIGNAL_COLUMN: "none"}
+        pq.write_table(table, sink, compression=compression, use_dictionary=others, write_statistics=others,
+                       column_encoding={SIGNAL_COLUMN: "PLAIN"})  # fmt: skip
+    else:
+        pq.write_table(table, sink, compression="zstd")
     return sink.getvalue()
 
 
@@ -162,7 +209,14 @@ def write_recording_shards(
     """
     shards = []
     splits = table.column("split").to_pylist()
-    shape = list(table.schema.field(SIGNAL_COLUMN).type.shape)
+    signal_type = table.schema.field(SIGNAL_COLUMN).type
+    if isinstance(signal_type, pa.FixedShapeTensorType):
+        shape = list(signal_type.shape)
+    else:  # format 2: one (C, T·200) shape per recording
+        shape = [
+            int(table.column("n_channels")[0].as_py()),
+            int(table.column("n_seconds")[0].as_py()) * PATCH,
+        ]
     for split in _split_order(splits):
         rows = np.flatnonzero(np.asarray(splits, dtype=object) == split)
         part = table.take(pa.array(rows))
@@ -186,9 +240,19 @@ def validate_table(table: pa.Table | pa.Schema, source: str) -> None:
     if SIGNAL_COLUMN not in schema.names:
         raise ShardSchemaError(f"{source}: column {SIGNAL_COLUMN!r} is missing")
     signal_type = schema.field(SIGNAL_COLUMN).type
+    version = (schema.metadata or {}).get(FORMAT_KEY, b"1").decode()
+    if version not in ("1", "2"):
+        raise ShardSchemaError(
+            f"{source}: shard format {version!r} (schema metadata neurolm.shard_format) is newer than this "
+            f"reader, which knows formats 1 and {SHARD_FORMAT}; upgrade neurolm"
+        )
+    if pa.types.is_large_binary(signal_type):
+        _validate_binary(table, source)
+        return
     if not isinstance(signal_type, pa.FixedShapeTensorType) or len(signal_type.shape) != 2:
         raise ShardSchemaError(
-            f"{source}: column {SIGNAL_COLUMN!r} has type {signal_type}, expected a 2-D arrow.fixed_shape_tensor"
+            f"{source}: column {SIGNAL_COLUMN!r} has type {signal_type}, expected large_binary (shard format 2) "
+            "or a 2-D arrow.fixed_shape_tensor (format 1)"
         )
     if signal_type.value_type not in _SIGNAL_DTYPES.values():
         raise ShardSchemaError(
@@ -213,6 +277,30 @@ def validate_table(table: pa.Table | pa.Schema, source: str) -> None:
             )
 
 
+def _validate_binary(table: pa.Table | pa.Schema, source: str) -> None:
+    """Format 2: every row holds C·T·200 values of 2 or 4 bytes, one width per file, and C channel indices."""
+    if not isinstance(table, pa.Table) or not table.num_rows:
+        return
+    n_channels = table.column("n_channels").to_numpy().astype(np.int64)
+    n_seconds = table.column("n_seconds").to_numpy().astype(np.int64)
+    lengths = pc.list_value_length(table.column("channels")).to_numpy()
+    if (lengths != n_channels).any():
+        i = int(np.flatnonzero(lengths != n_channels)[0])
+        raise ShardSchemaError(
+            f"{source}: row {i} has {lengths[i]} channel indices but n_channels = {n_channels[i]}"
+        )
+    if (n_channels <= 0).any() or (n_seconds <= 0).any():
+        raise ShardSchemaError(f"{source}: n_channels and n_seconds must be positive")
+    nbytes = pc.binary_length(table.column(SIGNAL_COLUMN)).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = n_channels * n_seconds * PATCH
+    widths = set((nbytes / values).tolist())
+    if len(widths) != 1 or not widths <= set(_ITEMSIZE_DTYPES):
+        raise ShardSchemaError(
+            f"{source}: signal byte lengths {sorted(set(nbytes.tolist()))[:4]} are not 2 or 4 bytes x "
+            "n_channels x n_seconds x 200 (one width per file)"
+        )
+
+
 def list_shards(uri: str) -> list[str]:
     """Shard files below a URI (``part-*.parquet``, sorted), or the URI itself if it is a Parquet file."""
     if str(uri).endswith(".parquet"):
@@ -220,18 +308,15 @@ def list_shards(uri: str) -> list[str]:
     return [f for f in storage.list_files(uri, suffix=".parquet") if f.rsplit("/", 1)[-1].startswith("part-")]
 
 
-def _flatten_signal(table: pa.Table) -> pa.Table:
-    index = table.schema.get_field_index(SIGNAL_COLUMN)
+def _to_binary_signal(table: pa.Table) -> pa.Table:
+    """A format 1 table (fixed-shape tensor signal) in the format 2 representation (bytes); format 2 as is."""
     column = table.column(SIGNAL_COLUMN)
-    value_type = column.type.value_type
-    flat = pa.chunked_array(
-        [pa.LargeListArray.from_arrays(
-            pa.array(np.arange(len(chunk) + 1, dtype=np.int64) * chunk.storage.type.list_size),
-            chunk.storage.flatten(),
-        ) for chunk in column.chunks],
-        type=pa.large_list(value_type),
-    )  # fmt: skip
-    return table.set_column(index, SIGNAL_COLUMN, flat)
+    if pa.types.is_large_binary(column.type):
+        return table.replace_schema_metadata({FORMAT_KEY: b"2"})
+    chunks = [_binary_signal(chunk.to_numpy_ndarray().reshape(len(chunk), -1)) for chunk in column.chunks]
+    index = table.schema.get_field_index(SIGNAL_COLUMN)
+    table = table.set_column(index, SIGNAL_COLUMN, pa.chunked_array(chunks, type=pa.large_binary()))
+    return table.replace_schema_metadata({FORMAT_KEY: b"2"})
 
 
 def count_rows(uri: str) -> int:
@@ -272,49 +357,100 @@ def read_shards(uri: str) -> pa.Table:
         validate_table(table, file)
         tables.append(table)
     if len({t.schema.field(SIGNAL_COLUMN).type for t in tables}) > 1:
-        tables = [_flatten_signal(t) for t in tables]
-    return pa.concat_tables(tables)
+        tables = [_to_binary_signal(t) for t in tables]
+    return pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
 
 
-def _signal_rows(signal: Any, n_channels: Sequence[int] | np.ndarray) -> list[np.ndarray]:
+def _binary_rows(chunk: pa.Array, n_channels: np.ndarray, n_seconds: np.ndarray | None) -> list[np.ndarray]:
+    """Rows of a format 2 ``large_binary`` array as ``(C, T·200)`` views on its data buffer (no copy)."""
+    offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+    data = chunk.buffers()[2]
+    rows = []
+    for i in range(len(chunk)):
+        start, nbytes, c = int(offsets[i]), int(offsets[i + 1] - offsets[i]), int(n_channels[i])
+        dtype = _row_dtype(nbytes, c, None if n_seconds is None else int(n_seconds[i]))
+        rows.append(
+            np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=start).reshape(c, -1)
+        )
+    return rows
+
+
+def _row_dtype(nbytes: int, n_channels: int, n_seconds: int | None) -> np.dtype:
+    if n_seconds is None:  # no n_seconds column: the default (and only float32 reads it right)
+        return _ITEMSIZE_DTYPES[4]
+    width = nbytes // (n_channels * n_seconds * PATCH)
+    if width not in _ITEMSIZE_DTYPES or width * n_channels * n_seconds * PATCH != nbytes:
+        raise ShardSchemaError(f"a signal row of {nbytes} bytes does not hold {n_channels} x {n_seconds} s of "
+                               "float32 or float16 values")  # fmt: skip
+    return _ITEMSIZE_DTYPES[width]
+
+
+def signal_rows(signal: Any, n_channels: Any, n_seconds: Any = None) -> list[np.ndarray]:
+    """Per-sample ``(C, T·200)`` arrays from any form of the ``signal`` column (views where possible).
+
+    Accepts an Arrow array or chunked array (either shard format), a ``(B, C, T·200)`` or ``(B, C·T·200)``
+    ndarray, or an object array / sequence of ``bytes`` (format 2 rows through Ray's numpy batches) or of
+    ndarrays (format 1 mixed shapes).
+    """
+    n_channels = np.asarray(n_channels)
+    n_seconds = None if n_seconds is None else np.asarray(n_seconds)
+    if isinstance(signal, pa.ChunkedArray | pa.Array):
+        chunks = signal.chunks if isinstance(signal, pa.ChunkedArray) else [signal]
+        rows: list[np.ndarray] = []
+        start = 0
+        for chunk in chunks:
+            end = start + len(chunk)
+            if pa.types.is_large_binary(chunk.type):
+                rows += _binary_rows(
+                    chunk, n_channels[start:end], None if n_seconds is None else n_seconds[start:end]
+                )
+            elif isinstance(chunk.type, pa.FixedShapeTensorType):
+                rows += list(chunk.to_numpy_ndarray())
+            else:  # a plain list column (format 1 flattened by older readers)
+                rows += [np.asarray(v) for v in chunk.to_numpy(zero_copy_only=False)]
+            start = end
+        return [r if r.ndim == 2 else r.reshape(int(c), -1) for r, c in zip(rows, n_channels, strict=True)]
     if isinstance(signal, np.ndarray) and signal.dtype != object:
-        if signal.ndim == 3:  # (B, C, T) from shards of one shape
+        if signal.ndim == 3:  # (B, C, T) from format 1 shards of one shape
             return list(signal)
         if signal.ndim == 2:  # (B, C·T) flattened
             return [row.reshape(int(c), -1) for row, c in zip(signal, n_channels, strict=True)]
-    return [np.asarray(row).reshape(int(c), -1) for row, c in zip(signal, n_channels, strict=True)]
+    out = []
+    for i, (row, c) in enumerate(zip(signal, n_channels, strict=True)):
+        if isinstance(row, bytes | bytearray | memoryview):
+            dtype = _row_dtype(len(row), int(c), None if n_seconds is None else int(n_seconds[i]))
+            out.append(np.frombuffer(row, dtype=dtype).reshape(int(c), -1))
+        else:
+            out.append(np.asarray(row).reshape(int(c), -1))
+    return out
 
 
-def batch_to_signals(batch: Mapping[str, Any]) -> list[np.ndarray]:
-    """Per-sample ``(C, T·200)`` signals of a Ray Data numpy batch (``map_batches(batch_format="numpy")``).
+def batch_to_signals(batch: Mapping[str, Any] | pa.Table) -> list[np.ndarray]:
+    """Per-sample ``(C, T·200)`` signals of a Ray Data batch (``map_batches`` with ``batch_format="numpy"`` or
+    ``"pyarrow"``).
 
-    Accepts every form Ray Data produces from our shards: a ``(B, C, T·200)`` ndarray (one shape), an object
-    array of ``(C_i, T_i·200)`` ndarrays (mixed shapes), or flat rows reshaped with ``n_channels``. Pure; no Ray.
+    Accepts every form Ray Data produces from our shards (see :func:`signal_rows`). Pure; no Ray.
 
     Parameters
     ----------
-    batch : mapping
-        Column name → array, with at least ``signal`` and ``n_channels``.
+    batch : mapping or pyarrow.Table
+        Column name → array, with at least ``signal`` and ``n_channels`` (and ``n_seconds`` for float16
+        format 2 rows).
 
     Returns
     -------
     list of numpy.ndarray
         One ``(C, T·200)`` array per sample, in batch order (views where possible, no copy).
     """
-    return _signal_rows(batch[SIGNAL_COLUMN], np.asarray(batch["n_channels"]))
+    if isinstance(batch, pa.Table):
+        n_seconds = batch.column("n_seconds").to_numpy() if "n_seconds" in batch.column_names else None
+        return signal_rows(batch.column(SIGNAL_COLUMN), batch.column("n_channels").to_numpy(), n_seconds)
+    return signal_rows(batch[SIGNAL_COLUMN], batch["n_channels"], batch.get("n_seconds"))
 
 
 def table_to_signals(table: pa.Table) -> list[np.ndarray]:
-    """Per-sample ``(C, T·200)`` signals of a table from :func:`read_shards` (either signal representation)."""
-    column = table.column(SIGNAL_COLUMN)
-    n_channels = table.column("n_channels").to_numpy()
-    if isinstance(column.type, pa.FixedShapeTensorType):
-        return [row for chunk in column.chunks for row in chunk.to_numpy_ndarray()]
-    rows = []
-    for chunk in column.chunks:
-        values, offsets = chunk.values.to_numpy(), chunk.offsets.to_numpy()
-        rows += [values[offsets[i] : offsets[i + 1]] for i in range(len(chunk))]
-    return [row.reshape(int(c), -1) for row, c in zip(rows, n_channels, strict=True)]
+    """Per-sample ``(C, T·200)`` signals of a table from :func:`read_shards` (either shard format)."""
+    return batch_to_signals(table)
 
 
 def records_uri(dataset_uri: str) -> str:

@@ -124,7 +124,7 @@ class Stage(ABC):
         transform = self.batch_transform()
 
         def mapped(ds: Any) -> Any:
-            return ds if transform is None else ds.map_batches(transform, batch_format="numpy")
+            return ds if transform is None else ds.map_batches(transform, batch_format="pyarrow")
 
         raw = read_shards(self.cfg.data.train)
         info = {"rows": raw.count()}  # from Parquet metadata: counting reads no signal

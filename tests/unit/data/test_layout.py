@@ -26,7 +26,10 @@ def test_patches_are_time_major() -> None:
 
 
 def test_mixed_channel_counts_and_lengths_are_padded() -> None:
-    signals = [RNG.standard_normal((3, 800)).astype(np.float32), RNG.standard_normal((5, 400)).astype(np.float32)]
+    signals = [
+        RNG.standard_normal((3, 800)).astype(np.float32),
+        RNG.standard_normal((5, 400)).astype(np.float32),
+    ]
     channels = [np.array([0, 41, 82], dtype=np.int16), np.array([17, 43, 63, 88, 90], dtype=np.int16)]
     b = layout_batch(signals, channels, 16)
     assert b["x"].shape == (2, 16, 200) and b["x"].dtype == np.float32
@@ -34,7 +37,9 @@ def test_mixed_channel_counts_and_lengths_are_padded() -> None:
     assert b["input_time"][0, :12].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert b["input_chans"][1, :10].tolist() == [17, 43, 63, 88, 90] * 2
     assert (b["input_chans"][0, 12:] == PAD_INDEX).all() and (b["input_time"][0, 12:] == 0).all()
-    assert not b["x"][0, 12:].any() and not b["freq_target"][0, 12:].any() and not b["raw_target"][1, 10:].any()
+    assert (
+        not b["x"][0, 12:].any() and not b["freq_target"][0, 12:].any() and not b["raw_target"][1, 10:].any()
+    )
 
 
 def test_targets_are_zscored_per_sample_like_the_official_loader() -> None:
@@ -58,8 +63,13 @@ def test_too_long_samples_raise_or_lose_whole_seconds() -> None:
 
 def test_layout_fn_reads_shard_columns_with_flat_signals() -> None:
     flat = RNG.standard_normal(2 * 3 * 200).astype(np.float32)
-    batch = {"signal": np.array([flat, flat[:400]], dtype=object), "channels": np.array([[0, 1], [5, 6]]),
-             "n_channels": np.array([2, 2]), "n_seconds": np.array([3, 1]), "label": np.array([1, 0])}
+    batch = {
+        "signal": np.array([flat, flat[:400]], dtype=object),
+        "channels": np.array([[0, 1], [5, 6]]),
+        "n_channels": np.array([2, 2]),
+        "n_seconds": np.array([3, 1]),
+        "label": np.array([1, 0]),
+    }
     out = make_layout_fn(8, targets=False)(batch)
     assert out["num_tokens"].tolist() == [6, 2] and out["label"].tolist() == [1, 0]
     assert np.array_equal(out["x"][0, 1], flat.reshape(2, 600)[1, :200])
@@ -72,3 +82,38 @@ def test_instruction_targets_cover_the_answer_only() -> None:
     assert out["text_targets"][0].tolist() == [-1, -1, -1, 41, 220, 50256, -1, -1, -1]
     with pytest.raises(ValueError, match="exceeds text_max_len"):
         instruction_text_batch([0], texts, 4, 5)
+
+
+@pytest.mark.parametrize("targets", [False, True])
+def test_layout_of_format_2_arrow_batches_equals_the_format_1_numpy_path(targets):
+    """The training path now maps shard format 2 with ``batch_format="pyarrow"``; its model inputs must be
+    bit-identical to the old path (format 1 shards, ``batch_format="numpy"``: a (B, C, T·200) ndarray)."""
+    import pyarrow as pa
+
+    from neurolm.data.readers.base import RecordingSamples, RecordingTask
+    from neurolm.data.shards import samples_to_table
+
+    rng = np.random.default_rng(3)
+    samples = RecordingSamples(
+        signals=rng.standard_normal((5, 6, 7 * 200)).astype(np.float32), start_s=np.arange(5) * 7.0,
+        labels=np.arange(5) % 2, splits=["train"] * 5, channel_indices=np.array([3, 9, 1, 40, 22, 7], np.int16),
+        channel_names=tuple("abcdef"), source_sfreq=250.0, source_seconds=35.0,
+    )  # fmt: skip
+    task = RecordingTask("edf", "edf", "r", ("/r.edf",), "s", "train")
+    old = samples_to_table(task, samples, version=1)
+    new = samples_to_table(task, samples)
+    old_batch = {  # what Ray Data's numpy batches hold for format 1 shards of one shape
+        "signal": old.column("signal").combine_chunks().to_numpy_ndarray(),
+        "channels": np.array(old.column("channels").to_pylist(), dtype=np.int16),
+        "n_channels": old.column("n_channels").to_numpy(), "n_seconds": old.column("n_seconds").to_numpy(),
+        "label": old.column("label").to_numpy(),
+    }  # fmt: skip
+    fn = make_layout_fn(
+        32, targets=targets, keep=("label",), truncate=True
+    )  # 6 ch x 7 s = 42 tokens: truncated
+    want, got = fn(old_batch), fn(new)
+    assert isinstance(new, pa.Table) and sorted(want) == sorted(got)
+    for key in want:
+        assert want[key].dtype == got[key].dtype
+        np.testing.assert_array_equal(want[key], got[key], err_msg=key)
+    assert got["num_tokens"].tolist() == [30] * 5  # 5 whole seconds of 6 channels fit in 32 tokens

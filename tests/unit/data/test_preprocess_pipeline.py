@@ -153,3 +153,36 @@ def test_run_ends_with_a_console_summary_of_outcomes_and_first_reasons(tmp_path)
     assert any(line.startswith("  warned: flat") and "flat channel(s) CZ dropped" in line for line in lines)
     assert any(line.startswith("  warned: ") and "truncated.edf: truncated" in line for line in lines)
     assert lines[-1] == f"  all reasons: {summary['manifest']}"
+
+
+def test_small_jobs_run_in_process_without_starting_ray(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from neurolm.preprocess import INLINE_MAX_BYTES, choose_executor
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    edf = fetch_sample("S001R02.edf")
+    cfg = PreprocessConfig(corpus="edf", input=str(edf), output=str(tmp_path / "auto"))
+    from neurolm.data.preprocessing import plan
+
+    tasks = plan(cfg)
+    assert choose_executor(cfg, tasks) == "inline"  # one recording
+    assert choose_executor(cfg.model_copy(update={"ray_address": "127.0.0.1:6379"}), tasks) == "ray"
+    many = tasks * (INLINE_MAX_BYTES // Path(edf).stat().st_size + 2)
+    assert choose_executor(cfg, many) == "ray"  # more source bytes than a start-up of Ray is worth
+    ray_loaded = "ray" in sys.modules
+    assert (
+        cli(["--corpus", "edf", "--input", str(edf), "--output", str(tmp_path / "a"), "--no-progress"]) == 0
+    )
+    auto = json.loads(capsys.readouterr().out)
+    assert auto["executor"] == "inline" and auto["written"] == 1
+    assert ray_loaded or "ray" not in sys.modules  # the in-process path never imported Ray
+    out = tmp_path / "zero"
+    assert (
+        cli(["--corpus", "edf", "--input", str(edf), "--output", str(out), "--no-progress", "--workers", "0"])
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["executor"] == "inline"
+    assert shard_bytes(out) == shard_bytes(tmp_path / "a")
+    assert cli(["--corpus", "edf", "--input", str(edf), "--output", str(out), "--workers", "-1"]) == 2
+    assert "--workers = -1" in capsys.readouterr().err

@@ -41,7 +41,8 @@ def test_table_has_the_design_schema_and_deterministic_ids():
     table = samples_to_table(TASK, make_samples(3, 4, 2))
     assert table.schema.names == ["sample_id", "dataset", "split", "subject", "recording", "start_s", "label",
                                   "channels", "n_channels", "n_seconds", "signal", "source_sfreq"]  # fmt: skip
-    assert table.schema.field("signal").type == pa.fixed_shape_tensor(pa.float32(), (4, 400))
+    assert table.schema.field("signal").type == pa.large_binary()  # shard format 2: raw float32 bytes
+    assert table.schema.metadata[b"neurolm.shard_format"] == b"2"
     assert table.column("sample_id").to_pylist()[1] == "tuab/train/normal/01_tcp_ar/x_s001_t000/000001"
     assert table.column("channels").to_pylist()[0] == [10, 11, 12, 13]
     assert table.column("n_seconds").to_pylist() == [2, 2, 2]
@@ -67,16 +68,22 @@ def test_float16_signals_round_trip(tmp_path):
     samples.signals = samples.signals.astype(np.float16)
     write_recording_shards(samples_to_table(TASK, samples), str(tmp_path), "h", 10)
     table = read_shards(str(tmp_path))
-    assert table.schema.field("signal").type.value_type == pa.float16()
-    np.testing.assert_array_equal(np.stack(table_to_signals(table)), samples.signals)
+    signals = table_to_signals(table)
+    assert signals[0].dtype == np.float16
+    np.testing.assert_array_equal(np.stack(signals), samples.signals)
 
 
-def test_mixed_shapes_are_read_as_flat_rows(tmp_path):
+@pytest.mark.parametrize("versions", [(2, 2), (1, 1), (1, 2)])
+def test_mixed_shapes_and_formats_are_read_as_byte_rows(tmp_path, versions):
     other = RecordingTask("edf", "tuab", "other", ("/y.edf",), "y", "train")
-    write_recording_shards(samples_to_table(TASK, make_samples(2, 3, 1)), str(tmp_path), "a", 10)
-    write_recording_shards(samples_to_table(other, make_samples(2, 5, 2, seed=1)), str(tmp_path), "b", 10)
+    write_recording_shards(
+        samples_to_table(TASK, make_samples(2, 3, 1), version=versions[0]), str(tmp_path), "a", 10
+    )
+    write_recording_shards(
+        samples_to_table(other, make_samples(2, 5, 2, seed=1), version=versions[1]), str(tmp_path), "b", 10
+    )
     table = read_shards(str(tmp_path))
-    assert table.schema.field("signal").type == pa.large_list(pa.float32())
+    assert table.schema.field("signal").type == pa.large_binary()
     assert [s.shape for s in table_to_signals(table)] == [(3, 200), (3, 200), (5, 400), (5, 400)]
     np.testing.assert_array_equal(table_to_signals(table)[2], make_samples(2, 5, 2, seed=1).signals[0])
 
@@ -93,13 +100,15 @@ def test_schema_mismatches_fail_clearly(tmp_path):
     with pytest.raises(ShardSchemaError, match="column 'label' has type string, expected int64"):
         read_shards(str(tmp_path / "b"))
     (tmp_path / "c").mkdir()
-    flat = table.set_column(
-        table.schema.get_field_index("signal"), "signal", table.column("signal").combine_chunks().storage
+    old = samples_to_table(TASK, make_samples(2, 3, 1), version=1)
+    flat = old.set_column(
+        old.schema.get_field_index("signal"), "signal", old.column("signal").combine_chunks().storage
     )
     pq.write_table(flat, tmp_path / "c" / "part-0.parquet")
-    with pytest.raises(ShardSchemaError, match="expected a 2-D arrow.fixed_shape_tensor"):
+    with pytest.raises(ShardSchemaError, match="expected large_binary"):
         read_shards(str(tmp_path / "c"))
     (tmp_path / "d").mkdir()
+    table = samples_to_table(TASK, make_samples(2, 3, 1), version=1)
     wrong_c = table.set_column(
         table.schema.get_field_index("n_channels"), "n_channels", pa.array([4, 4], pa.int16())
     )
@@ -129,3 +138,49 @@ def test_batch_to_signals_accepts_every_form_ray_data_produces():
     out = batch_to_signals({"signal": flat, "n_channels": np.array([3, 5])})
     assert [o.shape for o in out] == [(3, 400), (5, 200)]
     np.testing.assert_array_equal(out[0], dense[0])
+
+
+def test_format_1_shards_still_read_identically(tmp_path):
+    samples = make_samples(3, 4, 2)
+    for version in (1, 2):
+        write_recording_shards(
+            samples_to_table(TASK, samples, version=version), str(tmp_path / f"v{version}"), "k", 10
+        )
+    old, new = read_shards(str(tmp_path / "v1")), read_shards(str(tmp_path / "v2"))
+    assert isinstance(old.schema.field("signal").type, pa.FixedShapeTensorType)
+    for a, b in zip(table_to_signals(old), table_to_signals(new), strict=True):
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    assert old.drop_columns(["signal"]).equals(new.drop_columns(["signal"]).replace_schema_metadata(None))
+
+
+def test_format_2_bad_rows_and_future_formats_fail_clearly(tmp_path):
+    table = samples_to_table(TASK, make_samples(2, 3, 1))
+    (tmp_path / "a").mkdir()
+    short = pa.array([b"\0" * 8, b"\0" * 8], pa.large_binary())
+    pq.write_table(table.set_column(table.schema.get_field_index("signal"), "signal", short),
+                   tmp_path / "a" / "part-0.parquet")  # fmt: skip
+    with pytest.raises(ShardSchemaError, match="signal byte lengths"):
+        read_shards(str(tmp_path / "a"))
+    (tmp_path / "b").mkdir()
+    pq.write_table(
+        table.replace_schema_metadata({b"neurolm.shard_format": b"9"}), tmp_path / "b" / "part-0.parquet"
+    )
+    with pytest.raises(ShardSchemaError, match="shard format '9'.*newer than this reader"):
+        read_shards(str(tmp_path / "b"))
+
+
+def test_batch_to_signals_reads_format_2_bytes_and_arrow_without_copies():
+    samples = make_samples(3, 4, 2)
+    table = samples_to_table(TASK, samples)
+    from_arrow = batch_to_signals(table)
+    assert not from_arrow[0].flags.owndata  # a view on the Arrow buffer
+    np.testing.assert_array_equal(np.stack(from_arrow), samples.signals)
+    sliced = batch_to_signals(table.slice(1, 2))  # a non-zero Arrow offset
+    np.testing.assert_array_equal(np.stack(sliced), samples.signals[1:])
+    as_numpy = {
+        "signal": np.array(table.column("signal").to_pylist(), dtype=object),
+        "n_channels": np.full(3, 4),
+        "n_seconds": np.full(3, 2),
+    }  # what Ray's numpy batches hold
+    np.testing.assert_array_equal(np.stack(batch_to_signals(as_numpy)), samples.signals)
