@@ -36,6 +36,9 @@ __all__ = [
     "ensure_bucket",
     "check_reachable",
     "ray_storage",
+    "retry_budget_s",
+    "retry_attempts",
+    "RETRY_BUDGET_ENV",
 ]
 
 _ENV_KEYS = (
@@ -47,7 +50,46 @@ _ENV_KEYS = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
+    "NEUROLM_S3_RETRY_BUDGET_S",
 )
+
+RETRY_BUDGET_ENV = "NEUROLM_S3_RETRY_BUDGET_S"
+DEFAULT_RETRY_BUDGET_S = 60.0
+_RETRY_BASE_S = 0.025  # the AWS SDK's default strategy waits 25 ms x 2^n before retry n
+
+
+def retry_attempts(budget_s: float) -> int:
+    """Retries of the AWS SDK's default strategy (waits 25 ms x 2^n, no retry quota) whose waits add up to at
+    least ``budget_s``: an object store that is back within the budget is never noticed by the caller."""
+    attempts, waited = 0, 0.0
+    while waited < budget_s:
+        waited += _RETRY_BASE_S * 2**attempts
+        attempts += 1
+    return max(attempts, 1)
+
+
+def boto3_retry_attempts(budget_s: float) -> int:
+    """Retries of botocore's standard mode (waits uniform in [0, min(2^n, 20)] s) whose expected waits add up
+    to ``budget_s``."""
+    attempts, waited = 0, 0.0
+    while waited < budget_s:
+        waited += min(2.0**attempts, 20.0) / 2
+        attempts += 1
+    return max(attempts, 1)
+
+
+def retry_budget_s() -> float:
+    """How long S3 may be unreachable before an operation fails (``NEUROLM_S3_RETRY_BUDGET_S``, default 60 s)."""
+    raw = os.environ.get(RETRY_BUDGET_ENV)
+    if not raw:
+        return DEFAULT_RETRY_BUDGET_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{RETRY_BUDGET_ENV}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise StorageError(f"{RETRY_BUDGET_ENV}={raw!r} must be >= 0")
+    return value
 
 
 class StorageError(OSError):
@@ -102,7 +144,9 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
         "region": settings.region,
         "connect_timeout": 5.0,
         "request_timeout": 60.0,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=4),
+        # The default strategy (plain exponential backoff) rather than the standard one: the standard strategy's
+        # retry quota runs dry during an outage of more than a few seconds and then fails at once.
+        "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts(retry_budget_s())),
     }
     if settings.access_key:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
@@ -237,7 +281,8 @@ def boto3_client():
         aws_secret_access_key=s.secret_key,
         aws_session_token=s.session_token,
         region_name=s.region,
-        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3}),
+        config=Config(connect_timeout=5, read_timeout=30,
+                      retries={"mode": "standard", "total_max_attempts": 1 + boto3_retry_attempts(retry_budget_s())}),
     )
 
 
