@@ -54,7 +54,7 @@ cli.main()
 # A node's Python agents start slowly on a loaded machine (45 s measured with 2 cores shared by several
 # clusters); Ray's defaults (about 30-60 s) then fail a healthy start. A real crash still fails: the wait
 # ends when the process exits.
-_SLOW_MACHINE_TIMEOUTS = {"RAY_agent_register_timeout_ms": "300000", "RAY_raylet_start_wait_time_s": "300"}
+_SLOW_MACHINE_TIMEOUTS = {"RAY_agent_register_timeout_ms": "300000"}
 
 
 class LocalClusterError(RuntimeError):
@@ -203,7 +203,8 @@ def wait_for_nodes(
         "from ray.core.generated.gcs_pb2 import GcsNodeInfo\n"
         "client = GcsClient(address=sys.argv[1])\n"
         "want, deadline = set(json.loads(sys.argv[2])), time.monotonic() + float(sys.argv[3])\n"
-        "watch = json.loads(sys.argv[4])\n"
+        "import psutil\n"
+        "watch, had_raylet = json.loads(sys.argv[4]), set()\n"
         "seen = set()\n"
         "while time.monotonic() < deadline:\n"
         "    try:\n"
@@ -215,9 +216,13 @@ def wait_for_nodes(
         "        pass\n"
         "    for pid in watch:\n"
         "        try:\n"
-        "            os.kill(pid, 0)\n"
-        "        except ProcessLookupError:\n"
+        "            names = {p.name() for p in psutil.Process(pid).children(recursive=True)}\n"
+        "        except psutil.NoSuchProcess:\n"
         "            sys.exit(f'EXITED: the node process {pid} exited before joining {sys.argv[1]}')\n"
+        "        if 'raylet' in names:\n"
+        "            had_raylet.add(pid)\n"
+        "        elif pid in had_raylet:\n"
+        "            sys.exit(f'EXITED: the raylet of node process {pid} died before joining {sys.argv[1]}')\n"
         "    time.sleep(0.5)\n"
         "sys.exit(f'nodes {sorted(want - seen)} did not join {sys.argv[1]} within {sys.argv[3]} s (alive: {sorted(seen)})')\n"
     )
@@ -384,11 +389,13 @@ class LocalRayCluster:
             try:
                 wait_for_nodes(self.address, [ip], timeout_s, self._env(HEAD_IP), watch_pids=[node.pid])
                 return node
-            except LocalClusterError as err:
+            except BaseException as err:  # noqa: B036 - an interrupted start must not leave the node running
                 try:
                     stop_node(node.pid)
                 finally:
                     _reap(node.pid)
+                if not isinstance(err, LocalClusterError):
+                    raise
                 if "EXITED" not in str(err) or attempt == self.start_attempts:
                     raise LocalClusterError(f"{name} ({ip}): {err} (see {node.log})") from None
         raise AssertionError("unreachable")

@@ -8,14 +8,18 @@ fixtures preprocess through the multi-node cluster).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from neurolm.local_cluster import LocalRayCluster
+from neurolm.s3server import LocalS3Server
 
 WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 
@@ -25,6 +29,31 @@ def worker_env_vars() -> dict[str, str]:
 
     return {**worker_env(), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def s3_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3Server]:
+    """The session's S3 server as an object the outage tests can stop and start again (same port and data)."""
+    server = LocalS3Server(str(tmp_path_factory.mktemp("s3")), bucket="neurolm").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_process: LocalS3Server) -> Iterator[dict[str, str]]:
+    """As the shared fixture, but served by :func:`s3_process`; AWS_* set for the session."""
+    saved = {k: os.environ.get(k) for k in s3_process.env()}
+    os.environ.update(s3_process.env())
+    try:
+        yield s3_process.env()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -60,3 +89,14 @@ def multinode_cluster(s3_server: dict[str, str]) -> Iterator[LocalRayCluster]:
 def ray_cluster(multinode_cluster: LocalRayCluster) -> Iterator[None]:
     """The shared fixtures' Ray instance is the multi-node cluster in this directory."""
     yield
+
+
+@pytest.fixture(scope="session")
+def mn() -> ModuleType:
+    """The helpers of these tests (``helpers.py`` beside this file; pytest runs with ``--import-mode=importlib``,
+    which puts no test directory on ``sys.path``)."""
+    spec = importlib.util.spec_from_file_location("multinode_helpers", Path(__file__).with_name("helpers.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
