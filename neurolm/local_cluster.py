@@ -41,19 +41,41 @@ __all__ = ["LocalRayCluster", "NodeProcess", "LocalClusterError", "driver_env", 
 HEAD_IP = "127.0.0.1"
 _ENABLE_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
-# `ray start` for a worker node, in a process where Ray keeps loopback addresses as given (see module doc).
-_WORKER_LAUNCHER = """import sys
-from ray._private import services
-services.resolve_ip_for_localhost = lambda host: host
-import ray.scripts.scripts as cli
-sys.argv[0] = "ray"
-cli.main()
+# Run in every node's `ray start` process. The raylet waits a fixed 30 s (Ray 2.60, no setting) for the node's
+# dashboard agent to write the port it listens on, and aborts when the agent is slower, which a loaded 2-core
+# machine makes routine (its imports alone took 45 s here). Every port of our nodes is chosen up front, so the
+# launcher writes that file itself, with the port the agent is told to use, before the raylet starts.
+_ANNOUNCE_AGENT_PORT = """
+import ray._private.node as _node
+from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
+_start_raylet = _node.Node.start_raylet
+def _start_raylet_announced(self, *args, **kwargs):
+    port = self._ray_params.dashboard_agent_listen_port
+    if port:
+        persist_port(self._session_dir, self._node_id, DASHBOARD_AGENT_LISTEN_PORT_NAME, port)
+    return _start_raylet(self, *args, **kwargs)
+_node.Node.start_raylet = _start_raylet_announced
 """
 
+# `ray start` for the head: `ray start --head` starts the Ray Client server whenever its dependency imports;
+# saying it does not import leaves it out.
+_HEAD_LAUNCHER = (
+    "import sys\n" + _ANNOUNCE_AGENT_PORT + "import ray.scripts.scripts as cli\n"
+    "cli.get_ray_client_dependency_error = lambda: ImportError('Ray Client off')\n"
+    "sys.argv[0] = 'ray'\ncli.main()\n"
+)
 
-# A node's Python agents start slowly on a loaded machine (45 s measured with 2 cores shared by several
-# clusters); Ray's defaults (about 30-60 s) then fail a healthy start. A real crash still fails: the wait
-# ends when the process exits.
+# `ray start` for a worker node, in a process where Ray keeps loopback addresses as given (see module doc).
+_WORKER_LAUNCHER = (
+    "import sys\n"
+    "from ray._private import services\n"
+    "services.resolve_ip_for_localhost = lambda host: host\n"
+    + _ANNOUNCE_AGENT_PORT
+    + "import ray.scripts.scripts as cli\n"
+    "sys.argv[0] = 'ray'\ncli.main()\n"
+)
+
+# The raylet's other waits for its agents follow this setting; a loaded machine needs more than the default.
 _SLOW_MACHINE_TIMEOUTS = {"RAY_agent_register_timeout_ms": "300000"}
 
 
@@ -370,11 +392,7 @@ class LocalRayCluster:
             f"--temp-dir={self.root / 'head'}",
             "--disable-usage-stats",
         ]
-        # `ray start --head` starts the Ray Client server whenever its dependency imports; say it does not.
-        launcher = [sys.executable, "-c",
-                    "import sys\nimport ray.scripts.scripts as cli\n"
-                    "cli.get_ray_client_dependency_error = lambda: ImportError('Ray Client off')\n"
-                    "sys.argv[0] = 'ray'\ncli.main()\n"]  # fmt: skip
+        launcher = [sys.executable, "-c", _HEAD_LAUNCHER]
         self.head = self._start_with_retries("head", HEAD_IP, args, launcher, self.head_cpus, {}, timeout_s)
 
     def _start_with_retries(self, name: str, ip: str, args: list[str], launcher: list[str], cpus: float,

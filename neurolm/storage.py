@@ -281,8 +281,11 @@ def boto3_client():
         aws_secret_access_key=s.secret_key,
         aws_session_token=s.session_token,
         region_name=s.region,
-        config=Config(connect_timeout=5, read_timeout=30,
-                      retries={"mode": "standard", "total_max_attempts": 1 + boto3_retry_attempts(retry_budget_s())}),
+        config=Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"mode": "standard", "total_max_attempts": 1 + boto3_retry_attempts(retry_budget_s())},
+        ),
     )
 
 
