@@ -1,22 +1,28 @@
-"""A multi-node Ray cluster on one machine: a head on 127.0.0.1 and worker nodes on 127.0.0.2, 127.0.0.3, …
+"""A multi-node Ray cluster on one machine: a head "127.0.0.1" and worker nodes "127.0.0.2", "127.0.0.3", …
 
-Each node is its own ``ray start --block`` process (own process group, temp dir, resources and ports, every port
-bound to the node's own loopback address), so a node can be lost the way a real one is — its raylet and all of
-its workers die together — and everything is stopped by the process ids that started it, never by ``ray stop``
+Each node is its own ``ray start --block`` process (own process group, temp dir, resources, ports and node name;
+a custom resource ``node_<n>: 1``), so a node can be lost the way a real one is — its raylet and all of its
+workers die together — and everything is stopped by the process ids that started it, never by ``ray stop``
 (which would stop every Ray instance of this user on the machine).
+
+A node is named by a loopback address. By default every node *listens* on 127.0.0.1 and the name is its Ray node
+name only: Ray 2.60 binds a node's raylet, workers and agent to 127.0.0.1 only when the node's address is
+127.0.0.1, and to every interface for any other address (127.0.0.2 included), which would expose them on the
+machine's network. ``distinct_ips=True`` gives each node its own address 127.0.0.n as well (for a machine or
+network namespace without outside interfaces).
 
 Used by the multi-node tests (``tests/integration/multinode``), ``benchmarks/recovery.py`` and
 ``cluster/local/nodes.sh`` (``python -m neurolm.local_cluster add|remove|kill|list``)::
 
     with LocalRayCluster(tmp_dir, worker_ips=("127.0.0.2", "127.0.0.3")) as cluster:
-        ray.init(address=cluster.address)          # the driver joins the head node (127.0.0.1)
+        cluster.connect(env_vars)                   # the driver joins the head node
         cluster.kill_node("127.0.0.2")              # SIGKILL: raylet, object store, agents and workers
 
 Loopback addresses: Ray rewrites ``127.0.0.1`` into the machine's routable address unless it runs in its
 single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), and that mode refuses to start worker nodes.
 So the head runs in single-machine mode (node address 127.0.0.1), and each worker node's ``ray start`` runs
 with Ray's loopback rewrite turned off in that one process (:data:`_WORKER_LAUNCHER`): it keeps the head's
-address as given and its own 127.0.0.x. The driver connects in single-machine mode too (:func:`driver_env`).
+address as given and its own. The driver connects in single-machine mode too (:func:`driver_env`).
 
 Auth: with ``auth_mode="token"`` every process of the cluster and the driver share one token file
 (``RAY_AUTH_MODE=token``, ``RAY_AUTH_TOKEN_PATH``); a node or client without it is refused by the GCS.
@@ -216,7 +222,7 @@ def wait_for_nodes(
     address: str, ips: list[str], timeout_s: float = 120.0, env: dict[str, str] | None = None,
     watch_pids: list[int] | None = None,
 ) -> None:  # fmt: skip
-    """Block until the GCS at ``address`` lists an alive node at each of ``ips``; fail early when a process in
+    """Block until the GCS at ``address`` lists an alive node named each of ``ips``; fail early when a process in
     ``watch_pids`` (the nodes' ``ray start``) exits. The probe runs in a subprocess: it must not make this
     process a Ray client."""
     probe = (
@@ -231,7 +237,7 @@ def wait_for_nodes(
         "while time.monotonic() < deadline:\n"
         "    try:\n"
         "        infos = client.get_all_node_info(timeout=5, state_filter=GcsNodeInfo.GcsNodeState.ALIVE)\n"
-        "        seen = {i.node_manager_address for i in infos.values()}\n"
+        "        seen = {i.node_name for i in infos.values()}\n"
         "        if want <= seen:\n"
         "            sys.exit(0)\n"
         "    except Exception:\n"
@@ -273,6 +279,7 @@ class LocalRayCluster:
         object_store_memory: int = 400 * 2**20,
         auth_mode: str = "token",
         env: dict[str, str] | None = None,
+        distinct_ips: bool = False,
     ) -> None:
         self.root = Path(root).absolute()
         self.worker_ips = tuple(worker_ips)
@@ -287,6 +294,7 @@ class LocalRayCluster:
         self.nodes: dict[str, NodeProcess] = {}
         self.gcs_port: int | None = None
         self.start_attempts = 3
+        self.distinct_ips = distinct_ips
         self.dashboard_port: int | None = None
 
     # -- addresses -------------------------------------------------------------------------------------------
@@ -366,9 +374,12 @@ class LocalRayCluster:
         (self.root / f"{name}.json").write_text(json.dumps(asdict(node)))
         return node
 
-    def _node_ports(self, ip: str) -> list[str]:
+    def _node_ports(self, name: str) -> list[str]:
+        """Node name, address and every port, chosen free on the address the node listens on."""
+        ip = name if self.distinct_ips or name == HEAD_IP else HEAD_IP
         nm, om, metrics, rt_env, agent_grpc, agent_http = _free_ports(ip, 6)
         return [
+            f"--node-name={name}",
             f"--node-ip-address={ip}",
             f"--node-manager-port={nm}",
             f"--object-manager-port={om}",
@@ -419,7 +430,7 @@ class LocalRayCluster:
         raise AssertionError("unreachable")
 
     def add_node(self, ip: str, cpus: float | None = None, timeout_s: float = 180.0) -> NodeProcess:
-        """Start a worker node on loopback address ``ip`` (127.0.0.2 …) joining the head."""
+        """Start a worker node named ``ip`` (127.0.0.2 …; see the module doc for its address) joining the head."""
         if self.head is None:
             raise LocalClusterError("start the head first")
         if not ip.startswith("127.") or ip == HEAD_IP:

@@ -79,11 +79,11 @@ def wait_for_checkpoint(cfg, step: int, thread: threading.Thread, timeout_s: flo
 
 
 def train_worker_nodes(run_started_after: float) -> list[str]:
-    """Node addresses of the Train workers created after ``run_started_after`` (epoch seconds)."""
+    """Node names of the Train workers created after ``run_started_after`` (epoch seconds)."""
     import ray
     from ray.util.state import list_actors
 
-    ip_of = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    ip_of = {n["NodeID"]: n["NodeName"] for n in ray.nodes()}
     actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10_000)
     return sorted(
         ip_of.get(a.node_id, "?") for a in actors if (a.start_time_ms or 0) / 1000 >= run_started_after
