@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["add", "remove", "kill", "list"])
     parser.add_argument("--address", required=True, help="the head's GCS address, 127.0.0.1:<port>")
     parser.add_argument("--state-dir", required=True, help="where node temp dirs, logs and pid files go")
-    parser.add_argument("--ip", action="append", default=[], help="node address(es), e.g. 127.0.0.2")
+    parser.add_argument("--ip", action="append", default=[], help="node name(s), loopback addresses, e.g. 127.0.0.2")
     parser.add_argument("--cpus", type=float, default=1.0, help="logical CPUs of each added node")
     parser.add_argument("--object-store-memory", type=int, default=400 * 2**20)
     parser.add_argument("--auth-mode", default=os.environ.get("RAY_AUTH_MODE", "disabled"),

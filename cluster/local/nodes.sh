@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Worker nodes for the local cluster of up.sh: each is its own `ray start` joining the head on 127.0.0.1, on
-# its own loopback address (127.0.0.2, 127.0.0.3, ...), with its own CPUs, temp dir and custom resource
-# `node_<n>: 1`, and every port bound to that address. Stopped by the process ids that started them.
+# Worker nodes for the local cluster of up.sh: each is its own `ray start` joining the head on 127.0.0.1, named
+# by a loopback address (127.0.0.2, 127.0.0.3, ...; it listens on 127.0.0.1, see docs/resilience.md), with its own CPUs, temp dir and custom resource
+# `node_<n>: 1`. Stopped by the process ids that started them.
 #
 #   cluster/local/up.sh
 #   cluster/local/nodes.sh up 2          # 127.0.0.2 and 127.0.0.3 join the head
