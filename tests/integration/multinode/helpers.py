@@ -78,16 +78,14 @@ def wait_for_checkpoint(cfg, step: int, thread: threading.Thread, timeout_s: flo
     return time.time()
 
 
-def train_worker_nodes(run_started_after: float) -> list[str]:
-    """Node names of the Train workers created after ``run_started_after`` (epoch seconds)."""
+def train_worker_actors() -> dict[str, str]:
+    """Actor id → node name of every Train worker the cluster has had (alive or dead)."""
     import ray
     from ray.util.state import list_actors
 
-    ip_of = {n["NodeID"]: n["NodeName"] for n in ray.nodes()}
+    name_of = {n["NodeID"]: n["NodeName"] for n in ray.nodes()}
     actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True, limit=10_000)
-    return sorted(
-        ip_of.get(a.node_id, "?") for a in actors if (a.start_time_ms or 0) / 1000 >= run_started_after
-    )
+    return {a.actor_id: name_of.get(a.node_id, "?") for a in actors}
 
 
 def listening_addresses(pids: list[int]) -> dict[str, list[int]]:
