@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Worker nodes for the local cluster of up.sh: each is its own `ray start` joining the head on 127.0.0.1, named
-# by a loopback address (127.0.0.2, 127.0.0.3, ...; it listens on 127.0.0.1, see docs/resilience.md), with its own CPUs, temp dir and custom resource
-# `node_<n>: 1`. Stopped by the process ids that started them.
+# by a loopback address (127.0.0.2, 127.0.0.3, ...; it listens on 127.0.0.1, see docs/resilience.md), with
+# its own CPUs, temp dir and custom resource `node_<n>: 1`. Stopped by the process ids that started them.
+# up.sh/down.sh hooks: `NODES=2 cluster/local/up.sh` → `nodes.sh up "$NODES"`; down.sh → `nodes.sh down` first.
 #
 #   cluster/local/up.sh
 #   cluster/local/nodes.sh up 2          # 127.0.0.2 and 127.0.0.3 join the head
@@ -22,10 +23,13 @@ action="${1:-}"
 
 head_pid="$(state_get pid)"
 ray_port="$(state_get ray_port)"
-alive "$head_pid" || die "no local cluster head: run cluster/local/up.sh first"
+if [[ "$action" == up || "$action" == kill ]]; then
+    alive "$head_pid" || die "no local cluster head: run cluster/local/up.sh first"
+fi
 auth_mode="$(state_get auth_mode)"
 token_path="$(state_get token_path)"
-args=(--address "127.0.0.1:$ray_port" --state-dir "$NODES_DIR" --auth-mode "${auth_mode:-disabled}"
+# `down` and `list` work without a head too (its nodes are stopped by their pids either way).
+args=(--address "127.0.0.1:${ray_port:-0}" --state-dir "$NODES_DIR" --auth-mode "${auth_mode:-disabled}"
     --object-store-memory "${NODE_OBJECT_STORE_MEMORY:-419430400}")
 if [[ -n "$token_path" ]]; then
     args+=(--token-path "$token_path")
