@@ -268,8 +268,13 @@ def storage_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _ENV_KEYS if os.environ.get(k)}
 
 
-def boto3_client():
-    """A boto3 S3 client with the same settings as the pyarrow file system."""
+# Pre-flight checks (before any Ray resource is requested) fail fast instead of waiting out the retry budget.
+_PREFLIGHT_BUDGET_S = 2.0
+
+
+def boto3_client(budget_s: float | None = None):
+    """A boto3 S3 client with the same settings as the pyarrow file system; retries for ``budget_s`` seconds
+    (default: :func:`retry_budget_s`)."""
     import boto3
     from botocore.config import Config
 
@@ -284,7 +289,10 @@ def boto3_client():
         config=Config(
             connect_timeout=5,
             read_timeout=30,
-            retries={"mode": "standard", "total_max_attempts": 1 + boto3_retry_attempts(retry_budget_s())},
+            retries={
+                "mode": "standard",
+                "total_max_attempts": 1 + boto3_retry_attempts(retry_budget_s() if budget_s is None else budget_s),
+            },
         ),
     )
 
@@ -293,7 +301,7 @@ def ensure_bucket(bucket: str) -> None:
     """Create a bucket if it does not exist (idempotent)."""
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    client = boto3_client()
+    client = boto3_client(_PREFLIGHT_BUDGET_S)
     try:
         client.head_bucket(Bucket=bucket)
         return
@@ -314,7 +322,7 @@ def check_reachable(uri: str) -> None:
 
     bucket = str(uri)[5:].split("/", 1)[0]
     try:
-        boto3_client().head_bucket(Bucket=bucket)
+        boto3_client(_PREFLIGHT_BUDGET_S).head_bucket(Bucket=bucket)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         hint = "the bucket does not exist" if code in ("404", "NoSuchBucket", "NotFound") else str(err)
