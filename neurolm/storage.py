@@ -279,6 +279,7 @@ def boto3_client(budget_s: float | None = None):
     from botocore.config import Config
 
     s = S3Settings.from_env()
+    budget = retry_budget_s() if budget_s is None else budget_s
     return boto3.client(
         "s3",
         endpoint_url=s.endpoint_url,
@@ -289,10 +290,7 @@ def boto3_client(budget_s: float | None = None):
         config=Config(
             connect_timeout=5,
             read_timeout=30,
-            retries={
-                "mode": "standard",
-                "total_max_attempts": 1 + boto3_retry_attempts(retry_budget_s() if budget_s is None else budget_s),
-            },
+            retries={"mode": "standard", "total_max_attempts": 1 + boto3_retry_attempts(budget)},
         ),
     )
 
