@@ -685,6 +685,12 @@ class TuneJobConfig(Section):
     driver_cpus: float = Field(
         default=0.0, ge=0, description="CPUs of each trial's driver; 0 = none (it only waits on its Train run)."
     )
+    trial_max_failures: int = Field(
+        default=2,
+        ge=-1,
+        description="Tune restarts of a failed trial (its driver or node died, or its Train run ran out of "
+        "restarts); the trial resumes from its checkpoint. -1: inf.",
+    )
     export_best: bool = Field(default=True, description="Export the best trial's last checkpoint (safetensors).")
     final_overrides: list[str] = Field(
         default_factory=list, description="Dotted stage-3 overrides applied to the written best config only."

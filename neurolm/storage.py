@@ -39,6 +39,9 @@ __all__ = [
     "ensure_bucket",
     "check_reachable",
     "ray_storage",
+    "retry_budget_s",
+    "retry_attempts",
+    "RETRY_BUDGET_ENV",
 ]
 
 _ENV_KEYS = (
@@ -50,7 +53,46 @@ _ENV_KEYS = (
     "AWS_REGION",
     "AWS_DEFAULT_REGION",
     "AWS_PROFILE",
+    "NEUROLM_S3_RETRY_BUDGET_S",
 )
+
+RETRY_BUDGET_ENV = "NEUROLM_S3_RETRY_BUDGET_S"
+DEFAULT_RETRY_BUDGET_S = 60.0
+_RETRY_BASE_S = 0.025  # the AWS SDK's default strategy waits 25 ms x 2^n before retry n
+
+
+def retry_attempts(budget_s: float) -> int:
+    """Retries of the AWS SDK's default strategy (waits 25 ms x 2^n, no retry quota) whose waits add up to at
+    least ``budget_s``: an object store that is back within the budget is never noticed by the caller."""
+    attempts, waited = 0, 0.0
+    while waited < budget_s:
+        waited += _RETRY_BASE_S * 2**attempts
+        attempts += 1
+    return max(attempts, 1)
+
+
+def boto3_retry_attempts(budget_s: float) -> int:
+    """Retries of botocore's standard mode (waits uniform in [0, min(2^n, 20)] s) whose expected waits add up
+    to ``budget_s``."""
+    attempts, waited = 0, 0.0
+    while waited < budget_s:
+        waited += min(2.0**attempts, 20.0) / 2
+        attempts += 1
+    return max(attempts, 1)
+
+
+def retry_budget_s() -> float:
+    """How long S3 may be unreachable before an operation fails (``NEUROLM_S3_RETRY_BUDGET_S``, default 60 s)."""
+    raw = os.environ.get(RETRY_BUDGET_ENV)
+    if not raw:
+        return DEFAULT_RETRY_BUDGET_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{RETRY_BUDGET_ENV}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise StorageError(f"{RETRY_BUDGET_ENV}={raw!r} must be >= 0")
+    return value
 
 
 class StorageError(OSError):
@@ -120,7 +162,9 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
         "region": settings.region,
         "connect_timeout": 5.0,
         "request_timeout": 60.0,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=4),
+        # The default strategy (plain exponential backoff) rather than the standard one: the standard strategy's
+        # retry quota runs dry during an outage of more than a few seconds and then fails at once.
+        "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts(retry_budget_s())),
     }
     if settings.access_key:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
@@ -242,12 +286,18 @@ def storage_env() -> dict[str, str]:
     return {k: os.environ[k] for k in _ENV_KEYS if os.environ.get(k)}
 
 
-def boto3_client():
-    """A boto3 S3 client with the same settings as the pyarrow file system."""
+# Pre-flight checks (before any Ray resource is requested) fail fast instead of waiting out the retry budget.
+_PREFLIGHT_BUDGET_S = 2.0
+
+
+def boto3_client(budget_s: float | None = None):
+    """A boto3 S3 client with the same settings as the pyarrow file system; retries for ``budget_s`` seconds
+    (default: :func:`retry_budget_s`)."""
     import boto3
     from botocore.config import Config
 
     s = S3Settings.from_env()
+    budget = retry_budget_s() if budget_s is None else budget_s
     return boto3.client(
         "s3",
         endpoint_url=s.endpoint_url,
@@ -255,7 +305,11 @@ def boto3_client():
         aws_secret_access_key=s.secret_key,
         aws_session_token=s.session_token,
         region_name=s.region,
-        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 3}),
+        config=Config(
+            connect_timeout=5,
+            read_timeout=30,
+            retries={"mode": "standard", "total_max_attempts": 1 + boto3_retry_attempts(budget)},
+        ),
     )
 
 
@@ -263,7 +317,7 @@ def ensure_bucket(bucket: str) -> None:
     """Create a bucket if it does not exist (idempotent)."""
     from botocore.exceptions import ClientError, EndpointConnectionError
 
-    client = boto3_client()
+    client = boto3_client(_PREFLIGHT_BUDGET_S)
     try:
         client.head_bucket(Bucket=bucket)
         return
@@ -284,7 +338,7 @@ def check_reachable(uri: str) -> None:
 
     bucket = bucket_of(uri)
     try:
-        boto3_client().head_bucket(Bucket=bucket)
+        boto3_client(_PREFLIGHT_BUDGET_S).head_bucket(Bucket=bucket)
     except ClientError as err:
         code = err.response.get("Error", {}).get("Code", "")
         hint = "the bucket does not exist" if code in ("404", "NoSuchBucket", "NotFound") else str(err)

@@ -274,7 +274,7 @@ def run_mixing_search(cfg: TuneJobConfig) -> dict[str, Any]:
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             callbacks=[recorder, *_callbacks(cfg)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            failure_config=tune.FailureConfig(max_failures=cfg.trial_max_failures),
             verbose=1,
         ),
     )

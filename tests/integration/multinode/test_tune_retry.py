@@ -1,0 +1,83 @@
+"""A Tune trial whose driver dies mid-trial is retried and resumes from its checkpoint; the search completes and
+writes its best mixture."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from neurolm import storage
+from neurolm.config import InstructJobConfig, PreprocessConfig, TuneJobConfig, load_config
+
+pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.ray, pytest.mark.s3]
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def workload_stand_in(s3_uri: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    from neurolm.data.synthetic import make_workload_tree
+    from neurolm.preprocess import run_preprocess
+
+    tree = make_workload_tree(tmp_path_factory.mktemp("workload"), n_subjects=5)
+    root = storage.join(s3_uri, "tune-retry", "shards")
+    cfg = PreprocessConfig(corpus="workload", input=str(tree), output=root, dataset="Workload",
+                           split_fractions=(0.6, 0.2, 0.2), split_seed=1)  # fmt: skip
+    assert run_preprocess(cfg, progress=False, executor="inline")["failed"] == 0
+    return {split: storage.join(root, "Workload", split) for split in ("train", "val")}
+
+
+def _trial_driver_pids() -> list[int]:
+    """Processes of running Tune trials (the function trainable's actor)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    return [a.pid for a in actors if a.pid and "train_driver_fn" in (a.class_name or "")]
+
+
+def test_trial_whose_driver_dies_is_retried_and_the_search_completes(
+    multinode_cluster, mn, eeg_shards, workload_stand_in, s3_uri, tmp_path
+) -> None:  # fmt: skip
+    import torch
+
+    from neurolm.models.io import save_pretrained
+    from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+    from neurolm.tune.mixing import run_mixing_search
+
+    torch.manual_seed(0)
+    init = save_pretrained(NeuroLM(NeuroLMConfig.preset("tiny")), storage.join(s3_uri, "tune-retry", "init"))
+    tasks = (
+        f"[{{name: SelfRegulationSCP1, train: {eeg_shards['scp1_train']}, val: {eeg_shards['scp1_val']}}}, "
+        f"{{name: Workload, train: {workload_stand_in['train']}, val: {workload_stand_in['val']}}}]"
+    )
+    cfg = load_config(TuneJobConfig, REPO_ROOT / "configs/tune/debug.yaml", [
+        f"instruct.preset={REPO_ROOT / 'configs/instruct/debug.yaml'}", f"instruct.config.init={init}",
+        f"instruct.config.tasks={tasks}", f"storage_path={storage.join(s3_uri, 'tune-retry', 'experiments')}",
+        f"name=retry-{int(time.time())}", "num_samples=2", "trial_max_failures=2", "export_best=false",
+        "instruct.config.train.checkpoint_every=1",
+    ])  # fmt: skip
+    thread, out = mn.in_thread(lambda: run_mixing_search(cfg))
+    deadline = time.monotonic() + 1200
+    killed: list[int] = []
+    while not killed:
+        assert thread.is_alive() and time.monotonic() < deadline, out.get("error", "no trial started")
+        # Once a trial has a checkpoint, kill its driver: Tune must restart the trial.
+        ckpts = [f for f in storage.list_files(storage.join(cfg.storage_path, cfg.name, "runs")) if
+                 f.endswith("state.json")]  # fmt: skip
+        pids = _trial_driver_pids()
+        if ckpts and pids:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+        time.sleep(1.0)
+    thread.join(timeout=1800)
+    assert not thread.is_alive() and "error" not in out, out.get("error")
+    summary = out["result"]
+    assert summary["num_trials"] == 2 and summary["errors"] == 0, summary["trials"]
+    local = tmp_path / "best_mixture.yaml"
+    local.write_text(storage.read_text(summary["best_config"]))
+    best = load_config(InstructJobConfig, local)
+    assert best.mixture.weights == pytest.approx(summary["best"]["weights"])

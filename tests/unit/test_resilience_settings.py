@@ -1,0 +1,51 @@
+"""Retry budgets of the S3 clients and the argument checks of the local multi-node cluster (no Ray, no server)."""
+
+from __future__ import annotations
+
+import pytest
+
+from neurolm import storage
+from neurolm.local_cluster import LocalClusterError, LocalRayCluster, main, node_name
+
+
+def test_retry_attempts_cover_the_budget_with_the_aws_default_backoff() -> None:
+    for budget in (0.5, 20.0, 60.0, 300.0):
+        n = storage.retry_attempts(budget)
+        waits = [0.025 * 2**i for i in range(n)]
+        assert sum(waits) >= budget > sum(waits[:-1])  # the fewest attempts that wait out the budget
+    assert storage.retry_attempts(60.0) == 12
+
+
+def test_retry_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(storage.RETRY_BUDGET_ENV, raising=False)
+    assert storage.retry_budget_s() == 60.0
+    monkeypatch.setenv(storage.RETRY_BUDGET_ENV, "5")
+    assert storage.retry_budget_s() == 5.0
+    assert storage.RETRY_BUDGET_ENV in storage.storage_env()  # forwarded to Ray workers
+    monkeypatch.setenv(storage.RETRY_BUDGET_ENV, "soon")
+    with pytest.raises(storage.StorageError, match="NEUROLM_S3_RETRY_BUDGET_S='soon'"):
+        storage.retry_budget_s()
+
+
+def test_node_names_and_addresses(tmp_path) -> None:
+    assert node_name("127.0.0.3") == "node_3"
+    cluster = LocalRayCluster(tmp_path)
+    with pytest.raises(LocalClusterError, match="start the head first"):
+        cluster.add_node("127.0.0.2")
+    with pytest.raises(LocalClusterError, match="auth_mode"):
+        LocalRayCluster(tmp_path, auth_mode="none")
+
+
+@pytest.mark.parametrize(
+    ("argv", "culprit"),
+    [
+        (["add", "--address", "10.0.0.1:6379", "--state-dir", "x", "--ip", "127.0.0.2"], "--address"),
+        (["add", "--address", "127.0.0.1:6379", "--state-dir", "x", "--ip", "10.0.0.2"], "--ip"),
+        (["add", "--address", "127.0.0.1:6379", "--state-dir", "x", "--ip", "127.0.0.1"], "--ip"),
+    ],
+)
+def test_cli_rejects_addresses_off_loopback(argv, culprit, tmp_path, capsys) -> None:
+    argv = [a if a != "x" else str(tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(culprit) and len(err.strip().splitlines()) == 1
