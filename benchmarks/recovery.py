@@ -34,8 +34,8 @@ from neurolm.config import (  # noqa: E402
     TokenizerJobConfig,
     load_config,
 )
-from neurolm.local_cluster import LocalRayCluster  # noqa: E402
-from neurolm.s3server import LocalS3Server  # noqa: E402
+from neurolm.runtime.local_cluster import LocalRayCluster  # noqa: E402
+from neurolm.runtime.s3server import LocalS3Server  # noqa: E402
 
 STAGES = ("tokenizer", "pretrain", "instruct")
 KILLED_NODE = "127.0.0.3"

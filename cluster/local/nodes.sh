@@ -34,7 +34,7 @@ args=(--address "127.0.0.1:${ray_port:-0}" --state-dir "$NODES_DIR" --auth-mode 
 if [[ -n "$token_path" ]]; then
     args+=(--token-path "$token_path")
 fi
-local_cluster() { "$PYTHON" -m neurolm.local_cluster "$@"; }
+local_cluster() { "$PYTHON" -m neurolm.runtime.local_cluster "$@"; }
 
 case "$action" in
     up)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from neurolm import storage
-from neurolm.local_cluster import LocalClusterError, LocalRayCluster, main, node_name
+from neurolm.runtime.local_cluster import LocalClusterError, LocalRayCluster, main, node_name
 
 
 def test_retry_attempts_cover_the_budget_with_the_aws_default_backoff() -> None:

@@ -18,8 +18,8 @@ from types import ModuleType
 
 import pytest
 
-from neurolm.local_cluster import LocalRayCluster
-from neurolm.s3server import LocalS3Server
+from neurolm.runtime.local_cluster import LocalRayCluster
+from neurolm.runtime.s3server import LocalS3Server
 
 WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 
@@ -78,7 +78,7 @@ def multinode_cluster(s3_server: dict[str, str]) -> Iterator[LocalRayCluster]:
         cluster.stop()
         os.environ.clear()
         os.environ.update(saved)
-        from neurolm.local_cluster import _alive
+        from neurolm.runtime.local_cluster import _alive
 
         left = _alive(pids)
         shutil.rmtree(root, ignore_errors=True)

@@ -12,7 +12,7 @@ machine's network. ``distinct_ips=True`` gives each node its own address 127.0.0
 network namespace without outside interfaces).
 
 Used by the multi-node tests (``tests/integration/multinode``), ``benchmarks/recovery.py`` and
-``cluster/local/nodes.sh`` (``python -m neurolm.local_cluster add|remove|kill|list``)::
+``cluster/local/nodes.sh`` (``python -m neurolm.runtime.local_cluster add|remove|kill|list``)::
 
     with LocalRayCluster(tmp_dir, worker_ips=("127.0.0.2", "127.0.0.3")) as cluster:
         cluster.connect(env_vars)                   # the driver joins the head node
@@ -517,8 +517,8 @@ def _attach(state_dir: Path, address: str, auth_mode: str, token_path: str | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m neurolm.local_cluster {add,remove,kill,list}``: worker nodes for a head on 127.0.0.1."""
-    parser = argparse.ArgumentParser(prog="python -m neurolm.local_cluster", description=main.__doc__)
+    """``python -m neurolm.runtime.local_cluster {add,remove,kill,list}``: worker nodes for a head on 127.0.0.1."""
+    parser = argparse.ArgumentParser(prog="python -m neurolm.runtime.local_cluster", description=main.__doc__)
     parser.add_argument("action", choices=["add", "remove", "kill", "list"])
     parser.add_argument("--address", required=True, help="the head's GCS address, 127.0.0.1:<port>")
     parser.add_argument("--state-dir", required=True, help="where node temp dirs, logs and pid files go")
