@@ -132,7 +132,7 @@ def channel_index(name: str) -> int:
         return PAD_INDEX
     canonical = normalize_channel_name(name)
     if canonical is None:
-        raise UnknownChannelError(f"channel {name!r} is not in the 10-20 vocabulary (spec §1.3)")
+        raise UnknownChannelError(f"channel {name!r} is not in the 10-20 vocabulary (docs/reference.md §1.3)")
     return _INDEX[canonical]
 
 

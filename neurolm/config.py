@@ -58,7 +58,7 @@ CORPORA = ("edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts
 
 
 class PreprocessConfig(Section):
-    """``neurolm preprocess``: raw recordings → Parquet sample shards (spec §1)."""
+    """``neurolm preprocess``: raw recordings → Parquet sample shards (docs/reference.md §1)."""
 
     corpus: Literal["edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts", "events"] = Field(
         description="Which corpus reader to use (one module per corpus under neurolm/data/readers)."
@@ -68,10 +68,10 @@ class PreprocessConfig(Section):
     dataset: str | None = Field(
         default=None, description="Dataset name written into shards and paths; defaults to the corpus name."
     )
-    l_freq: float = Field(default=0.1, gt=0, description="Band-pass lower edge in Hz (spec §1.1).")
-    h_freq: float = Field(default=75.0, gt=0, description="Band-pass upper edge in Hz (spec §1.1).")
+    l_freq: float = Field(default=0.1, gt=0, description="Band-pass lower edge in Hz (docs/reference.md §1.1).")
+    h_freq: float = Field(default=75.0, gt=0, description="Band-pass upper edge in Hz (docs/reference.md §1.1).")
     notch: float | None = Field(
-        default=None, description="Notch frequency in Hz; None = the corpus default (50 or 60, spec §1.1)."
+        default=None, description="Notch frequency in Hz; None = the corpus default (50 or 60, docs/reference.md §1.1)."
     )
     sfreq: float = Field(default=200.0, gt=0, description="Target sampling rate (200 Hz: one patch = 1 s).")
     window_s: float | None = Field(
@@ -93,7 +93,7 @@ class PreprocessConfig(Section):
     )
     pretrain_windows: bool = Field(
         default=False,
-        description="Generic `edf` reader: windows of min(1024 // C, 64) s (pre-training rule, spec §1.5) "
+        description="Generic `edf` reader: windows of min(1024 // C, 64) s (pre-training rule, docs/reference.md §1.5) "
         "instead of window_s.",
     )
     subject_regex: str | None = Field(
@@ -317,7 +317,7 @@ class ScalingSection(Section):
     num_workers: int = Field(default=2, ge=1, description="Number of training workers (ranks).")
     use_gpu: bool = Field(default=False, description="One GPU per worker (NCCL); False = CPU workers (gloo).")
     cpus_per_worker: float = Field(
-        default=0.5, gt=0, description="CPUs reserved per worker; leave some for Ray Data (STACK.md §4)."
+        default=0.5, gt=0, description="CPUs reserved per worker; leave some for Ray Data (docs/platform.md §4)."
     )
     gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs per worker when use_gpu.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
@@ -340,7 +340,7 @@ class DeepSpeedSection(Section):
 
 
 class OptimSection(Section):
-    """AdamW with linear warm-up and cosine decay (spec §2.6, §3.5, §4.5)."""
+    """AdamW with linear warm-up and cosine decay (docs/reference.md §2.6, §3.5, §4.5)."""
 
     lr: float = Field(default=6e-4, gt=0)
     min_lr: float = Field(default=6e-5, ge=0)
@@ -439,7 +439,7 @@ class StageConfig(Section):
 
 
 class TokenizerJobConfig(StageConfig):
-    """Stage 1: the text-aligned VQ tokenizer (spec §2)."""
+    """Stage 1: the text-aligned VQ tokenizer (docs/reference.md §2)."""
 
     stage: Literal["tokenizer"] = "tokenizer"
     model: TokenizerModelSection = Field(default_factory=TokenizerModelSection)
@@ -452,7 +452,7 @@ class TokenizerJobConfig(StageConfig):
 
 
 class PretrainJobConfig(StageConfig):
-    """Stage 2: multi-channel autoregressive pre-training of GPT-2 on EEG tokens (spec §3)."""
+    """Stage 2: multi-channel autoregressive pre-training of GPT-2 on EEG tokens (docs/reference.md §3)."""
 
     stage: Literal["pretrain"] = "pretrain"
     model: NeuroLMModelSection = Field(default_factory=NeuroLMModelSection)
@@ -463,7 +463,7 @@ class PretrainJobConfig(StageConfig):
 
 
 class MixtureSection(Section):
-    """How instruction tuning samples tasks (spec §4.4)."""
+    """How instruction tuning samples tasks (docs/reference.md §4.4)."""
 
     kind: Literal["proportional", "explicit", "temperature"] = Field(
         default="proportional", description="proportional = official (dataset size); explicit; temperature."
@@ -489,7 +489,7 @@ class TaskData(Section):
 
 
 class InstructJobConfig(StageConfig):
-    """Stage 3: multi-task instruction tuning (spec §4)."""
+    """Stage 3: multi-task instruction tuning (docs/reference.md §4)."""
 
     stage: Literal["instruct"] = "instruct"
     model: InstructModelSection = Field(default_factory=InstructModelSection)
@@ -530,7 +530,7 @@ class EvalTaskData(Section):
 
 
 class EvaluateJobConfig(Section):
-    """``neurolm eval`` / ``ray_jobs/evaluate.py``: score an instruction-tuned export on test shards (spec §4.3).
+    """``neurolm eval`` / ``ray_jobs/evaluate.py``: score an instruction-tuned export on test shards (docs/reference.md §4.3).
 
     Ray Data reads the shards, lays them out and scores them on ``concurrency`` actors that each load the model
     once; the driver collects per-row outputs (class probabilities, parsed generation, label) and writes the report.
@@ -542,7 +542,7 @@ class EvaluateJobConfig(Section):
     batch_size: int = Field(default=32, ge=1, description="Rows per scoring call on an actor.")
     concurrency: int = Field(default=1, ge=1, description="Scoring actors (each holds one copy of the model).")
     num_cpus_per_actor: float = Field(
-        default=0.5, gt=0, description="CPUs reserved per actor; leave some for reading and layout (STACK.md §4)."
+        default=0.5, gt=0, description="CPUs reserved per actor; leave some for reading and layout (docs/platform.md §4)."
     )
     num_gpus_per_actor: float = Field(default=0.0, ge=0, description="GPUs per actor (0 = CPU scoring).")
     layout_num_cpus: float = Field(default=0.25, gt=0, description="CPUs reserved per read/layout task.")
@@ -629,7 +629,7 @@ class MixingSearchSection(Section):
         default=(0.5, 20.0), description="Log-uniform range of the temperature T."
     )
     include_proportional: bool = Field(
-        default=True, description="Evaluate the official size-proportional mixture (spec §4.4) as the first trial."
+        default=True, description="Evaluate the official size-proportional mixture (docs/reference.md §4.4) as the first trial."
     )
 
     @field_validator("logit_bounds", "temperature_bounds")

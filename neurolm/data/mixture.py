@@ -76,9 +76,9 @@ def mixture_weights(
     ----------
     kind : {"explicit", "proportional", "temperature"}
         ``"explicit"``: ``weights`` as given (tasks left out get 0), normalised to sum to 1.
-        ``"proportional"``: ``n_t / Σ n``, the official ``ConcatDataset`` mix (spec §4.4).
+        ``"proportional"``: ``n_t / Σ n``, the official ``ConcatDataset`` mix (docs/reference.md §4.4).
         ``"temperature"``: ``n_t^(1/T) / Σ n^(1/T)``; ``T = 1`` is proportional, ``T → inf`` uniform over
-        the non-empty tasks (the "balanced or temperature task sampling" improvement of spec §8).
+        the non-empty tasks (the "balanced or temperature task sampling" improvement of docs/reference.md §8).
     sizes : mapping of str to int
         Number of training samples of each task.
     weights : mapping of str to float, optional

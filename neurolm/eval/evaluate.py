@@ -1,4 +1,4 @@
-"""``neurolm eval``: score an instruction-tuned NeuroLM on test shards with Ray Data batch inference (spec §4.3).
+"""``neurolm eval``: score an instruction-tuned NeuroLM on test shards with Ray Data batch inference (docs/reference.md §4.3).
 
 Per task, Ray Data reads the split's Parquet shards and lays every row out as ``[EEG][SEP] prompt`` (the training
 map step :func:`neurolm.data.layout.instruction_layout`); the tasks' streams are unioned and handed in
@@ -16,7 +16,7 @@ The driver collects them and computes the metrics (:mod:`neurolm.eval.metrics`) 
 - ours: balanced accuracy, Cohen's κ, weighted F1 and accuracy from ``argmax(probs)``; AUROC and AUC-PR from
   ``probs``;
 - ``official/*``: the official code's scoring of the parsed generations (hard labels, its quirks included), so the
-  numbers compare with the paper (spec §5);
+  numbers compare with the paper (docs/reference.md §5);
 - ``generation/*``: our hard-label metrics of the parsed generations, with every parse failure wrong;
 - ``parse_failures``: how many generations could not be parsed; they are never mapped to a class except where
   ``official/*`` reproduces the official code doing exactly that.
@@ -79,7 +79,7 @@ __all__ = [
 log = logging.getLogger("neurolm.eval")
 
 OFFICIAL_EEG_MAX_LEN = 276
-"""EEG tokens per sample in the official instruction tuning (spec §4.1)."""
+"""EEG tokens per sample in the official instruction tuning (docs/reference.md §4.1)."""
 _LAYOUT_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt")
 
 
@@ -87,7 +87,7 @@ _LAYOUT_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt")
 
 
 def task_kind(task: Task) -> str:
-    """``"binary"`` for two-class tasks (official binary scoring), else ``"multiclass"`` (spec §1.7)."""
+    """``"binary"`` for two-class tasks (official binary scoring), else ``"multiclass"`` (docs/reference.md §1.7)."""
     return "binary" if task.num_classes == 2 else "multiclass"
 
 
@@ -113,7 +113,7 @@ def load_scoring_model(
 def resolve_eeg_max_len(checkpoint: str, configured: int | None) -> int:
     """``configured``, else the ``eeg_max_len`` an export recorded in its ``config.json`` extras, else 276.
 
-    The official model's features depend on the padded length (spec §6.3: GroupNorm statistics over padding), so
+    The official model's features depend on the padded length (docs/reference.md §6.3: GroupNorm statistics over padding), so
     evaluation lays samples out at the length the model was tuned with.
     """
     if configured is not None:

@@ -1,21 +1,21 @@
 """Classification metrics for the six instruction-tuning tasks, ours and the official hard-label ones.
 
-Two families live side by side (spec §4.3, §5, §8 "report both code-faithful and fixed metrics"):
+Two families live side by side (docs/reference.md §4.3, §5, §8 "report both code-faithful and fixed metrics"):
 
 **Ours** (keys without a prefix) are the metrics a reader expects:
 
 - ``accuracy``, ``balanced_accuracy``, ``cohen_kappa``, ``f1_weighted`` from hard predictions. A parse failure
-  (``-1``, spec §4.3) is never mapped to a class: it is a wrong answer for the sample's true class and is
+  (``-1``, docs/reference.md §4.3) is never mapped to a class: it is a wrong answer for the sample's true class and is
   counted in ``parse_failures``.
 - ``roc_auc`` and ``pr_auc`` from class probabilities ``(N, K)`` only (e.g. answer log-likelihoods turned into
-  probabilities, spec §8). Binary tasks use the positive-class column. Multi-class tasks use the one-vs-rest
+  probabilities, docs/reference.md §8). Binary tasks use the positive-class column. Multi-class tasks use the one-vs-rest
   **macro** average over classes: it weighs every class equally, like balanced accuracy, so the rare TUEV and
   TUSL classes count as much as background. Classes that are undefined in a split (no positive or no negative
   for AUROC, no positive for AUC-PR) are left out of the average; a metric with no defined class is NaN.
 
 **Official** (keys ``official/<name>``) reproduce ``train_instruction.py:evaluate`` → ``utils.py:get_metrics`` →
 pyhealth ``metrics/binary.py:binary_metrics_fn`` / ``metrics/multiclass.py:multiclass_metrics_fn`` at snapshot
-``a9e8afe``, hard labels and quirks included, so our numbers can be compared with the paper's (spec §5):
+``a9e8afe``, hard labels and quirks included, so our numbers can be compared with the paper's (docs/reference.md §5):
 
 - binary (TUAB, Workload): the hard prediction in {-1, 0, 1} is the *score* of AUROC and AUC-PR, so a parse
   failure is a third, lowest score; accuracy and balanced accuracy threshold it at 0.5, so -1 counts as class 0;
@@ -62,12 +62,12 @@ __all__ = [
 ]
 
 PARSE_FAILURE = -1
-"""The prediction of an answer that could not be parsed (official ``get_pred``, spec §4.3)."""
+"""The prediction of an answer that could not be parsed (official ``get_pred``, docs/reference.md §4.3)."""
 
 TaskKind = Literal["binary", "multiclass"]
 
 OURS_HARD_METRICS = ("accuracy", "balanced_accuracy", "cohen_kappa", "f1_weighted")
-# The metric lists of train_instruction.py:get_instruct_datasets (spec §1.7).
+# The metric lists of train_instruction.py:get_instruct_datasets (docs/reference.md §1.7).
 OFFICIAL_BINARY_METRICS = ("pr_auc", "roc_auc", "accuracy", "balanced_accuracy")
 OFFICIAL_MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "cohen_kappa", "f1_weighted")
 
@@ -135,7 +135,7 @@ def confusion_matrix(labels: ArrayLike, preds: ArrayLike, num_classes: int | Non
     labels : array_like of int, shape (N,)
         True classes in ``[0, K)``.
     preds : array_like of int, shape (N,)
-        Predicted classes in ``[0, K)`` or ``-1`` for a parse failure (spec §4.3).
+        Predicted classes in ``[0, K)`` or ``-1`` for a parse failure (docs/reference.md §4.3).
     num_classes : int, optional
         ``K``; inferred from the largest label or prediction when omitted.
 
@@ -161,7 +161,7 @@ def accuracy(labels: ArrayLike, preds: ArrayLike) -> float:
 
 
 def balanced_accuracy(labels: ArrayLike, preds: ArrayLike, num_classes: int | None = None) -> float:
-    """Mean per-class recall over the classes present in ``labels`` (spec §1.7 "BAcc").
+    """Mean per-class recall over the classes present in ``labels`` (docs/reference.md §1.7 "BAcc").
 
     Parse failures lower the recall of their true class. Classes absent from ``labels`` are left out, as
     scikit-learn's ``balanced_accuracy_score`` does.
@@ -193,7 +193,7 @@ def cohen_kappa(labels: ArrayLike, preds: ArrayLike, num_classes: int | None = N
 
 
 def f1_weighted(labels: ArrayLike, preds: ArrayLike, num_classes: int | None = None) -> float:
-    """Per-class F1 averaged with weights equal to each class's support in ``labels`` (spec §1.7 "W-F1").
+    """Per-class F1 averaged with weights equal to each class's support in ``labels`` (docs/reference.md §1.7 "W-F1").
 
     A parse failure is a false negative of its true class and a false positive of no class.
     """
@@ -318,7 +318,7 @@ def pr_auc(labels: ArrayLike, probs: ArrayLike) -> float:
 
 
 def official_binary_metrics(labels: ArrayLike, preds: ArrayLike) -> dict[str, float]:
-    """The official binary scoring of hard predictions (TUAB, Workload; spec §4.3).
+    """The official binary scoring of hard predictions (TUAB, Workload; docs/reference.md §4.3).
 
     Reproduces, at official snapshot ``a9e8afe``:
 
@@ -360,7 +360,7 @@ def official_binary_metrics(labels: ArrayLike, preds: ArrayLike) -> dict[str, fl
 
 
 def official_multiclass_metrics(labels: ArrayLike, preds: ArrayLike, num_classes: int) -> dict[str, float]:
-    """The official multi-class scoring of hard predictions (TUEV, SEED, HMC, TUSL; spec §4.3).
+    """The official multi-class scoring of hard predictions (TUEV, SEED, HMC, TUSL; docs/reference.md §4.3).
 
     Reproduces, at official snapshot ``a9e8afe``:
 
@@ -417,12 +417,12 @@ def task_metrics(
     ----------
     task_kind : {"binary", "multiclass"}
         Binary tasks (TUAB, Workload) and multi-class tasks (TUEV, SEED, HMC, TUSL) are scored differently by
-        the official code (spec §1.7, §4.3).
+        the official code (docs/reference.md §1.7, §4.3).
     probs : array_like of float, shape (N, K), optional
         Class probabilities (e.g. from constrained answer scoring). Needed for ``roc_auc`` and ``pr_auc``;
         without them these two keys are absent (a hard-label AUROC is only reported as the official one).
     preds : array_like of int, shape (N,), optional
-        Parsed answers, ``-1`` for a parse failure (generation, spec §4.3). When omitted, ``argmax(probs)``.
+        Parsed answers, ``-1`` for a parse failure (generation, docs/reference.md §4.3). When omitted, ``argmax(probs)``.
     labels : array_like of int, shape (N,)
     num_classes : int, optional
         ``K``. Taken from ``probs`` when given, 2 for binary tasks; required for a multi-class task without

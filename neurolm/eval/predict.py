@@ -5,7 +5,7 @@
     neurolm predict --checkpoint runs/instruct/export --task TUAB recording.edf --output answers.csv
     neurolm predict --checkpoint DIR --task HMC night.edf --channels task --notch 50 --output night.json
 
-Each recording goes through the preprocessing of the training shards (spec §1.1; the generic reader path of
+Each recording goes through the preprocessing of the training shards (docs/reference.md §1.1; the generic reader path of
 :mod:`neurolm.data.readers.edf`): MNE read → channel names normalised to the 10-20 vocabulary → 0.1–75 Hz band-pass
 → notch → resample to 200 Hz → units of 100 µV, then non-overlapping windows of the task's sample length
 (:data:`TASK_RULES`: TUAB 10 s, TUEV 5 s, SEED 4 s, HMC 30 s, Workload 4 s, TUSL 10 s, SelfRegulationSCP1 3 s;
@@ -63,19 +63,19 @@ __all__ = [
     "cli",
 ]
 
-SFREQ = 200.0  # one patch = one second at 200 Hz (spec §1.2)
+SFREQ = 200.0  # one patch = one second at 200 Hz (docs/reference.md §1.2)
 
 
 @dataclass(frozen=True)
 class TaskRules:
-    """How a task's samples are cut from a recording (spec §1.1, §1.7).
+    """How a task's samples are cut from a recording (docs/reference.md §1.1, §1.7).
 
     Attributes
     ----------
     window_s : float
         Sample length in seconds.
     notch_hz : float
-        Default notch (the official maker's, spec §1.1).
+        Default notch (the official maker's, docs/reference.md §1.1).
     channels : tuple of str or None
         The task's training channels, in storage order (``--channels task``); None = every vocabulary channel.
     exclude : tuple of str

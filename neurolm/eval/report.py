@@ -12,8 +12,8 @@ directory to object storage is the caller's job. Figures use matplotlib's Agg ca
     # out/eval/metrics.json, report.md, confusion_tuab.png, metrics_tuab.png, ..., summary.png
 
 The metrics are those of :func:`neurolm.eval.metrics.task_metrics`: ours and the official hard-label ones
-(spec §4.3) side by side, so the table shows both the numbers a reader expects and the numbers comparable
-with the paper (spec §5).
+(docs/reference.md §4.3) side by side, so the table shows both the numbers a reader expects and the numbers comparable
+with the paper (docs/reference.md §5).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
     "write_report",
 ]
 
-# (metric key, column title) in table and plot order: the paper's metrics first (spec §1.7, §5).
+# (metric key, column title) in table and plot order: the paper's metrics first (docs/reference.md §1.7, §5).
 REPORT_METRICS: tuple[tuple[str, str], ...] = (
     ("balanced_accuracy", "BAcc"),
     ("cohen_kappa", "κ"),
@@ -72,7 +72,7 @@ class TaskResult:
     probs : array_like of float, shape (N, K), optional
         Class probabilities, for our AUROC / AUC-PR.
     class_names : sequence of str, optional
-        One name per class (e.g. ``("No", "Yes")`` for TUAB, spec §1.7); ``"0"``, ``"1"``, … by default.
+        One name per class (e.g. ``("No", "Yes")`` for TUAB, docs/reference.md §1.7); ``"0"``, ``"1"``, … by default.
     num_classes : int, optional
         ``K`` when neither ``probs`` nor ``class_names`` give it (multi-class tasks).
     """
@@ -194,7 +194,7 @@ def plot_confusion_matrix(
 ) -> Path:
     """Row-normalised confusion matrix (recall per true class) with counts, as a PNG.
 
-    A "parse failure" column is added when any prediction is ``-1`` (spec §4.3), so failures are visible
+    A "parse failure" column is added when any prediction is ``-1`` (docs/reference.md §4.3), so failures are visible
     instead of being folded into a class.
     """
     k = len(class_names)

@@ -1,4 +1,4 @@
-"""The EEG transformer of the tokenizer: encoder on raw 1-s patches, decoders on codebook vectors (spec §2.1, §2.3).
+"""The EEG transformer of the tokenizer: encoder on raw 1-s patches, decoders on codebook vectors (docs/reference.md §2.1, §2.3).
 
 One class serves both roles, as in the official ``NeuralTransformer``: with ``in_dim=None`` the patch embedding
 is the temporal convolution (:class:`TemporalConv`) on 200-sample patches; with ``in_dim=D`` it is a
@@ -37,7 +37,7 @@ def masked_group_norm(h: torch.Tensor, norm: nn.GroupNorm, stats_mask: torch.Ten
 
 
 class TemporalConv(nn.Module):
-    """Patch embedding of raw EEG (spec §2.1): three conv–GroupNorm–GELU stages along time, then Linear + GELU.
+    """Patch embedding of raw EEG (docs/reference.md §2.1): three conv–GroupNorm–GELU stages along time, then Linear + GELU.
 
     ``(B, N, P)`` patches → ``(B, N, n_embd)``. The conv output ``(B, 16, N, P/8)`` is flattened time-major per
     patch (feature index = t·16 + c) before the linear layer, as in the official ``rearrange``.

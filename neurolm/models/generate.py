@@ -1,12 +1,12 @@
 """Answering instruction prompts: greedy generation with a KV cache, constrained option scoring, parsing.
 
 - :func:`generate`: greedy decoding over the text vocabulary (logits ``[:50257]``), as the official
-  ``NeuroLM.generate(top_k=1)`` (spec §4.3). With ``use_cache`` the EEG and prompt are run once and each new
+  ``NeuroLM.generate(top_k=1)`` (docs/reference.md §4.3). With ``use_cache`` the EEG and prompt are run once and each new
   token costs one position; without it the whole sequence is recomputed per token (the official way). Both
-  give the same tokens. ``official_mask=True`` reproduces the official float-mask defect (spec §6.3-13: from
+  give the same tokens. ``official_mask=True`` reproduces the official float-mask defect (docs/reference.md §6.3-13: from
   the second new token on nothing is masked) for golden comparisons; it implies recomputation.
 - :func:`score_options`: the log-likelihood of each answer option after the prompt, for class probabilities
-  (proper AUROC/AUC-PR instead of the official hard labels, spec §4.3).
+  (proper AUROC/AUC-PR instead of the official hard labels, docs/reference.md §4.3).
 - :func:`parse_answer`: the official ``get_pred``: the word at ``task.result_idx`` of the decoded text,
   ``(X…`` cut to 3 characters, mapped to a label; anything else is -1.
 """

@@ -1,4 +1,4 @@
-"""GPT-2 backbone with NeuroLM's enlarged vocabulary (spec §3.1), and loading GPT-2 weights from Hugging Face.
+"""GPT-2 backbone with NeuroLM's enlarged vocabulary (docs/reference.md §3.1), and loading GPT-2 weights from Hugging Face.
 
 The token embedding has 50304 rows (GPT-2's 50257, then 47 new rows; row 50257 is [SEP]). The untied output
 head has ``50304 + num_codes`` rows: text logits first, EEG code ``c`` at column ``50304 + c``. Inputs are
@@ -6,7 +6,7 @@ given as embeddings, so the same blocks run on EEG features, text, or both (``Ne
 
 Init, as the official code gets it: nanoGPT's N(0, 0.02) (residual projections N(0, 0.02/sqrt(2 n_layer))),
 ``lm_head[:50257]`` a copy of ``wte[:50257]`` (GPT-2 ties them), then the rows added by the enlargement:
-``wte[50257:]`` N(0, 1) (PyTorch's embedding default, ≈7× GPT-2's row norm, spec §6.3-8) and
+``wte[50257:]`` N(0, 1) (PyTorch's embedding default, ≈7× GPT-2's row norm, docs/reference.md §6.3-8) and
 ``lm_head[50257:]`` PyTorch's Linear default. ``scaled_new_rows=True`` draws the new ``wte`` rows from
 N(0, 0.02) instead. :func:`load_hf_gpt2` then overwrites the GPT-2 rows with real weights.
 """
@@ -128,7 +128,7 @@ def load_hf_gpt2(
     download: Callable[[str, str], Any] | None = None,
 ) -> nn.Module:
     """Load GPT-2 weights into ``model`` (a :class:`GPT`, or anything with a ``.gpt`` attribute such as
-    ``NeuroLM``), the way the official ``GPT.from_pretrained`` + ``enlarge_*`` do (spec §3.1).
+    ``NeuroLM``), the way the official ``GPT.from_pretrained`` + ``enlarge_*`` do (docs/reference.md §3.1).
 
     Rows 0..50256 of ``wte`` and of ``lm_head`` get GPT-2's (tied) token embeddings; the rows added by the
     enlargement keep their init. Shapes must match GPT-2's (use the config preset of the same name).

@@ -1,17 +1,17 @@
-"""NeuroLM: GPT-2 reading EEG features and text (stages 2 and 3; spec §3, §4; official ``model_neurolm.NeuroLM``).
+"""NeuroLM: GPT-2 reading EEG features and text (stages 2 and 3; docs/reference.md §3, §4; official ``model_neurolm.NeuroLM``).
 
-EEG path (spec §3.1): frozen tokenizer encoder → continuous features (B, L, E) → ``feature_proj``
+EEG path (docs/reference.md §3.1): frozen tokenizer encoder → continuous features (B, L, E) → ``feature_proj``
 (Identity when E = d, else Linear + GELU) → ``+ channel_embed[input_chans]`` → ``+ wpe[input_time]`` (every
 channel of second t shares position t). Text path: ``wte[token] + wpe[pos]``; after EEG, text positions start
-after the last second (batch-wide in the official code, spec §6.3-5). Attention: the stair mask
+after the last second (batch-wide in the official code, docs/reference.md §6.3-5). Attention: the stair mask
 (:func:`~neurolm.models.masks.stair_mask`) built on the device from ``input_time``/``input_mask``.
 
 Objectives:
-- pre-training (spec §3.2): the token at (second t, channel c) predicts the code of (t+1, c). With
+- pre-training (docs/reference.md §3.2): the token at (second t, channel c) predicts the code of (t+1, c). With
   ``code_head`` the codes come from the *same* encoder pass that produced the inputs (the official code runs
   the frozen encoder twice, once inside a separate VQ); targets are identical.
 - text LM: plain causal next-token loss, positions 0..n-1.
-- instruction tuning (spec §4.1): ``[EEG][SEP] Question: … Answer: <answer> <|endoftext|>``, loss on the
+- instruction tuning (docs/reference.md §4.1): ``[EEG][SEP] Question: … Answer: <answer> <|endoftext|>``, loss on the
   answer tokens (targets prepared by :mod:`neurolm.data.layout`).
 
 Fixes (config fields, official behaviour by default): ``causal_encoder_inputs`` (§6.3-4),
@@ -134,7 +134,7 @@ class NeuroLM(nn.Module):
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameters as the official ``get_num_params`` counts them (frozen encoder included; ``wpe``
-        excluded with ``non_embedding``; spec §3.1)."""
+        excluded with ``non_embedding``; docs/reference.md §3.1)."""
         n = sum(p.numel() for name, p in self.named_parameters() if not name.startswith("code_head."))
         return n - self.gpt.wpe.weight.numel() if non_embedding else n
 
@@ -168,7 +168,7 @@ class NeuroLM(nn.Module):
         return x + self.gpt.wpe(input_time)
 
     def text_start(self, input_time: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) position of the first text token after the EEG part (spec §6.3-5)."""
+        """(B,) position of the first text token after the EEG part (docs/reference.md §6.3-5)."""
         B = input_time.shape[0]
         if self.config.per_sample_text_positions:
             last = torch.where(input_mask.bool(), input_time.long(), torch.zeros_like(input_time.long()))
@@ -189,7 +189,7 @@ class NeuroLM(nn.Module):
     def pretraining_targets(
         self, features: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor
     ) -> torch.Tensor:
-        """(B, L) next-code targets (code index, -1 ignored) from bidirectional encoder features (spec §3.2)."""
+        """(B, L) next-code targets (code index, -1 ignored) from bidirectional encoder features (docs/reference.md §3.2)."""
         if self.code_head is None:
             raise RuntimeError("pre-training targets need the tokenizer's code head: build with code_head=True "
                                "and load it (neurolm.models.io.attach_tokenizer)")
@@ -213,9 +213,9 @@ class NeuroLM(nn.Module):
         """One NeuroLM step.
 
         - EEG only, ``eeg_targets="next_code"`` (or a (B, L) tensor of code indices, -1 ignored): multi-channel
-          autoregressive pre-training (spec §3.2).
+          autoregressive pre-training (docs/reference.md §3.2).
         - text only (``text`` (B, n), ``text_targets`` (B, n)): text LM loss, causal, positions 0..n-1.
-        - EEG + text: instruction tuning (spec §4.1); loss on ``text_targets`` (answer tokens; -1 elsewhere).
+        - EEG + text: instruction tuning (docs/reference.md §4.1); loss on ``text_targets`` (answer tokens; -1 elsewhere).
 
         EEG tensors: ``x_eeg`` (B, L, 200), ``input_chans``/``input_time`` (B, L) ints, ``input_mask`` (B, L)
         bool. Without targets the loss is None (use ``return_logits``).

@@ -1,5 +1,5 @@
 """Official NeuroLM checkpoints: import ``VQ.pt`` / ``NeuroLM-{B,L,XL}.pt`` (and instruction checkpoints), export
-back to that layout (``shared/spec/official-checkpoint-layout.md``), and compare with golden vectors.
+back to that layout (``docs/checkpoint-layout.md``), and compare with golden vectors.
 
 Files are read with ``torch.load(weights_only=True)``; ``model`` may carry ``_orig_mod.`` (torch.compile, always
 present in official files) and/or ``module.`` (DDP) prefixes, ``optimizer``/``iter_num``/``epoch`` are

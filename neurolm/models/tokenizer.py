@@ -1,11 +1,11 @@
-"""The text-aligned neural tokenizer (stage 1; spec §2; official ``VQ_Align``).
+"""The text-aligned neural tokenizer (stage 1; docs/reference.md §2; official ``VQ_Align``).
 
 encoder (:class:`~neurolm.models.eeg_transformer.EEGTransformer`, raw patches) → ``code_proj``
 (Linear–Tanh–Linear to the code dimension, fp32) → :class:`~neurolm.models.quantizer.NormEMAQuantizer` →
 two decoders on the quantized vectors → heads predicting the z-scored Fourier amplitude (100 bins) and the
 z-scored raw patch (200 samples). A domain classifier behind a gradient-reversal layer sees the encoder
 features (label 0) and frozen GPT-2 token embeddings (label 1), pushing EEG features toward the text
-embedding space (spec §2.5). All loss weights are 1 (spec §2.4).
+embedding space (docs/reference.md §2.5). All loss weights are 1 (docs/reference.md §2.4).
 
 Usage::
 
@@ -36,7 +36,7 @@ __all__ = ["TokenizerConfig", "TokenizerOutput", "NeuralTokenizer", "GradientRev
 
 def dann_alpha(progress: float) -> float:
     """Gradient-reversal strength of the DANN schedule: ``2 / (1 + exp(-10 p)) - 1`` for progress p ∈ [0, 1]
-    (spec §2.5; 0 at the start, ≈1 at the end)."""
+    (docs/reference.md §2.5; 0 at the start, ≈1 at the end)."""
     return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0
 
 
@@ -76,7 +76,7 @@ def _mlp_head(d_in: int, d_out: int) -> nn.Sequential:
 
 
 class NeuralTokenizer(nn.Module):
-    """VQ tokenizer with reconstruction decoders and the text-alignment domain classifier (spec §2)."""
+    """VQ tokenizer with reconstruction decoders and the text-alignment domain classifier (docs/reference.md §2)."""
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()
@@ -105,7 +105,7 @@ class NeuralTokenizer(nn.Module):
         self.register_buffer("text_embeddings", torch.randn(c.text_vocab_size, c.width) * 0.02)
 
     def set_text_embeddings(self, wte: torch.Tensor) -> None:
-        """Install GPT-2 token embeddings ``(text_vocab_size, width)`` for the domain loss (spec §2.5)."""
+        """Install GPT-2 token embeddings ``(text_vocab_size, width)`` for the domain loss (docs/reference.md §2.5)."""
         if tuple(wte.shape) != tuple(self.text_embeddings.shape):
             raise ValueError(f"text embeddings must be {tuple(self.text_embeddings.shape)}, got {tuple(wte.shape)}")
         with torch.no_grad():
@@ -114,7 +114,7 @@ class NeuralTokenizer(nn.Module):
     def encode(
         self, x: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor
     ) -> torch.Tensor:
-        """Encoder features (B, L, width): bidirectional over all real tokens of a sample (spec §2.1)."""
+        """Encoder features (B, L, width): bidirectional over all real tokens of a sample (docs/reference.md §2.1)."""
         norm_mask = None
         if self.config.exclude_padding:
             real = input_mask.bool()
@@ -165,7 +165,7 @@ class NeuralTokenizer(nn.Module):
         text_tokens: torch.Tensor | None = None,
         alpha: float = 0.0,
     ) -> TokenizerOutput:
-        """One training (or validation) step of the tokenizer (spec §2.4).
+        """One training (or validation) step of the tokenizer (docs/reference.md §2.4).
 
         ``x`` (B, L, 200) patches; targets (B, L, 100) and (B, L, 200) from :mod:`neurolm.data.layout`;
         ``text_tokens`` (B_t, n) GPT-2 ids for the text side of the domain loss; ``alpha`` the gradient-reversal

@@ -91,7 +91,7 @@ def _deep_update(a: dict[str, Any], b: dict[str, Any]) -> None:
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Trainable parameters in two groups: >= 2-D with weight decay, the rest (biases, norms) without.
 
-    This is the official ``configure_optimizers`` split (spec §2.6, §3.5); frozen parameters are left out.
+    This is the official ``configure_optimizers`` split (docs/reference.md §2.6, §3.5); frozen parameters are left out.
     """
     decay, no_decay = [], []
     for _, p in model.named_parameters():

@@ -1,6 +1,6 @@
 """Ray Tune search over the instruction-tuning task mixture: Optuna proposes weights, ASHA stops bad trials early.
 
-Each trial is a Tune *function trainable* (:func:`train_driver_fn`, the Train V2 pattern of STACK.md §5) that
+Each trial is a Tune *function trainable* (:func:`train_driver_fn`, the Train V2 pattern of docs/platform.md §5) that
 turns its parameters into explicit task weights and runs one stage-3 ``TorchTrainer`` through
 :func:`neurolm.train.launch.fit_stage`. An :class:`ObjectiveReportCallback` forwards the workers' validation
 reports to Tune with the objective added (mean, worst or importance-weighted ``val/<task>/balanced_accuracy``).
@@ -12,7 +12,7 @@ plot of all trials, a CSV of every validation report and a summary::
     summary["best_config"]          # s3://…/best_mixture.yaml → load_config(InstructJobConfig, that file)
 
 Trial drivers hold no CPU (a tiny ``memory`` bundle instead): Ray Data's tasks ask for whole CPUs, so the
-0.01-CPU driver of STACK.md §5 leaves 0.99 CPU on a 2-CPU machine and the trial's ingest never starts.
+0.01-CPU driver of docs/platform.md §5 leaves 0.99 CPU on a 2-CPU machine and the trial's ingest never starts.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ __all__ = ["ObjectiveReportCallback", "train_driver_fn", "run_mixing_search", "c
 
 log = logging.getLogger("neurolm.tune")
 
-DRIVER_MEMORY = 64 * 2**20  # the trial driver's bundle: Tune refuses an empty one (STACK.md §5)
+DRIVER_MEMORY = 64 * 2**20  # the trial driver's bundle: Tune refuses an empty one (docs/platform.md §5)
 
 
 class ObjectiveReportCallback(TuneReportCallback):

@@ -9,7 +9,7 @@ Search spaces (``TuneJobConfig.search.space``):
   invariant to a common shift, so a free first logit would only add a flat direction for the sampler);
   ``w = softmax(logits)``.
 - ``temperature``: one parameter ``temperature``; ``w_t ∝ n_t^(1/T)`` over the tasks' training sizes ``n_t``
-  (``T = 1`` is the official size-proportional mix of spec §4.4, ``T → ∞`` uniform).
+  (``T = 1`` is the official size-proportional mix of docs/reference.md §4.4, ``T → ∞`` uniform).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def weights_from_params(
 def proportional_params(
     cfg: TuneJobConfig, tasks: Sequence[str], sizes: Mapping[str, int]
 ) -> dict[str, float]:
-    """The point of the search space closest to the official size-proportional mix (spec §4.4).
+    """The point of the search space closest to the official size-proportional mix (docs/reference.md §4.4).
 
     logits: ``log(n_t / n_first)`` clipped to the bounds (exact unless a size ratio exceeds them);
     temperature: ``T = 1`` clipped to the bounds.

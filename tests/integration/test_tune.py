@@ -84,7 +84,7 @@ def test_debug_search_stops_trials_early_and_writes_a_loadable_best_mixture(
     reached = sorted(t["reached"] for t in summary["trials"])
     assert reached[0] < cfg.max_t and reached[-1] == cfg.max_t
 
-    # The first trial is the official size-proportional mixture (spec §4.4).
+    # The first trial is the official size-proportional mixture (docs/reference.md §4.4).
     sizes = summary["sizes"]
     first = summary["trials"][0]["weights"]
     assert math.isclose(first["Workload"], sizes["Workload"] / sum(sizes.values()), rel_tol=1e-6)

@@ -1,4 +1,4 @@
-"""The 10-20 vocabulary (spec §1.3) and channel-name normalisation."""
+"""The 10-20 vocabulary (docs/reference.md §1.3) and channel-name normalisation."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_vocabulary_matches_the_official_list():
     assert len(STANDARD_1020) == 139
     assert len(set(STANDARD_1020)) == 139
     assert STANDARD_1020[PAD_INDEX] == "pad" and PAD_INDEX == 136
-    # Spot checks against spec §1.3's numbered table.
+    # Spot checks against docs/reference.md §1.3's numbered table.
     expected = {"FP1": 0, "FZ": 19, "T7": 37, "CZ": 41, "T8": 45, "O2": 82, "T3": 88, "T5": 89, "T4": 90,
                 "T6": 91, "A1": 94, "A2": 95, "CFC1": 96, "CFC3": 98, "CCP1": 104, "CCP4": 107, "T1": 112,
                 "FTT9h": 114, "TPP10h": 119, "FP1-F7": 120, "P4-O2": 135, "I1": 137, "I2": 138}  # fmt: skip

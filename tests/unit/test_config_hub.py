@@ -99,7 +99,7 @@ def test_stage_preset_builds_its_model_on_the_meta_device(path: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-# Official hardware: 8 x A100-80G, one worker per GPU, bf16 (spec §2.6, §3.5, §4.5; cluster/README.md).
+# Official hardware: 8 x A100-80G, one worker per GPU, bf16 (docs/reference.md §2.6, §3.5, §4.5; cluster/README.md).
 GLOBAL_BATCH = {"tokenizer": 512, "pretrain": 480, "instruct": 512}
 GPU_PRESETS = [p for p in STAGE_PRESETS if "use_gpu: true" in p.read_text()]
 

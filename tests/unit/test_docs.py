@@ -71,3 +71,22 @@ def test_docs_links_resolve() -> None:
             if not (page.parent / target).exists():
                 broken.append(f"{page.name} → {target}")
     assert not broken, broken
+
+
+OUTSIDE = re.compile(
+    r"\b[Ss]pec §|STACK\.md|STYLE\.md|DATA\.md|DESIGN\.md|official-checkpoint-layout\.md|neurolm-reference\.md"
+    r"|shared/spec"
+)
+
+
+def test_no_citation_points_outside_the_repository() -> None:
+    offenders = []
+    for path in [p for p in _sources() if p != Path(__file__).resolve()] + [REPO / "README.md"]:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            continue
+        offenders += [
+            f"{path.relative_to(REPO)}:{n}: {line.strip()}" for n, line in enumerate(lines, 1) if OUTSIDE.search(line)
+        ]
+    assert not offenders, "cite docs/ instead:\n" + "\n".join(offenders)

@@ -41,6 +41,6 @@ def reject_linked_ears(raw: mne.io.BaseRaw) -> None:
     if raw.ch_names and raw.ch_names[0].split("-")[-1].strip().upper() == "LE":
         raise RecordingError(
             raw.filenames[0] if raw.filenames else "<raw>",
-            f"linked-ears (-LE) montage (first channel {raw.ch_names[0]!r}); only -REF files are used (spec §1.1)",
+            f"linked-ears (-LE) montage (first channel {raw.ch_names[0]!r}); only -REF files are used (docs/reference.md §1.1)",
             status="skipped",
         )

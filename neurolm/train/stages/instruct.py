@@ -1,4 +1,4 @@
-"""Stage 3: multi-task instruction tuning (spec §4) with a block-deterministic task mixture.
+"""Stage 3: multi-task instruction tuning (docs/reference.md §4) with a block-deterministic task mixture.
 
 Each task's shards are their own Ray dataset, split across workers (``streaming_split``). The mixture picks one
 task per micro-batch, from :class:`neurolm.data.mixture.TaskSchedule` with the same seed on every rank, so all

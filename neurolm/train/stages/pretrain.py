@@ -1,4 +1,4 @@
-"""Stage 2: multi-channel autoregressive pre-training of GPT-2 on EEG tokens, plus a text LM loss (spec §3)."""
+"""Stage 2: multi-channel autoregressive pre-training of GPT-2 on EEG tokens, plus a text LM loss (docs/reference.md §3)."""
 
 from __future__ import annotations
 

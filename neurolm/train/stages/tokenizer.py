@@ -1,4 +1,4 @@
-"""Stage 1: the text-aligned neural tokenizer (spec §2): VQ reconstruction + domain-adversarial alignment."""
+"""Stage 1: the text-aligned neural tokenizer (docs/reference.md §2): VQ reconstruction + domain-adversarial alignment."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class TokenizerStage(Stage):
         return model
 
     def after_engine(self, engine: Any) -> None:
-        # DeepSpeed's bf16 cast also casts the codebook buffers; EMA updates need fp32 (spec §2.2).
+        # DeepSpeed's bf16 cast also casts the codebook buffers; EMA updates need fp32 (docs/reference.md §2.2).
         engine.module.quantizer.float()
 
     def batch_transform(self):

@@ -1,4 +1,4 @@
-"""Every corpus reader on a small tree in that corpus's real layout (spec §1.5, §1.7).
+"""Every corpus reader on a small tree in that corpus's real layout (docs/reference.md §1.5, §1.7).
 
 Signals are *generated* (neurolm.data.synthetic.eeg_like: 1/f background + alpha + mains) and written as EDF
 with mne.export, or as Neuroscan CNT for SEED; file names, channel labels and label files follow each corpus's
@@ -243,5 +243,5 @@ def test_generic_folder_reader_subjects_and_windows(tmp_path):
     samples = get_reader("edf").read_recording(tasks[0], cfg)
     assert samples.signals.shape == (3, 64, 16 * 200)  # 1024 // 64 = 16-s windows
     with pytest.raises(RecordingError, match="25.0 s long, shorter than one 64 s window") as err:
-        get_reader("edf").read_recording(tasks[1], cfg)  # 3 channels: 1024 // 3 capped at 64 s (spec §6.3-7)
+        get_reader("edf").read_recording(tasks[1], cfg)  # 3 channels: 1024 // 3 capped at 64 s (docs/reference.md §6.3-7)
     assert err.value.status == "skipped"

@@ -1,4 +1,4 @@
-"""Token layout and targets (spec §1.2, §2.3, §3.2, §4.1): pure numpy, as Ray Data map_batches steps."""
+"""Token layout and targets (docs/reference.md §1.2, §2.3, §3.2, §4.1): pure numpy, as Ray Data map_batches steps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Real recordings fetched from PyPI wheels (DATA.md), verified by sha256."""
+"""Real recordings fetched from PyPI wheels (docs/data.md), verified by sha256."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Signal processing (spec §1.1) on real and generated recordings; every bad input is a clear RecordingError."""
+"""Signal processing (docs/reference.md §1.1) on real and generated recordings; every bad input is a clear RecordingError."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ PARAMS = SignalParams(l_freq=0.1, h_freq=75.0, notch=50.0, sfreq=200.0)
 
 
 def independent_mne(path: Path, notch: float = 50.0) -> np.ndarray:
-    """The official maker's steps written out with plain MNE calls (spec §1.1), in units of 100 µV."""
+    """The official maker's steps written out with plain MNE calls (docs/reference.md §1.1), in units of 100 µV."""
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
     raw.filter(l_freq=0.1, h_freq=75.0, verbose="error")
     raw.notch_filter(notch, verbose="error")

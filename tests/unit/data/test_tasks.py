@@ -1,4 +1,4 @@
-"""Instruction tasks render the exact official prompts (spec §4.2) and parse positions (spec §4.3)."""
+"""Instruction tasks render the exact official prompts (docs/reference.md §4.2) and parse positions (docs/reference.md §4.3)."""
 
 from __future__ import annotations
 

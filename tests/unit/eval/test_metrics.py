@@ -1,4 +1,4 @@
-"""Our metrics agree with scikit-learn; the official ones reproduce the official hard-label scoring (spec §4.3)."""
+"""Our metrics agree with scikit-learn; the official ones reproduce the official hard-label scoring (docs/reference.md §4.3)."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ def test_official_binary_auroc_equals_bacc_without_parse_failures() -> None:
     labels = rng.integers(0, 2, size=200)
     preds = np.where(rng.random(200) < 0.7, labels, 1 - labels)
     got = official_binary_metrics(labels, preds)
-    assert got["roc_auc"] == pytest.approx(got["balanced_accuracy"])  # spec §4.3
+    assert got["roc_auc"] == pytest.approx(got["balanced_accuracy"])  # docs/reference.md §4.3
 
 
 def test_official_binary_single_class_split_gives_zeros() -> None:

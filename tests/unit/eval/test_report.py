@@ -73,7 +73,7 @@ def test_markdown_shows_ours_and_official_side_by_side() -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Columns: task, n, failures, then (ours, official) per metric: BAcc, κ, W-F1, AUROC, AUC-PR, Acc.
     assert cells[3:5] == [f"{m['balanced_accuracy']:.4f}", f"{m['official/balanced_accuracy']:.4f}"]
-    assert cells[5:7] == [f"{m['cohen_kappa']:.4f}", "–"]  # no official κ for binary tasks (spec §1.7)
+    assert cells[5:7] == [f"{m['cohen_kappa']:.4f}", "–"]  # no official κ for binary tasks (docs/reference.md §1.7)
     assert cells[9:11] == ["–", f"{m['official/roc_auc']:.4f}"]  # no probabilities → no AUROC of ours
 
 

@@ -1,4 +1,4 @@
-"""Every fix option: the defect is there without it (official behaviour) and gone with it (spec §6.3)."""
+"""Every fix option: the defect is there without it (official behaviour) and gone with it (docs/reference.md §6.3)."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_longer_time_tables_accept_samples_beyond_64_seconds() -> None:
     args = (b["x"], b["input_chans"], b["input_time"], b["input_mask"])
     official = NeuralTokenizer(TokenizerConfig.preset("debug"))
     with pytest.raises(IndexError):
-        official.encode(*args)  # the official 64-row table crashes (spec §6.3-7)
+        official.encode(*args)  # the official 64-row table crashes (docs/reference.md §6.3-7)
     longer = NeuralTokenizer(TokenizerConfig.preset("debug", max_seconds=128))
     assert longer.encode(*args).shape == (1, 80, 16)
     with pytest.raises(ValueError, match="time table has 64 rows"):

@@ -1,4 +1,4 @@
-"""Model sizes match the official code (spec §2.6, §3.1), built on the meta device (no memory)."""
+"""Model sizes match the official code (docs/reference.md §2.6, §3.1), built on the meta device (no memory)."""
 
 from __future__ import annotations
 
