@@ -34,6 +34,9 @@ from neurolm.config import PreprocessConfig
 from neurolm.config_preprocess import MNE_DEFAULT_EVENT_REGEX
 from neurolm.data.readers.base import RecordingSamples, RecordingTask, relative_key
 from neurolm.data.readers.edf import EXTENSIONS
+from neurolm.data.readers.edf import (
+    _subject as subject_of,  # one rule for subjects of any folder of recordings
+)
 from neurolm.data.readers.splits import subject_split
 from neurolm.data.signal import RecordingError, SignalParams, load_recording, read_raw
 
@@ -199,16 +202,6 @@ def _bids_events_file(recording: Path) -> Path:
     return recording.with_name(re.sub(r"_eeg\.[a-z]+$", "_events.tsv", recording.name))
 
 
-def _subject(path: Path, root: Path, subject_regex: str | None) -> str:
-    rel = path.relative_to(root) if path != root else Path(path.name)
-    if subject_regex:
-        match = re.search(subject_regex, rel.as_posix())
-        if match is None:
-            raise RecordingError(path, f"subject_regex {subject_regex!r} does not match {rel.as_posix()!r}")
-        return match.group(1) if match.groups() else match.group(0)
-    return rel.parent.as_posix() if rel.parent != Path(".") else path.stem
-
-
 def _source(cfg: PreprocessConfig, root: Path) -> str:
     if cfg.events.source != "auto":
         return cfg.events.source
@@ -294,7 +287,7 @@ def _raw_events(
         for f in files:
             raw = read_raw(f)
             out.append(
-                (f, _subject(f, base, cfg.subject_regex), _annotation_trials(raw), float(raw.info["sfreq"]))
+                (f, subject_of(f, base, cfg.subject_regex), _annotation_trials(raw), float(raw.info["sfreq"]))
             )
         return out, base
     # csv
@@ -314,7 +307,7 @@ def _raw_events(
                 raise RecordingError(cfg.events.csv, f"line {line}: file {name!r} {why}")
             target = matches[0]
         by_file[target].append((start, stop - start, label))
-    return [(f, _subject(f, base, cfg.subject_regex), rows, _rate(f)) for f, rows in by_file.items()], base
+    return [(f, subject_of(f, base, cfg.subject_regex), rows, _rate(f)) for f, rows in by_file.items()], base
 
 
 def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]:
