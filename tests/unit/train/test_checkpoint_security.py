@@ -50,7 +50,17 @@ def _single_process_group():
     )
     torch.set_num_threads(1)
     yield
-    if torch.distributed.is_initialized():
+    _destroy_process_group()
+
+
+def _destroy_process_group() -> None:
+    """Through DeepSpeed when it wraps the group, so it also drops its cached sub-groups (a later module's new
+    group would otherwise meet DeepSpeed's stale references: 'Group ... is not registered')."""
+    import deepspeed.comm as ds_comm
+
+    if ds_comm.is_initialized():
+        ds_comm.destroy_process_group()
+    elif torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 

@@ -15,6 +15,7 @@ import torch
 
 from neurolm.config import ConfigError, InstructJobConfig, PretrainJobConfig, TokenizerJobConfig, load_config
 from neurolm.data import shards
+from neurolm.data.readers.base import RecordingSamples, RecordingTask
 from neurolm.models.io import save_pretrained
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
@@ -24,29 +25,15 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def _good_shards(directory: Path) -> str:
-    """One real sample-schema shard (2 channels, 1 s at 200 Hz)."""
+    """One real sample shard (2 channels, 1 s at 200 Hz), written by the preprocessing writer."""
     directory.mkdir(parents=True)
-    schema = shards.shard_schema(2, 200)
-    signal = pa.ExtensionArray.from_storage(
-        schema.field("signal").type,
-        pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(400, np.float32)), 400),
-    )
-    columns = {
-        "sample_id": ["d/r/000000"],
-        "dataset": ["d"],
-        "split": ["train"],
-        "subject": [""],
-        "recording": ["r"],
-        "start_s": [0.0],
-        "label": [-1],
-        "channels": [[0, 1]],
-        "n_channels": [2],
-        "n_seconds": [1],
-        "signal": signal,
-        "source_sfreq": [200.0],
-    }
-    table = pa.Table.from_pydict({k: columns[k] for k in schema.names}, schema=schema)
-    pq.write_table(table, directory / "part-r-00000.parquet")
+    task = RecordingTask(corpus="d", dataset="d", recording="r", sources=(), subject="", split="train")
+    samples = RecordingSamples(
+        signals=np.zeros((1, 2, 200), np.float32), start_s=np.zeros(1), labels=np.full(1, -1),
+        splits=["train"], channel_indices=np.array([0, 1], np.int16), channel_names=("FP1", "FPZ"),
+        source_sfreq=200.0, source_seconds=1.0,
+    )  # fmt: skip
+    (directory / "part-r-00000.parquet").write_bytes(shards.parquet_bytes(shards.samples_to_table(task, samples)))
     return str(directory)
 
 
@@ -144,7 +131,7 @@ def test_the_job_exits_2_with_one_line_and_starts_no_ray(
 ) -> None:
     import ray
 
-    from neurolm.train.launch import run_stage_main
+    from neurolm.cli import run_command
 
     overrides = [
         "data.train=[/no/such/shards]",
@@ -152,9 +139,10 @@ def test_the_job_exits_2_with_one_line_and_starts_no_ray(
         f"run.storage_path={tmp_path / 'runs'}",
     ]
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    assert run_stage_main("pretrain", str(REPO / "configs/pretrain/debug.yaml"), overrides) == 2
+    argv = ["pretrain", "--config", str(REPO / "configs/pretrain/debug.yaml"), *overrides]
+    assert run_command("train", argv) == 2  # what ray_jobs/pretrain.py and `neurolm train` run
     err = capsys.readouterr().err.strip()
-    assert err == "data.train = '/no/such/shards': no such directory"
+    assert err == "neurolm train: data.train = '/no/such/shards': no such directory"
     assert not ray.is_initialized()
     started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not [p.name() for p in started if "raylet" in p.name() or "gcs" in p.name()]

@@ -70,7 +70,9 @@ def process_group() -> Iterator[None]:
     try:
         yield
     finally:
-        dist.destroy_process_group()
+        import deepspeed.comm as ds_comm  # through DeepSpeed, which also drops its cached sub-groups
+
+        ds_comm.destroy_process_group() if ds_comm.is_initialized() else dist.destroy_process_group()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
