@@ -212,8 +212,18 @@ class TaskSpec(BaseModel):
         return self.metrics or (BINARY_METRICS if self.num_classes == 2 else MULTICLASS_METRICS)
 
     def to_yaml(self) -> str:
-        """The task as a YAML file (defaults left out)."""
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False, width=110)
+        """The task as a YAML file (defaults left out; lists in flow style, as in the built-in files)."""
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        return yaml.dump(data, Dumper=_FlowListDumper, sort_keys=False, width=110, allow_unicode=True)
+
+
+class _FlowListDumper(yaml.SafeDumper):
+    """Lists as ``[a, b]``."""
+
+
+_FlowListDumper.add_representer(
+    list, lambda dumper, v: dumper.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True)
+)
 
 
 def _error_line(err: ValidationError, source: str) -> str:
