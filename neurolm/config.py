@@ -204,7 +204,8 @@ def _explain(err: ValidationError, source: str, cls: type[BaseModel] | None = No
         msg = e["msg"]
         task_error = (e.get("ctx") or {}).get("error")
         if isinstance(task_error, TaskSpecError):  # names its file, key and value already
-            lines.append(f"  {key}: {task_error}")
+            where = [str(p) for p in e["loc"]] + [getattr(task_error, "key", "")]
+            lines.append(f"  {'.'.join(p for p in where if p) or '<root>'}: {task_error}")
             continue
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(cls, e["loc"][:-1]) if cls is not None else None
@@ -494,12 +495,16 @@ def resolve_task_entry(data: Any, ref_key: str = "name") -> Any:
         return data
     data = dict(data)
     ref, definition = data.get(ref_key), data.get("definition")
-    if definition is None:
-        if isinstance(ref, str):
-            task = resolve_task(ref)
-            data["definition"], data[ref_key] = task, task.name
-        return data
-    task = parse_task(definition, f"{ref_key} definition")
+    try:
+        if definition is None:
+            if isinstance(ref, str):
+                task = resolve_task(ref)
+                data["definition"], data[ref_key] = task, task.name
+            return data
+        task = parse_task(definition, "definition")
+    except TaskSpecError as err:
+        err.key = ref_key if definition is None else "definition"  # type: ignore[attr-defined]  # for _explain
+        raise
     if ref is None:
         data[ref_key] = task.name
     elif ref != task.name:

@@ -207,7 +207,7 @@ def test_config_errors_name_the_task_entry(tmp_path) -> None:
     bad = _write(tmp_path, "name: x\nquestion: Q?\nanswers: [a]\ndataset: d\n")
     with pytest.raises(ConfigError) as err:
         load_config(InstructJobConfig, None, [f"tasks=[{{name: {bad}, train: /s}}]"], base=RUN)
-    assert f"tasks.0: {bad}: answers = ['a']: a task needs at least 2 answers" in str(err.value)
+    assert f"tasks.0.name: {bad}: answers = ['a']: a task needs at least 2 answers" in str(err.value)
     with pytest.raises(ConfigError, match="appear more than once"):
         load_config(InstructJobConfig, None, ["tasks=[{name: TUAB, train: /a}, {name: TUAB, train: /b}]"], base=RUN)
     with pytest.raises(ConfigError, match="name = 'TUEV' but definition.name = 'TUAB'"):
