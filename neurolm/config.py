@@ -501,7 +501,7 @@ def resolve_task_entry(data: Any, ref_key: str = "name") -> Any:
                 task = resolve_task(ref)
                 data["definition"], data[ref_key] = task, task.name
             return data
-        task = parse_task(definition, "definition")
+        task = parse_task(definition, "inline task")
     except TaskSpecError as err:
         err.key = ref_key if definition is None else "definition"  # type: ignore[attr-defined]  # for _explain
         raise
