@@ -572,7 +572,7 @@ class InstructJobConfig(StageConfig):
 
 
 class EvalTaskData(Section):
-    """One task to evaluate: its name (neurolm.data.tasks) and the shards of one split."""
+    """One task to evaluate: a built-in name or task YAML file (carried as its definition) and one split's shards."""
 
     name: str = Field(
         description="A built-in task (e.g. TUAB, SelfRegulationSCP1) or the path of a task YAML file (configs/tasks/)."
