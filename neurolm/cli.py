@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("neurolm.tune.mixing:cli", "Ray Tune search over instruction-tuning task mixing weights"),
     "eval": ("neurolm.eval.evaluate:cli", "evaluate an instruction-tuned checkpoint on test shards"),
     "predict": ("neurolm.eval.predict:cli", "answer a task on your own recording(s)"),
+    "tasks": ("neurolm.data.tasks_cli:cli", "list | show TASK | check FILE: instruction tasks (YAML files)"),
     "import-official": (
         "neurolm.models.io:import_official_cli",
         "convert official VQ.pt / NeuroLM-*.pt checkpoints to our safetensors format",

@@ -29,6 +29,7 @@ from neurolm.model_config import (
     TokenizerConfigOverrides,
     deep_merge,
 )
+from neurolm.task_spec import TaskSpec, TaskSpecError, parse_task, resolve_task
 
 __all__ = [
     "ConfigError",
@@ -37,6 +38,7 @@ __all__ = [
     "CORPORA",
     "StageConfig",
     "load_config",
+    "resolve_task_entry",
     "apply_overrides",
     "config_hash",
 ]
@@ -200,6 +202,11 @@ def _explain(err: ValidationError, source: str, cls: type[BaseModel] | None = No
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
         value = e.get("input")
         msg = e["msg"]
+        task_error = (e.get("ctx") or {}).get("error")
+        if isinstance(task_error, TaskSpecError):  # names its file, key and value already
+            where = [str(p) for p in e["loc"]] + [getattr(task_error, "key", "")]
+            lines.append(f"  {'.'.join(p for p in where if p) or '<root>'}: {task_error}")
+            continue
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(cls, e["loc"][:-1]) if cls is not None else None
             msg = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
@@ -479,13 +486,55 @@ class MixtureSection(Section):
     _block_size_renamed = _renamed("mixture.block_size", "mixture.block_micro_batches")
 
 
-class TaskData(Section):
-    """One instruction task's shards."""
+def resolve_task_entry(data: Any, ref_key: str = "name") -> Any:
+    """Before-validator of a config entry naming a task: ``data[ref_key]`` is a built-in task name or the path of a
+    task YAML file (:func:`neurolm.task_spec.resolve_task`); it is resolved here, on the driver, into
+    ``definition`` (the full task) and replaced by the task's name. An entry that already carries ``definition``
+    (a dumped config on a Ray worker) reads no file."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    ref, definition = data.get(ref_key), data.get("definition")
+    try:
+        if definition is None:
+            if isinstance(ref, str):
+                task = resolve_task(ref)
+                data["definition"], data[ref_key] = task, task.name
+            return data
+        task = parse_task(definition, "inline task")
+    except TaskSpecError as err:
+        err.key = ref_key if definition is None else "definition"  # type: ignore[attr-defined]  # for _explain
+        raise
+    if ref is None:
+        data[ref_key] = task.name
+    elif ref != task.name:
+        raise TaskSpecError(f"{ref_key} = {ref!r} but definition.name = {task.name!r}: they must agree")
+    data["definition"] = task
+    return data
 
-    name: str
+
+_DEFINITION_HELP = (
+    "The task's full definition, filled in from the task reference when the config is loaded (never read from a "
+    "file again: workers on other nodes get it with the config)."
+)
+
+
+def _unique_task_names(names: list[str], what: str = "tasks") -> None:
+    seen = [n for i, n in enumerate(names) if n in names[:i]]
+    if seen:
+        raise ValueError(f"{what}: task name(s) {sorted(set(seen))} appear more than once")
+
+
+class TaskData(Section):
+    """One instruction task and its shards."""
+
+    name: str = Field(description="A built-in task (e.g. TUAB) or the path of a task YAML file (configs/tasks/).")
+    definition: TaskSpec = Field(description=_DEFINITION_HELP)
     train: str | None = None
     val: str | None = None
     test: str | None = None
+
+    _resolve = model_validator(mode="before")(classmethod(lambda cls, data: resolve_task_entry(data)))
 
 
 class InstructJobConfig(StageConfig):
@@ -504,6 +553,12 @@ class InstructJobConfig(StageConfig):
         """The tasks' train and val shard directories (stage 3 reads no ``data.train``)."""
         return [u for t in self.tasks for u in (t.train, t.val) if u]
 
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, v: list[TaskData]) -> list[TaskData]:
+        _unique_task_names([t.name for t in v])
+        return v
+
     text_loss_weight: float = Field(
         default=1.0, ge=0,
         description="Weight of the text LM loss on data.text windows (official: always added, weight 1); "
@@ -517,9 +572,12 @@ class InstructJobConfig(StageConfig):
 
 
 class EvalTaskData(Section):
-    """One task to evaluate: its name (neurolm.data.tasks) and the shards of one split."""
+    """One task to evaluate: a built-in name or task YAML file (carried as its definition) and one split's shards."""
 
-    name: str = Field(description="Task name, e.g. TUAB or SelfRegulationSCP1 (neurolm.data.tasks.TASKS).")
+    name: str = Field(
+        description="A built-in task (e.g. TUAB, SelfRegulationSCP1) or the path of a task YAML file (configs/tasks/)."
+    )
+    definition: TaskSpec = Field(description=_DEFINITION_HELP)
     test: str | list[str] = Field(description="Shard directory URI(s) (part-*.parquet) of the evaluated split.")
     split: str = Field(default="test", description="Name of the split in the report and metric keys.")
     baseline_train: str | list[str] | None = Field(
@@ -527,6 +585,8 @@ class EvalTaskData(Section):
         description="Train-split shard URI(s) of the task: when given, linear baselines (neurolm.eval.baselines) "
         "are fitted on them and scored on the evaluated split beside the model.",
     )
+
+    _resolve = model_validator(mode="before")(classmethod(lambda cls, data: resolve_task_entry(data)))
 
 
 class EvaluateJobConfig(Section):
@@ -574,7 +634,8 @@ class PredictConfig(Section):
     """``neurolm predict``: answer a task on raw recordings, window by window, in-process (no Ray)."""
 
     checkpoint: str = Field(description="Instruction-tuned export dir (local or s3://).")
-    task: str = Field(description="Task name (neurolm.data.tasks.TASKS).")
+    task: str = Field(description="A built-in task (e.g. TUAB) or the path of a task YAML file (configs/tasks/).")
+    definition: TaskSpec = Field(description=_DEFINITION_HELP)
     recordings: list[str] = Field(min_length=1, description="Raw recordings (any MNE-readable file).")
     output: str | None = Field(default=None, description="out.csv or out.json (local or s3://); None = CSV on stdout.")
     window_s: float | None = Field(default=None, gt=0, description="Window length in s; None = the task's default.")
@@ -599,6 +660,7 @@ class PredictConfig(Section):
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="NeuroLM config fields to override.")
 
     _check_model_overrides = field_validator("model_overrides")(classmethod(lambda cls, v: _neurolm_overrides(v)))
+    _resolve = model_validator(mode="before")(classmethod(lambda cls, data: resolve_task_entry(data, "task")))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from neurolm import storage
 from neurolm.config import (
@@ -32,8 +32,10 @@ from neurolm.config import (
     Section,
     TokenizerJobConfig,
     load_config,
+    resolve_task_entry,
 )
 from neurolm.progress import Console
+from neurolm.task_spec import TaskSpec
 
 log = logging.getLogger("neurolm.pipeline")
 
@@ -68,6 +70,33 @@ class TextStep(Section):
     window: int = Field(default=257, ge=9)
 
 
+class PipelineTask(Section):
+    """One instruction task of the pipeline: a built-in name or a task YAML file, and the dataset it uses."""
+
+    name: str = Field(description="A built-in task (e.g. TUAB) or the path of a task YAML file (configs/tasks/).")
+    dataset: str | None = Field(
+        default=None, description="Preprocessed dataset whose train/val/test splits the task uses; None = the task's."
+    )
+    definition: TaskSpec = Field(description="The task's full definition, filled in from `name` at load.")
+
+    _resolve = model_validator(mode="before")(classmethod(lambda cls, data: resolve_task_entry(data)))
+
+    @property
+    def uses(self) -> str:
+        """The dataset whose splits the task uses."""
+        return self.dataset or self.definition.dataset
+
+
+def _task_list(value: Any) -> Any:
+    """``tasks`` as a list of entries: ``[TUAB, configs/tasks/x.yaml]`` (each task's own dataset), or the mapping
+    form ``{TUAB: tuab, configs/tasks/x.yaml: null}`` (task reference -> dataset; null = the task's)."""
+    if isinstance(value, dict):
+        return [{"name": ref, "dataset": dataset} for ref, dataset in value.items()]
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
 class EvaluateStep(Section):
     enabled: bool = True
     overrides: dict[str, Any] = Field(default_factory=dict, description="Fields of the evaluation config.")
@@ -85,14 +114,38 @@ class PipelineConfig(Section):
     tokenizer: StageStep
     pretrain: StageStep
     instruct: StageStep
-    tasks: dict[str, str] = Field(
-        description="Instruction task name → dataset whose train/val/test splits it uses.", min_length=1
+    tasks: list[PipelineTask] = Field(
+        min_length=1,
+        description="Instruction tasks: built-in names or task YAML files, as a list (each task uses its own "
+        "`dataset`) or a mapping task -> dataset whose train/val/test splits it uses (null: the task's own).",
     )
     evaluate: EvaluateStep = Field(default_factory=EvaluateStep)
     results_dir: str | None = Field(
         default=".cache/demo/results",
         description="Local folder that receives a copy of the evaluation report, plots and predictions (null: none).",
     )
+
+    _tasks_as_list = field_validator("tasks", mode="before")(classmethod(lambda cls, v: _task_list(v)))
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, v: list[PipelineTask]) -> list[PipelineTask]:
+        names = [t.name for t in v]
+        twice = sorted({n for i, n in enumerate(names) if n in names[:i]})
+        if twice:
+            raise ValueError(f"task name(s) {twice} appear more than once")
+        return v
+
+    @model_validator(mode="after")
+    def _tasks_use_preprocessed_datasets(self) -> PipelineConfig:
+        datasets = [step.dataset for step in self.preprocess]
+        for i, t in enumerate(self.tasks):
+            if t.uses not in datasets:
+                raise ValueError(
+                    f"tasks.{i} ({t.name}): dataset {t.uses!r} is not among the preprocessed ones {datasets}; set "
+                    f"its preprocess step's dataset, or give the task's dataset (tasks: {{{t.name}: <dataset>}})"
+                )
+        return self
 
 
 def _start_local_s3(cfg: PipelineConfig):
@@ -195,12 +248,12 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
         out["stages"]["pretrain"] = lm.__dict__
 
         tasks = []
-        for task, dataset in cfg.tasks.items():
-            uri = out["shards"].get(dataset)
+        for t in cfg.tasks:  # each task's definition travels in the stage configs: workers read no task file
+            uri = out["shards"].get(t.uses)
             if uri is None:
-                raise ConfigError(f"tasks.{task}: dataset {dataset!r} was not preprocessed")
-            tasks.append({"name": task, "train": _split(uri, "train"), "val": _split(uri, "val"),
-                          "test": _split(uri, "test")})
+                raise ConfigError(f"tasks.{t.name}: dataset {t.uses!r} was not preprocessed")
+            tasks.append({"name": t.name, "definition": t.definition.model_dump(mode="json"),
+                          "train": _split(uri, "train"), "val": _split(uri, "val"), "test": _split(uri, "test")})
         ins_cfg = load_config(InstructJobConfig, cfg.instruct.config, [
             *cfg.instruct.overrides, f"run.storage_path={runs}", f"run.name={cfg.name}-instruct", f"init={lm.export_dir}",
         ], base={"tasks": tasks})
@@ -214,7 +267,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
 
             eval_cfg = evaluation_config(
                 checkpoint=ins.export_dir,
-                tasks=[{"name": t["name"], "test": t["test"], "baseline_train": t["train"]} for t in tasks if t["test"]],
+                tasks=[{"name": t["name"], "definition": t["definition"], "test": t["test"], "baseline_train": t["train"]}
+                       for t in tasks if t["test"]],
                 output=storage.join(cfg.workdir, "eval"),
                 **cfg.evaluate.overrides,
             )

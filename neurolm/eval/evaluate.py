@@ -60,6 +60,7 @@ from neurolm.models.collapse import is_collapsed, majority_share
 from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.models.neurolm import NeuroLM
 from neurolm.models.precision import precision_dtype
+from neurolm.task_spec import parse_task
 
 __all__ = [
     "OFFICIAL_EEG_MAX_LEN",
@@ -211,6 +212,8 @@ def score_batch(
 class TaskScorer:
     """Ray Data callable class: loads the model once per actor and scores batches of any of ``tasks``.
 
+    ``tasks`` are task definitions (the config's ``definition``s: an actor reads no task file) or built-in names.
+
     Rows carry ``entry``, the index of their (task, split) in ``tasks``; a batch may mix entries, and each group is
     scored with its task's options. ``probs`` is padded with NaN to the largest class count of ``tasks``.
     Used as ``ds.map_batches(TaskScorer, fn_constructor_kwargs={...}, compute=ActorPoolStrategy(size=N))``.
@@ -219,7 +222,7 @@ class TaskScorer:
     def __init__(
         self,
         checkpoint: str,
-        tasks: Sequence[str],
+        tasks: Sequence[Task | Mapping[str, Any] | str],
         generation: bool = True,
         max_new_tokens: int = 5,
         use_cache: bool = True,
@@ -236,7 +239,7 @@ class TaskScorer:
         self.device, self.dtype = _device_and_dtype(use_gpu, precision)
         self.model = load_scoring_model(checkpoint, model_overrides, self.device, self.dtype)
         bpe = load_gpt2_tokenizer()
-        self.tasks = [get_task(name) for name in tasks]
+        self.tasks = [get_task(t) if isinstance(t, str) else parse_task(t) for t in tasks]
         self.tokens = {t.name: tokenize_task(t, bpe.encode) for t in self.tasks}
         self.max_classes = max(t.num_classes for t in self.tasks)
         self.decode = bpe.decode
@@ -337,7 +340,7 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
     bpe = load_gpt2_tokenizer()
     streams = []
     for i, t in enumerate(cfg.tasks):
-        tokens = tokenize_task(get_task(t.name), bpe.encode)
+        tokens = tokenize_task(t.definition, bpe.encode)
         longest = max(len(text) for text in tokens.texts)
         if longest > cfg.text_max_len:  # instruction tuning would have refused this task at that length
             log.warning(
@@ -368,7 +371,7 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
         TaskScorer,
         fn_constructor_kwargs=dict(
             checkpoint=cfg.checkpoint,
-            tasks=[t.name for t in cfg.tasks],
+            tasks=[t.definition for t in cfg.tasks],
             generation=cfg.official_generation,
             max_new_tokens=cfg.max_new_tokens,
             use_cache=cfg.use_cache,
@@ -393,7 +396,7 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
             raise ValueError(f"tasks.{i} ({t.name}): the shards {_uris(t.test)} hold no rows")
         mine = mine[np.argsort(rows["sample_id"][mine], kind="stable")]  # deterministic predictions file
         entry = {k: v[mine] for k, v in rows.items() if k != "entry"}
-        entry["probs"] = entry["probs"][:, : get_task(t.name).num_classes]
+        entry["probs"] = entry["probs"][:, : t.definition.num_classes]
         out.append(entry)
     return out
 
@@ -600,10 +603,6 @@ def _check_config(cfg: EvaluateJobConfig) -> None:
     problems = []
     seen = set()
     for i, t in enumerate(cfg.tasks):
-        try:
-            get_task(t.name)
-        except KeyError as err:
-            problems.append(f"tasks.{i}.name = {t.name!r}: {err.args[0]}")
         if (t.name, t.split) in seen:
             problems.append(f"tasks.{i}: {t.name} / {t.split} is listed twice")
         seen.add((t.name, t.split))
@@ -650,10 +649,10 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     entries = [
         {
             "key": f"{t.split}/{t.name}",
-            "task": get_task(t.name),
+            "task": t.definition,
             "split": t.split,
             "rows": rows,
-            "metrics": task_metrics_entry(get_task(t.name), rows),
+            "metrics": task_metrics_entry(t.definition, rows),
         }
         for t, rows in zip(cfg.tasks, scored, strict=True)
     ]

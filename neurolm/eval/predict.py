@@ -8,8 +8,9 @@
 Each recording goes through the preprocessing of the training shards (docs/reference.md §1.1; the generic reader path of
 :mod:`neurolm.data.readers.edf`): MNE read → channel names normalised to the 10-20 vocabulary → 0.1–75 Hz band-pass
 → notch → resample to 200 Hz → units of 100 µV, then non-overlapping windows of the task's sample length
-(:data:`TASK_RULES`: TUAB 10 s, TUEV 5 s, SEED 4 s, HMC 30 s, Workload 4 s, TUSL 10 s, SelfRegulationSCP1 3 s;
-``--window-s`` and ``--hop-s`` override). Every window is answered by constrained scoring of the task's answer
+(the ``predict`` section of the task's YAML file, :data:`TASK_RULES` for the built-ins: TUAB 10 s, TUEV 5 s, SEED 4 s,
+HMC 30 s, Workload 4 s, TUSL 10 s, SelfRegulationSCP1 3 s; ``--window-s`` and ``--hop-s`` override). ``--task`` is a
+built-in task name or the path of a task YAML file (configs/tasks/). Every window is answered by constrained scoring of the task's answer
 options (:func:`neurolm.eval.evaluate.score_batch`): the answer is the most probable option and the output has
 one probability column per class. ``--generate`` adds the official path: the greedy generation and the answer
 parsed from it (empty when it names no answer).
@@ -42,12 +43,8 @@ import torch
 from neurolm import storage
 from neurolm.config import ConfigError, PredictConfig, apply_overrides, load_config
 from neurolm.data.readers.base import fixed_window_starts
-from neurolm.data.readers.hmc import CHANNELS as HMC_CHANNELS
-from neurolm.data.readers.ts import KNOWN_CHANNELS as TS_CHANNELS
-from neurolm.data.readers.tuh import TUH_CHANNELS
-from neurolm.data.readers.workload import CHANNELS as WORKLOAD_CHANNELS
 from neurolm.data.signal import RecordingError, SignalParams, load_recording
-from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
+from neurolm.data.tasks import TASKS, Task, TaskTokens, get_task, tokenize_task
 
 __all__ = [
     "TaskRules",
@@ -88,33 +85,23 @@ class TaskRules:
     exclude: tuple[str, ...] = ()
 
 
-TASK_RULES: Mapping[str, TaskRules] = MappingProxyType(
-    {
-        "TUAB": TaskRules(10.0, 50.0, TUH_CHANNELS),
-        "TUEV": TaskRules(5.0, 50.0, TUH_CHANNELS),
-        "SEED": TaskRules(4.0, 50.0, None, exclude=("M1", "M2")),
-        "HMC": TaskRules(30.0, 50.0, HMC_CHANNELS),
-        "Workload": TaskRules(4.0, 50.0, WORKLOAD_CHANNELS),
-        "TUSL": TaskRules(10.0, 60.0, TUH_CHANNELS),
-        "SelfRegulationSCP1": TaskRules(3.0, 50.0, TS_CHANNELS["SelfRegulationSCP1"]),
-        # issue 16; trained with normalize=dataset, whose statistics are in the shards' manifest, not applied here.
-        "Blink": TaskRules(2.0, 50.0, TS_CHANNELS["Blink"]),
-        "EyesOpenShut": TaskRules(
-            1.0, 50.0, ("F7", "F3", "O2", "P8", "T8", "FC6", "F4", "AF3", "FC5", "T7", "P7", "O1", "F8", "AF4")
-        ),  # auxiliary/EyesOpenShut.json
-        "FingerMovements": TaskRules(1.0, 50.0, TS_CHANNELS["FingerMovements"]),
-    }
-)
-"""Per-task sample length, notch and channels of the training shards."""
+    @classmethod
+    def of(cls, task: Task) -> TaskRules:
+        """The rules in the ``predict`` section of a task's YAML file."""
+        p = task.predict
+        return cls(p.window_s, p.notch_hz, p.channels, p.exclude)
+
+
+TASK_RULES: Mapping[str, TaskRules] = MappingProxyType({name: TaskRules.of(t) for name, t in TASKS.items()})
+"""Per built-in task: sample length, notch and channels of the training shards (from its YAML file)."""
 
 GENERIC_RULES = TaskRules(10.0, 50.0)
-"""For a registered task without rules: the generic EDF reader's defaults (10 s windows, 50 Hz notch)."""
+"""For a task file without a ``predict`` section: the generic EDF reader's defaults (10 s windows, 50 Hz notch)."""
 
 
-def task_rules(name: str) -> TaskRules:
-    """The preprocessing rules of task ``name`` (:data:`GENERIC_RULES` for a task added without rules)."""
-    get_task(name)  # unknown task → KeyError listing the known ones
-    return TASK_RULES.get(name, GENERIC_RULES)
+def task_rules(task: str | Task) -> TaskRules:
+    """The preprocessing rules of a task: its definition, or a built-in task's name (KeyError when unknown)."""
+    return TaskRules.of(get_task(task) if isinstance(task, str) else task)
 
 
 @dataclass(frozen=True)
@@ -153,7 +140,7 @@ def window_recording(path: str | Path, cfg: PredictConfig) -> RecordingWindows:
     RecordingError
         The file cannot be read, lacks required channels, has bad values, or is shorter than one window.
     """
-    rules = task_rules(cfg.task)
+    rules = task_rules(cfg.definition)
     notch = rules.notch_hz if cfg.notch is None else (cfg.notch or None)
     try:
         params = SignalParams(l_freq=cfg.l_freq, h_freq=cfg.h_freq, notch=notch, sfreq=SFREQ)
@@ -181,8 +168,8 @@ def window_recording(path: str | Path, cfg: PredictConfig) -> RecordingWindows:
     )
 
 
-def check_channels(windows: RecordingWindows, task: str, allow_mismatch: bool = False) -> str | None:
-    """Compare the recording's channels with the ones ``task`` was trained on.
+def check_channels(windows: RecordingWindows, task: str | Task, allow_mismatch: bool = False) -> str | None:
+    """Compare the recording's channels with the ones ``task`` (a definition or a built-in name) was trained on.
 
     Returns None when they fit, or a one-line note when the recording lacks some of the task's channels (the
     model sees fewer channels than in training, which it supports). Channels the task never saw raise
@@ -190,6 +177,7 @@ def check_channels(windows: RecordingWindows, task: str, allow_mismatch: bool = 
     Tasks whose rules name no channel set (they train on every vocabulary channel) always fit.
     """
     trained = task_rules(task).channels
+    task = task if isinstance(task, str) else task.name
     if trained is None:
         return None
     used = list(windows.channel_names)
@@ -273,7 +261,7 @@ def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> l
     from neurolm.data.bpe import load_gpt2_tokenizer
     from neurolm.eval.evaluate import load_scoring_model, resolve_eeg_max_len
 
-    task = get_task(cfg.task)
+    task = cfg.definition
     bpe = load_gpt2_tokenizer()
     tokens = tokenize_task(task, bpe.encode)
     model = load_scoring_model(cfg.checkpoint, cfg.model_overrides)
@@ -287,7 +275,7 @@ def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> l
                 raise
             errors.append(err)
             continue
-        note = check_channels(windows, cfg.task, cfg.allow_channel_mismatch)
+        note = check_channels(windows, task, cfg.allow_channel_mismatch)
         if note:
             print(f"neurolm predict: warning: {note}", file=sys.stderr)
         needed = windows.signals.shape[1] * int(round(windows.window_s))
@@ -340,7 +328,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recordings", nargs="+", help="raw recording(s): EDF, BDF, BrainVision, EEGLAB, FIF, ...")
     p.add_argument("--checkpoint", required=True, help="instruction-tuned export dir (local or s3://)")
-    p.add_argument("--task", required=True, help="task name, e.g. TUAB, HMC, SelfRegulationSCP1")
+    p.add_argument(
+        "--task", required=True, help="built-in task name (TUAB, HMC, SelfRegulationSCP1, ...) or a task YAML file"
+    )
     p.add_argument("--output", "-o", help="out.csv or out.json (local or s3://); default: CSV on stdout")
     p.add_argument("--window-s", type=float, help="window length in s (default: the task's sample length)")
     p.add_argument("--hop-s", type=float, help="window hop in s (default: the window length)")
@@ -396,11 +386,7 @@ def build_config(argv: Sequence[str]) -> PredictConfig:
         "model_overrides": apply_overrides({}, args.model_override),
     }
     cfg = load_config(PredictConfig, base=fields)
-    try:
-        rules = task_rules(cfg.task)
-    except KeyError as err:
-        raise ConfigError(f"task = {cfg.task!r}: {err.args[0]}") from None
-    window_s = cfg.window_s or rules.window_s
+    window_s = cfg.window_s or task_rules(cfg.definition).window_s
     if window_s != int(window_s):
         raise ConfigError(f"window_s = {window_s:g}: must be a whole number of seconds (one patch = 1 s)")
     _output_format(cfg.output)
@@ -430,8 +416,8 @@ def cli(argv: list[str] | None = None) -> int:
         meta = {
             "task": cfg.task,
             "checkpoint": cfg.checkpoint,
-            "classes": list(get_task(cfg.task).answers),
-            "window_s": cfg.window_s or task_rules(cfg.task).window_s,
+            "classes": list(cfg.definition.answers),
+            "window_s": cfg.window_s or task_rules(cfg.definition).window_s,
         }
         text = format_predictions(rows, fmt, meta)
         if cfg.output is None:

@@ -18,6 +18,7 @@ from neurolm.config import (
     load_config,
 )
 from neurolm.pipeline import PipelineConfig
+from neurolm.task_spec import TaskSpec, load_task_file
 from neurolm.train.engine import deepspeed_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -29,6 +30,7 @@ KINDS = {
     "pipeline": PipelineConfig,
     "evaluate": EvaluateJobConfig,
     "tune": TuneJobConfig,
+    "tasks": TaskSpec,
 }
 # What the command line or the pipeline supplies where a preset leaves a required value empty (as a user would).
 FILL = {
@@ -55,6 +57,8 @@ def _has_key(cls, dotted: str) -> bool:
 def load_preset(path: Path):
     """Load a preset with the values a user must give on the command line filled in."""
     cls = KINDS[path.parent.name]
+    if cls is TaskSpec:  # a task file, not a job config (neurolm.task_spec)
+        return load_task_file(path)
     tree = yaml.safe_load(path.read_text()) or {}
     overrides = []
     for key, fill in FILL.items():

@@ -24,7 +24,7 @@ from neurolm.config import ConfigError, InstructJobConfig
 from neurolm.data.layout import instruction_layout
 from neurolm.data.mixture import TaskSchedule, mixture_weights
 from neurolm.data.shards import count_rows
-from neurolm.data.tasks import TaskTokens, get_task, tokenize_task
+from neurolm.data.tasks import Task, TaskTokens, tokenize_task
 from neurolm.train.metrics import neurolm_flops_per_token
 from neurolm.train.stage import Stage, StepOutput, WorkerContext
 from neurolm.vocab import EOT_ID
@@ -34,10 +34,11 @@ log = logging.getLogger("neurolm.train")
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
 
 
-def task_tokens(name: str) -> TaskTokens:
+def task_tokens(task: Task) -> TaskTokens:
+    """Token ids of a task (its definition travels in the config: workers read no task file)."""
     from neurolm.data.bpe import load_gpt2_tokenizer
 
-    return tokenize_task(get_task(name), load_gpt2_tokenizer().encode)
+    return tokenize_task(task, load_gpt2_tokenizer().encode)
 
 
 class _RowStream:
@@ -117,10 +118,7 @@ class InstructStage(Stage):
 
     def __init__(self, cfg: InstructJobConfig) -> None:
         super().__init__(cfg)
-        try:
-            self.tasks = {t.name: get_task(t.name) for t in cfg.tasks}
-        except KeyError as err:
-            raise ConfigError(f"tasks: {err.args[0]}") from None
+        self.tasks = {t.name: t.definition for t in cfg.tasks}
         missing = [t.name for t in cfg.tasks if not t.train]
         if missing:
             raise ConfigError(f"tasks: {missing} have no train shards")
@@ -133,7 +131,7 @@ class InstructStage(Stage):
         datasets: dict[str, Any] = {}
         sizes: dict[str, int] = {}
         for t in cfg.tasks:
-            tokens = task_tokens(t.name)
+            tokens = task_tokens(t.definition)
             raw = read_shards([t.train])
             sizes[t.name] = count_rows(t.train)  # the same count as the tuner's, read from the Parquet footers
             datasets[f"train_{t.name}"] = raw.map_batches(
@@ -208,7 +206,7 @@ class InstructStage(Stage):
         for t in self.cfg.tasks:
             if not t.val:
                 continue
-            tokens = task_tokens(t.name)
+            tokens = task_tokens(t.definition)
             k = len(tokens.options)
             confusion = np.zeros((k, k))
             nll = 0.0

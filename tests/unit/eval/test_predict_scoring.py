@@ -144,7 +144,10 @@ def test_layout_keeps_sample_ids_and_flags_truncated_samples(bpe) -> None:
 
 def test_actor_class_scores_mixed_task_batches_with_each_tasks_options(tmp_path: Path, bpe) -> None:
     save_pretrained(_model(), str(tmp_path / "export"))
-    scorer = TaskScorer(str(tmp_path / "export"), ["TUEV", "SelfRegulationSCP1"], max_new_tokens=3)
+    # Tasks as score_all hands them to actors: definitions from the config (here one object, one dumped mapping).
+    definitions = [get_task("TUEV"), get_task("SelfRegulationSCP1").model_dump(mode="json")]
+    scorer = TaskScorer(str(tmp_path / "export"), definitions, max_new_tokens=3)
+    assert [t.name for t in scorer.tasks] == ["TUEV", "SelfRegulationSCP1"]
     tuev, tuev_tokens, a = _layout("TUEV", bpe, n=3)
     scp1, scp1_tokens, b = _layout("SelfRegulationSCP1", bpe, n=2)
     a_rows = eval_layout(_shard_rows(3), tuev_tokens, eeg_max_len=8, text_max_len=80, entry=0)
