@@ -127,11 +127,17 @@ def test_instruct_checks_task_shards_and_the_init_export(tmp_path: Path, exports
 
 
 def test_the_job_exits_2_with_one_line_and_starts_no_ray(
-    tmp_path: Path, exports: dict[str, str], capsys
+    tmp_path: Path, exports: dict[str, str], capsys, monkeypatch
 ) -> None:
     import ray
 
     from neurolm.cli import run_command
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was asked for before the inputs were checked")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    connected = ray.is_initialized()  # the test session may run a Ray cluster of its own
 
     overrides = [
         "data.train=[/no/such/shards]",
@@ -143,6 +149,6 @@ def test_the_job_exits_2_with_one_line_and_starts_no_ray(
     assert run_command("train", argv) == 2  # what ray_jobs/pretrain.py and `neurolm train` run
     err = capsys.readouterr().err.strip()
     assert err == "neurolm train: data.train = '/no/such/shards': no such directory"
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == connected
     started = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not [p.name() for p in started if "raylet" in p.name() or "gcs" in p.name()]
