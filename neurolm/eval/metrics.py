@@ -41,6 +41,8 @@ import numpy as np
 import sklearn.metrics as skm
 from numpy.typing import ArrayLike
 
+from neurolm.models.collapse import balanced_accuracy_of
+
 __all__ = [
     "PARSE_FAILURE",
     "TaskKind",
@@ -166,11 +168,7 @@ def balanced_accuracy(labels: ArrayLike, preds: ArrayLike, num_classes: int | No
     Parse failures lower the recall of their true class. Classes absent from ``labels`` are left out, as
     scikit-learn's ``balanced_accuracy_score`` does.
     """
-    cm = confusion_matrix(labels, preds, num_classes)
-    support = cm.sum(axis=1)
-    present = support > 0
-    recall = np.diag(cm[:, :-1])[present] / support[present]
-    return float(np.mean(recall))
+    return balanced_accuracy_of(confusion_matrix(labels, preds, num_classes))
 
 
 def cohen_kappa(labels: ArrayLike, preds: ArrayLike, num_classes: int | None = None) -> float:

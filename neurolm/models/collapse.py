@@ -13,12 +13,28 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["COLLAPSE_SHARE", "collapse_metrics", "is_collapsed", "majority_share"]
+__all__ = ["COLLAPSE_SHARE", "balanced_accuracy_of", "collapse_metrics", "is_collapsed", "majority_share"]
 
 log = logging.getLogger("neurolm.collapse")
 
 COLLAPSE_SHARE = 0.95
 """A model whose most frequent answer covers at least this share of the rows is collapsed."""
+
+
+def balanced_accuracy_of(confusion: np.ndarray) -> float:
+    """Mean recall over the true classes present in a ``(K, K)`` or ``(K, K + 1)`` confusion matrix (rows = true
+    class; an extra last column counts parse failures, which lower their true class's recall). NaN when empty.
+
+    The one implementation behind stage 3's validation and the evaluation's ``balanced_accuracy``
+    (docs/reference.md §1.7 "BAcc"); classes absent from the labels are left out, as scikit-learn does.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    k = cm.shape[0]
+    support = cm.sum(axis=1)
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float(np.mean(np.diag(cm[:, :k])[present] / support[present]))
 
 
 def majority_share(predicted_counts: Sequence[float] | np.ndarray) -> float:

@@ -198,7 +198,7 @@ class InstructStage(Stage):
     def evaluate(self, model: nn.Module, ctx: WorkerContext) -> dict[str, float]:
         """Per task: constrained scoring of the answer options on this worker's val shard, confusion counts
         all-reduced over ranks → ``val/<task>/balanced_accuracy``, ``accuracy``, ``loss`` (NLL of the truth)."""
-        from neurolm.models.collapse import collapse_metrics
+        from neurolm.models.collapse import balanced_accuracy_of, collapse_metrics
         from neurolm.models.generate import score_options
 
         metrics: dict[str, float] = {}
@@ -224,9 +224,7 @@ class InstructStage(Stage):
             total = ctx.all_reduce(confusion.ravel().tolist() + [nll])
             confusion = np.asarray(total[:-1]).reshape(k, k)
             n = confusion.sum()
-            support = confusion.sum(axis=1)
-            recalls = np.diag(confusion)[support > 0] / support[support > 0]
-            bacc = float(recalls.mean()) if len(recalls) else float("nan")
+            bacc = balanced_accuracy_of(confusion)
             metrics[f"val/{t.name}/balanced_accuracy"] = bacc
             metrics[f"val/{t.name}/accuracy"] = float(np.trace(confusion) / max(n, 1))
             metrics[f"val/{t.name}/loss"] = total[-1] / max(n, 1)
