@@ -95,7 +95,7 @@ class TaskRules:
                    rules.exclude or ())  # fmt: skip
 
 
-GENERIC_RULES = TaskRules(float(GENERIC_CORPUS.window_s or 10), GENERIC_CORPUS.notch_hz)
+GENERIC_RULES = TaskRules(float(GENERIC_CORPUS.window_s), GENERIC_CORPUS.notch_hz)  # type: ignore[arg-type]
 """For a task without a corpus or ``predict`` section: the generic ``edf`` corpus's (10-s windows, 50 Hz notch)."""
 
 TASK_RULES: Mapping[str, TaskRules] = MappingProxyType({name: TaskRules.of(t) for name, t in TASKS.items()})

@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_NOTCH_HZ", "DEFAULT_WINDOW_S", "EXTENSIONS", "list_recording
 # No corpus to follow: 50 Hz like most of the official makers (docs/reference.md §1.1); set notch=60 for US recordings.
 # Both declared in the registry, where they are also the rules of a task without a corpus.
 DEFAULT_NOTCH_HZ = CORPORA["edf"].notch_hz
-DEFAULT_WINDOW_S = float(CORPORA["edf"].window_s or 10)
+DEFAULT_WINDOW_S = float(CORPORA["edf"].window_s)  # type: ignore[arg-type]  # declared: 10 s
 EXTENSIONS = (".edf", ".bdf", ".vhdr", ".set", ".fif", ".gdf", ".cnt")
 
 

@@ -122,3 +122,16 @@ def test_no_second_table_of_corpus_facts() -> None:
         if path.name != "corpora.py" and (literal_notch.search(path.read_text()) or name_list.search(path.read_text()))
     ]
     assert offenders == []
+
+
+def test_unset_ts_options_keep_earlier_fingerprints() -> None:
+    """Adding the `ts` section must not make every earlier preprocessing run redo its recordings."""
+    from neurolm.data.preprocessing import task_fingerprint
+    from neurolm.data.readers.base import RecordingTask
+
+    task = RecordingTask("ts", "d", "d_TRAIN", (), "", None)
+    cfg = PreprocessConfig(corpus="ts", input="x", output="y")
+    # Computed before the section existed (main at ec0de76); a PREPROCESSING_VERSION bump changes it on purpose.
+    assert task_fingerprint(task, cfg) == "4f5624eed5c540e012d63c48009b191c"
+    renamed = cfg.model_copy(update={"ts": cfg.ts.model_copy(update={"channels": ("C3", "C4")})})
+    assert task_fingerprint(task, renamed) != task_fingerprint(task, cfg)
