@@ -21,7 +21,8 @@ from typing import Any, Literal, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from neurolm.config_preprocess import EventsOptions, LeakageOptions
+from neurolm import corpora
+from neurolm.config_preprocess import EventsOptions, LeakageOptions, TsOptions
 from neurolm.model_config import (
     NeuroLMConfig,
     NeuroLMConfigOverrides,
@@ -56,14 +57,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-CORPORA = ("edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts", "events")
+CORPORA: tuple[str, ...] = tuple(corpora.CORPORA)
+"""Names of the registered corpora (:mod:`neurolm.corpora`, the one place a corpus is declared)."""
+CorpusName = Literal[CORPORA]  # type: ignore[valid-type]  # built from the registry; errors list the names
 
 
 class PreprocessConfig(Section):
     """``neurolm preprocess``: raw recordings → Parquet sample shards (docs/reference.md §1)."""
 
-    corpus: Literal["edf", "tueg", "tuab", "tuev", "seed", "hmc", "workload", "tusl", "ts", "events"] = Field(
-        description="Which corpus reader to use (one module per corpus under neurolm/data/readers)."
+    corpus: CorpusName = Field(
+        description="Which corpus to read: a name declared in neurolm/corpora.py (its reader, window, notch)."
     )
     input: str = Field(description="Root of the raw corpus: a local directory (or a single file for `edf`).")
     output: str = Field(description="Where shards go: a local directory or s3://bucket/prefix.")
@@ -124,6 +127,7 @@ class PreprocessConfig(Section):
     )
 
     events: EventsOptions = Field(default_factory=EventsOptions, description="`events` corpus: labels, trials.")
+    ts: TsOptions = Field(default_factory=TsOptions, description="`ts` corpus: channel names, sampling rate.")
     leakage: LeakageOptions = Field(default_factory=LeakageOptions, description="Pre-training leakage guard.")
 
     @field_validator("split_fractions")

@@ -1,11 +1,13 @@
-"""Sections of :class:`neurolm.config.PreprocessConfig` for labelled recordings of any layout (``events`` corpus)
-and for the pre-training leakage guard.
+"""Sections of :class:`neurolm.config.PreprocessConfig` for labelled recordings of any layout (``events`` corpus),
+for aeon ``.ts`` problems (``ts`` corpus) and for the pre-training leakage guard.
 
 They live at the config layer (no import from :mod:`neurolm.data`) so that ``PreprocessConfig`` can nest them and
 validate them with everything else before any resource is requested::
 
     neurolm preprocess --corpus events --input rec/ --output shards/ events.mapping='{T1: 0, T2: 1}' \\
         events.trial_start_offset_s=0.5 window_s=3
+    neurolm preprocess --corpus ts --input SelfRegulationSCP2/ --output shards/ \\
+        ts.channels=[A1,A2,CFC3,CCP3,null,CFC4,CCP4]
     neurolm preprocess --corpus tueg --input /data/tueg --output shards/ leakage.enabled=false
 """
 
@@ -17,7 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["EventsOptions", "LeakageOptions", "MNE_DEFAULT_EVENT_REGEX"]
+from neurolm.corpora import CORPORA, pretraining_corpora
+
+__all__ = ["EventsOptions", "LeakageOptions", "TsOptions", "MNE_DEFAULT_EVENT_REGEX"]
 
 # MNE's ``events_from_annotations`` default: every description except BAD_* and EDGE* (acquisition marks).
 MNE_DEFAULT_EVENT_REGEX = r"(?![Bb][Aa][Dd]|[Ee][Dd][Gg][Ee]).*"
@@ -114,6 +118,33 @@ class EventsOptions(_Options):
         return self
 
 
+class TsOptions(_Options):
+    """What an aeon ``.ts`` problem does not say about itself (``ts`` corpus, docs/data.md): its channel names and
+    sampling rate, for a problem without them in ``auxiliary/<Name>.json``."""
+
+    channels: tuple[str | None, ...] | None = Field(
+        default=None,
+        description="Channel names in the file's channel order, one per channel, e.g. [C3, CZ, C4]; null for a "
+        "channel to drop (an EOG channel). None = the 'channels' of auxiliary/<Name>.json, else the reader's "
+        "defaults for the problems neurolm ships tasks for.",
+    )
+    sfreq: float | None = Field(
+        default=None, gt=0, description="Sampling rate in Hz; None = the 'sfreq' of auxiliary/<Name>.json."
+    )
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_list(cls, v: tuple[str | None, ...] | None) -> tuple[str | None, ...] | None:
+        if v is not None:
+            named = [name for name in v if name is not None]
+            if not named or any(not name.strip() for name in named):
+                raise ValueError("must list one channel name (or null to drop it) per channel, e.g. [C3, CZ, C4]")
+            repeated = sorted({name for name in named if named.count(name) > 1})
+            if repeated:
+                raise ValueError(f"channel names {repeated} are given more than once")
+        return v
+
+
 class LeakageOptions(_Options):
     """Leakage guard: keep downstream val/test subjects and recordings out of pre-training corpora."""
 
@@ -123,7 +154,9 @@ class LeakageOptions(_Options):
         "held-out splits; the exclusions are written to <dataset>/_leakage.json and the manifest.",
     )
     corpora: tuple[str, ...] = Field(
-        default=("tueg",), description="Corpora treated as pre-training corpora (the guard applies to them)."
+        default_factory=pretraining_corpora,
+        description="Corpora treated as pre-training corpora (the guard applies to them); default: those "
+        "declared with pretraining=True in neurolm/corpora.py (tueg).",
     )
     downstream: list[str] | None = Field(
         default=None,
@@ -137,3 +170,11 @@ class LeakageOptions(_Options):
         description="subject: drop every recording of a held-out subject; recording: drop a recording whose file "
         "name (without folder and suffix) is a held-out recording's.",
     )
+
+    @field_validator("corpora")
+    @classmethod
+    def _known_corpora(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in v if name not in CORPORA]
+        if unknown:
+            raise ValueError(f"unknown corpus {unknown}; known: {', '.join(CORPORA)}")
+        return v

@@ -7,8 +7,9 @@ A task is a YAML file (docs/data.md, "Instruction tasks")::
     answers: [negativity, positivity]      # label index = position
     lettered: true                         # options listed as (A) … (B) …; the answer is the letter
     dataset: SelfRegulationSCP1            # whose train/val/test shard splits the task uses
+    corpus: ts                             # optional; the corpus its shards were read from (neurolm.corpora)
     metrics: [pr_auc, roc_auc, accuracy, balanced_accuracy]   # optional; default by class count
-    predict: {window_s: 3, notch_hz: 50, channels: [...]}     # optional; how `neurolm predict` cuts a recording
+    predict: {window_s: 3, channels: [...]}   # optional; how `neurolm predict` cuts a recording
 
 :class:`TaskSpec` validates one (unknown keys rejected) and renders the exact official strings
 (docs/reference.md §4.2): training text ``Question: … Answer: <answer> <|endoftext|>``, evaluation prompt
@@ -25,8 +26,15 @@ References are resolved once, on the driver, when a job config is validated (:mo
 definition is carried inside the config, so Ray workers and actors — possibly on other nodes, without the
 driver's file system — never read a task file.
 
+Where a task and its corpus overlap — the ``predict`` rules (window, notch, channels, excluded channels) — the
+corpus declaration (:mod:`neurolm.corpora`) is the source of truth: the corpus's reader cut the training shards, so
+:meth:`TaskSpec.predict_rules` takes each rule from the task's ``predict`` section only where the file sets it,
+else from its ``corpus``, else from the generic ``edf`` corpus (10 s, 50 Hz, every channel). The official tasks
+therefore have no ``predict`` section; a ``.ts`` problem's task sets its trial length and channel names, which the
+one ``ts`` corpus cannot know. The reasons for this direction are in :mod:`neurolm.corpora`.
+
 This module sits below :mod:`neurolm.config` (which validates task references) and is what
-:mod:`neurolm.data.tasks` (tokenization) builds on.
+:mod:`neurolm.data.tasks` (tokenization) builds on; it reads the corpus registry, below it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from neurolm.corpora import CORPORA, GENERIC_CORPUS
 from neurolm.vocab import EOT_TEXT
 
 __all__ = [
@@ -74,21 +83,31 @@ class TaskSpecError(ValueError):
 
 
 class PredictRules(BaseModel):
-    """How ``neurolm predict`` cuts a raw recording for the task (docs/reference.md §1.1, §1.7)."""
+    """How ``neurolm predict`` cuts a raw recording for the task (docs/reference.md §1.1, §1.7).
+
+    In a task file every field is optional: an unset one (null) comes from the task's corpus
+    (:meth:`TaskSpec.predict_rules`).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    window_s: float = Field(default=10.0, gt=0, description="Sample length in seconds (a whole number).")
-    notch_hz: float = Field(default=50.0, ge=0, description="Default notch in Hz (0 = off).")
-    channels: tuple[str, ...] | None = Field(
-        default=None, description="The training shards' channels in storage order; null = every vocabulary channel."
+    window_s: float | None = Field(
+        default=None, gt=0, description="Sample length in seconds (a whole number); null = the corpus's."
     )
-    exclude: tuple[str, ...] = Field(default=(), description="Vocabulary channels the task never uses.")
+    notch_hz: float | None = Field(default=None, ge=0, description="Default notch in Hz (0 = off); null = the corpus's.")
+    channels: tuple[str, ...] | None = Field(
+        default=None,
+        description="The training shards' channels in storage order; null = the corpus's (every vocabulary channel "
+        "when the corpus does not fix them).",
+    )
+    exclude: tuple[str, ...] | None = Field(
+        default=None, description="Vocabulary channels the task never uses; null = the corpus's."
+    )
 
     @field_validator("window_s")
     @classmethod
-    def _whole_seconds(cls, v: float) -> float:
-        if v != int(v):
+    def _whole_seconds(cls, v: float | None) -> float | None:
+        if v is not None and v != int(v):
             raise ValueError("must be a whole number of seconds (one patch = 1 s)")
         return v
 
@@ -104,6 +123,11 @@ class TaskSpec(BaseModel):
         description="Answer text per label index: [No, Yes], or option descriptions when lettered."
     )
     dataset: str = Field(description="Dataset (preprocessed shards) whose train/val/test splits the task uses.")
+    corpus: str | None = Field(
+        default=None,
+        description="Corpus the dataset was read from (a name in neurolm/corpora.py); unset predict rules come "
+        "from it. null = the generic edf corpus's rules.",
+    )
     lettered: bool = Field(
         default=False, description="Options listed in the question as (A) … (B) …; the answer is the letter."
     )
@@ -121,6 +145,13 @@ class TaskSpec(BaseModel):
     def _identifier(cls, v: str) -> str:
         if not _NAME.match(v):
             raise ValueError("must be letters, digits, '_', '.' or '-' (no spaces or '/'), starting with a letter or digit")
+        return v
+
+    @field_validator("corpus")
+    @classmethod
+    def _known_corpus(cls, v: str | None) -> str | None:
+        if v is not None and v not in CORPORA:
+            raise ValueError(f"unknown corpus; known: {', '.join(CORPORA)}")
         return v
 
     @field_validator("question")
@@ -206,6 +237,19 @@ class TaskSpec(BaseModel):
     def label_of_word(self) -> Mapping[str, int]:
         """Parsed answer word → label (official ``label_dic``)."""
         return MappingProxyType({w: i for i, w in enumerate(self.answer_words)})
+
+    def predict_rules(self) -> PredictRules:
+        """The ``predict`` rules with every unset field filled: from the task file, else its corpus, else the
+        generic ``edf`` corpus (:mod:`neurolm.corpora`)."""
+        corpus = CORPORA[self.corpus] if self.corpus is not None else GENERIC_CORPUS
+        own = self.predict
+        window_s = own.window_s if own.window_s is not None else corpus.window_s or GENERIC_CORPUS.window_s
+        return PredictRules(
+            window_s=float(window_s) if window_s is not None else None,
+            notch_hz=own.notch_hz if own.notch_hz is not None else corpus.notch_hz,
+            channels=own.channels if own.channels is not None else corpus.channels,
+            exclude=own.exclude if own.exclude is not None else corpus.exclude,
+        )
 
     @property
     def metric_names(self) -> tuple[str, ...]:

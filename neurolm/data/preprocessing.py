@@ -27,6 +27,7 @@ from typing import Any
 
 from neurolm import storage
 from neurolm.config import PreprocessConfig, config_hash
+from neurolm.config_preprocess import TsOptions
 from neurolm.data import leakage, shards
 from neurolm.data.readers import get_reader
 from neurolm.data.readers.base import RecordingTask
@@ -81,6 +82,9 @@ def task_fingerprint(task: RecordingTask, cfg: PreprocessConfig) -> str:
     """Hash of everything a recording's output depends on: its task (files, subject, split, label), the
     processing settings and the source files' sizes and modification times."""
     settings = cfg.model_dump(mode="json", exclude=set(_RUN_ONLY_FIELDS))
+    if cfg.ts == TsOptions():
+        # Unset `ts` options add nothing: shards written before the section existed are still reused.
+        del settings["ts"]
     payload = {
         "version": PREPROCESSING_VERSION,
         "task": asdict(task),

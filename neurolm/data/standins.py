@@ -11,7 +11,8 @@ that an instruction-tuning worker does not restart a pass over a task's shard ev
 
     root = standin_tree("tuab")          # $NEUROLM_CACHE/synthetic/tuab-<hash>/ (built once)
 
-The directory name carries a hash of the builder's arguments; a tree is written into a temporary sibling and
+Which corpora have a stand-in, and the builder's arguments, are declared with each corpus in the registry
+(:mod:`neurolm.corpora`); this module builds them. The directory name carries a hash of the builder's arguments; a tree is written into a temporary sibling and
 renamed into place, so concurrent or interrupted builds never leave a half-written tree behind.
 """
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from neurolm.corpora import CORPORA
 from neurolm.data import synthetic
 from neurolm.data.samples import cache_dir
 
@@ -51,24 +53,17 @@ class Standin:
         return f"{self.corpus}-{hashlib.sha256(payload.encode()).hexdigest()[:10]}"
 
 
-STANDINS: Mapping[str, Standin] = MappingProxyType({
-    s.corpus: s
-    for s in (
-        # 32 files of 40 s -> 4 ten-second windows each: 16 train-folder subjects (train/val), 16 eval (test).
-        Standin("tuab", "TUAB", synthetic.make_tuab_tree, {"subjects_per_folder": 8, "seconds": 40.0}),
-        # 12 train + 4 eval subjects, 4 five-second events each.
-        Standin("tuev", "TUEV", synthetic.make_tuev_tree, {"train_subjects": 12, "eval_subjects": 4}),
-        # 3 sessions of 200 s: the 4-s windows of the first film clip inside them.
-        Standin("seed", "SEED", synthetic.make_seed_tree, {"seconds": 200.0}),
-        # 6 recordings of 10 thirty-second scoring epochs.
-        Standin("hmc", "HMC", synthetic.make_hmc_tree, {"n_subjects": 6, "epochs": 10}),
-        # 3 subjects x (rest, arithmetic), 29 four-second windows per file (the reader's fixed rule).
-        Standin("workload", "Workload", synthetic.make_workload_tree, {"n_subjects": 3}),
-        # 12 recordings of 4 ten-second segments.
-        Standin("tusl", "TUSL", synthetic.make_tusl_tree,
-                {"subjects": tuple(f"aaaaa{k:03d}" for k in range(12))}),
-    )
-})
+def _standins() -> Mapping[str, Standin]:
+    """One stand-in per corpus whose registry declaration has one (:data:`neurolm.corpora.CORPORA`)."""
+    return MappingProxyType({
+        corpus.name: Standin(corpus.name, corpus.task or corpus.name, getattr(synthetic, corpus.standin.builder),
+                             corpus.standin.kwargs)
+        for corpus in CORPORA.values()
+        if corpus.standin is not None
+    })  # fmt: skip
+
+
+STANDINS: Mapping[str, Standin] = _standins()
 """Stand-ins by corpus name (the six paper corpora)."""
 
 

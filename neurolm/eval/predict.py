@@ -8,8 +8,9 @@
 Each recording goes through the preprocessing of the training shards (docs/reference.md §1.1; the generic reader path of
 :mod:`neurolm.data.readers.edf`): MNE read → channel names normalised to the 10-20 vocabulary → 0.1–75 Hz band-pass
 → notch → resample to 200 Hz → units of 100 µV, then non-overlapping windows of the task's sample length
-(the ``predict`` section of the task's YAML file, :data:`TASK_RULES` for the built-ins: TUAB 10 s, TUEV 5 s, SEED 4 s,
-HMC 30 s, Workload 4 s, TUSL 10 s, SelfRegulationSCP1 3 s; ``--window-s`` and ``--hop-s`` override). ``--task`` is a
+(the task's corpus in the registry, :mod:`neurolm.corpora`, where its YAML file's ``predict`` section does not set
+them; :data:`TASK_RULES` for the built-ins: TUAB 10 s, TUEV 5 s, SEED 4 s, HMC 30 s, Workload 4 s, TUSL 10 s,
+SelfRegulationSCP1 3 s; ``--window-s`` and ``--hop-s`` override). ``--task`` is a
 built-in task name or the path of a task YAML file (configs/tasks/). Every window is answered by constrained scoring of the task's answer
 options (:func:`neurolm.eval.evaluate.score_batch`): the answer is the most probable option and the output has
 one probability column per class. ``--generate`` adds the official path: the greedy generation and the answer
@@ -42,6 +43,7 @@ import torch
 
 from neurolm import storage
 from neurolm.config import ConfigError, PredictConfig, apply_overrides, load_config
+from neurolm.corpora import GENERIC_CORPUS
 from neurolm.data.readers.base import fixed_window_starts
 from neurolm.data.signal import RecordingError, SignalParams, load_recording
 from neurolm.data.tasks import TASKS, Task, TaskTokens, get_task, tokenize_task
@@ -87,16 +89,17 @@ class TaskRules:
 
     @classmethod
     def of(cls, task: Task) -> TaskRules:
-        """The rules in the ``predict`` section of a task's YAML file."""
-        p = task.predict
-        return cls(p.window_s, p.notch_hz, p.channels, p.exclude)
+        """A task's rules: its file's ``predict`` section where set, else its corpus's (:mod:`neurolm.corpora`)."""
+        rules = task.predict_rules()
+        return cls(float(rules.window_s or GENERIC_RULES.window_s), float(rules.notch_hz or 0.0), rules.channels,
+                   rules.exclude or ())  # fmt: skip
 
+
+GENERIC_RULES = TaskRules(float(GENERIC_CORPUS.window_s), GENERIC_CORPUS.notch_hz)  # type: ignore[arg-type]
+"""For a task without a corpus or ``predict`` section: the generic ``edf`` corpus's (10-s windows, 50 Hz notch)."""
 
 TASK_RULES: Mapping[str, TaskRules] = MappingProxyType({name: TaskRules.of(t) for name, t in TASKS.items()})
-"""Per built-in task: sample length, notch and channels of the training shards (from its YAML file)."""
-
-GENERIC_RULES = TaskRules(10.0, 50.0)
-"""For a task file without a ``predict`` section: the generic EDF reader's defaults (10 s windows, 50 Hz notch)."""
+"""Per built-in task: sample length, notch and channels of the training shards (its corpus, or its YAML file)."""
 
 
 def task_rules(task: str | Task) -> TaskRules:

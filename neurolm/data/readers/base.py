@@ -1,9 +1,10 @@
 """What every corpus reader shares: the unit of work (:class:`RecordingTask`), its output
 (:class:`RecordingSamples`) and the windowing helpers of docs/reference.md §1.5.
 
-A reader module has three members::
+A reader module is named by its corpus's declaration in :mod:`neurolm.corpora` (which also holds its notch, window
+and channels: ``CORPORA["<name>"]``; docs/data.md, "Adding a corpus") and has these members::
 
-    DEFAULT_NOTCH_HZ: float                                          # docs/reference.md §1.1, per corpus
+    DEFAULT_NOTCH_HZ: float          # = CORPORA["<name>"].notch_hz (docs/reference.md §1.1)
     def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]   # driver: find files, subjects, splits
     def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSamples   # one worker task
 

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -29,8 +30,9 @@ from neurolm.data.signal import RecordingError, load_recording
 __all__ = ["DEFAULT_NOTCH_HZ", "DEFAULT_WINDOW_S", "EXTENSIONS", "list_recordings", "read_recording"]
 
 # No corpus to follow: 50 Hz like most of the official makers (docs/reference.md §1.1); set notch=60 for US recordings.
-DEFAULT_NOTCH_HZ = 50.0
-DEFAULT_WINDOW_S = 10.0
+# Both declared in the registry, where they are also the rules of a task without a corpus.
+DEFAULT_NOTCH_HZ = CORPORA["edf"].notch_hz
+DEFAULT_WINDOW_S = float(CORPORA["edf"].window_s)  # type: ignore[arg-type]  # declared: 10 s
 EXTENSIONS = (".edf", ".bdf", ".vhdr", ".set", ".fif", ".gdf", ".cnt")
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from neurolm.config import PreprocessConfig
 from neurolm.config_preprocess import MNE_DEFAULT_EVENT_REGEX
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import RecordingSamples, RecordingTask, relative_key
 from neurolm.data.readers.edf import EXTENSIONS
 from neurolm.data.readers.edf import (
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 # No corpus to follow: 50 Hz like most of the official makers (docs/reference.md §1.1); notch=60 for US data.
-DEFAULT_NOTCH_HZ = 50.0
+DEFAULT_NOTCH_HZ = CORPORA["events"].notch_hz  # the registry's declaration
 # Half a sample at 200 Hz: trial lengths within this of the window count as the window's length.
 _TOLERANCE_S = 0.0025
 _BIDS_EEG = re.compile(r"(sub-[A-Za-z0-9]+)(?:_[a-z]+-[A-Za-z0-9]+)*_eeg\.(edf|bdf|vhdr|set|fif|gdf|cnt)")

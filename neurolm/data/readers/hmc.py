@@ -15,6 +15,7 @@ import csv
 from pathlib import Path
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -39,9 +40,10 @@ __all__ = [
     "read_scoring",
 ]
 
-DEFAULT_NOTCH_HZ = 50.0
-EPOCH_S = 30
-CHANNELS = ("F4", "C4", "O2", "C3")
+CORPUS = CORPORA["hmc"]  # notch, epoch length and channels: the registry's declaration
+DEFAULT_NOTCH_HZ = CORPUS.notch_hz
+EPOCH_S = CORPUS.window_s
+CHANNELS = CORPUS.channels
 STAGES = {
     "Sleep stage W": 0,
     "Sleep stage N1": 1,

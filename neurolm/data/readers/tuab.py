@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -26,13 +27,14 @@ from neurolm.data.readers.base import (
     signal_params,
 )
 from neurolm.data.readers.splits import train_val_split
-from neurolm.data.readers.tuh import TUH_CHANNELS, is_ar_montage_path, tuh_subject
+from neurolm.data.readers.tuh import is_ar_montage_path, tuh_subject
 from neurolm.data.signal import RecordingError, load_recording
 
 __all__ = ["DEFAULT_NOTCH_HZ", "WINDOW_S", "LABELS", "list_recordings", "read_recording"]
 
-DEFAULT_NOTCH_HZ = 50.0
-WINDOW_S = 10
+CORPUS = CORPORA["tuab"]  # notch, window and channels: the registry's declaration
+DEFAULT_NOTCH_HZ = CORPUS.notch_hz
+WINDOW_S = CORPUS.window_s
 LABELS = {"normal": 0, "abnormal": 1}
 
 
@@ -84,7 +86,7 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
     rec = load_recording(
         task.sources[0],
         signal_params(cfg, DEFAULT_NOTCH_HZ),
-        required=TUH_CHANNELS,
+        required=CORPUS.channels,
         drop_flat=False,
         dtype=cfg.signal_dtype,
     )

@@ -9,6 +9,7 @@ Splits: seeded, subject-wise (the official pre-training split is not published).
 from __future__ import annotations
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -27,7 +28,7 @@ from neurolm.data.signal import load_recording
 
 __all__ = ["DEFAULT_NOTCH_HZ", "DROP_LAST_S", "list_recordings", "read_recording"]
 
-DEFAULT_NOTCH_HZ = 60.0
+DEFAULT_NOTCH_HZ = CORPORA["tueg"].notch_hz  # the registry's declaration
 DROP_LAST_S = 10
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -31,14 +32,15 @@ from neurolm.data.readers.base import (
     signal_params,
 )
 from neurolm.data.readers.splits import train_val_split
-from neurolm.data.readers.tuh import TUH_CHANNELS, tuh_subject
+from neurolm.data.readers.tuh import tuh_subject
 from neurolm.data.signal import RecordingError, load_recording
 
 __all__ = ["DEFAULT_NOTCH_HZ", "OFFICIAL_SEED", "SAMPLE_S", "list_recordings", "read_recording", "read_rec"]
 
-DEFAULT_NOTCH_HZ = 50.0
+CORPUS = CORPORA["tuev"]  # notch, sample length and channels: the registry's declaration
+DEFAULT_NOTCH_HZ = CORPUS.notch_hz
 OFFICIAL_SEED = 4523
-SAMPLE_S = 5
+SAMPLE_S = CORPUS.window_s
 MARGIN_S = 2
 N_CLASSES = 6
 
@@ -100,7 +102,7 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
     rec = load_recording(
         edf,
         signal_params(cfg, DEFAULT_NOTCH_HZ),
-        required=TUH_CHANNELS,
+        required=CORPUS.channels,
         drop_flat=False,
         dtype=cfg.signal_dtype,
     )

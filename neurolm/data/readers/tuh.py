@@ -10,15 +10,13 @@ from pathlib import Path
 
 import mne
 
+from neurolm import corpora
 from neurolm.data.signal import RecordingError
 
 __all__ = ["TUH_CHANNELS", "tuh_subject", "reject_linked_ears", "is_ar_montage_path"]
 
-# docs/reference.md §1.7 (official `chOrder_standard` of prepare_TUAB/TUEV/TUSL.py, "EEG X-REF" normalised).
-TUH_CHANNELS: tuple[str, ...] = (
-    "FP1", "FP2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2", "F7", "F8",
-    "T3", "T4", "T5", "T6", "A1", "A2", "FZ", "CZ", "PZ", "T1", "T2",
-)  # fmt: skip
+# docs/reference.md §1.7: declared with the TUH corpora in the registry.
+TUH_CHANNELS: tuple[str, ...] = corpora.TUH_CHANNELS
 
 
 def tuh_subject(path: Path) -> str:

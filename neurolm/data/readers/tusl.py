@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -29,13 +30,14 @@ from neurolm.data.readers.base import (
     signal_params,
 )
 from neurolm.data.readers.splits import subject_split
-from neurolm.data.readers.tuh import TUH_CHANNELS, tuh_subject
+from neurolm.data.readers.tuh import tuh_subject
 from neurolm.data.signal import RecordingError, load_recording
 
 __all__ = ["DEFAULT_NOTCH_HZ", "WINDOW_S", "LABELS", "list_recordings", "read_recording", "read_tse_agg"]
 
-DEFAULT_NOTCH_HZ = 60.0
-WINDOW_S = 10
+CORPUS = CORPORA["tusl"]  # notch, window and channels: the registry's declaration
+DEFAULT_NOTCH_HZ = CORPUS.notch_hz
+WINDOW_S = CORPUS.window_s
 LABELS = {"bckg": 0, "seiz": 1, "slow": 2}
 
 
@@ -93,7 +95,7 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
     rec = load_recording(
         edf,
         signal_params(cfg, DEFAULT_NOTCH_HZ),
-        required=TUH_CHANNELS,
+        required=CORPUS.channels,
         drop_flat=False,
         dtype=cfg.signal_dtype,
     )

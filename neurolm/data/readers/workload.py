@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from neurolm.config import PreprocessConfig
+from neurolm.corpora import CORPORA
 from neurolm.data.readers.base import (
     RecordingSamples,
     RecordingTask,
@@ -29,10 +30,11 @@ from neurolm.data.signal import RecordingError, load_recording
 
 __all__ = ["DEFAULT_NOTCH_HZ", "CHANNELS", "list_recordings", "read_recording"]
 
-DEFAULT_NOTCH_HZ = 50.0
-CHANNELS = ("FP1", "FP2", "F3", "F4", "F7", "F8", "T3", "T4", "C3", "C4",
-            "T5", "T6", "P3", "P4", "O1", "O2", "FZ", "CZ", "PZ")  # fmt: skip
-LAST_S, WINDOW_S, HOP_S, N_WINDOWS = 60, 4, 2, 29
+CORPUS = CORPORA["workload"]  # notch, window and channels: the registry's declaration
+DEFAULT_NOTCH_HZ = CORPUS.notch_hz
+CHANNELS = CORPUS.channels
+WINDOW_S = CORPUS.window_s
+LAST_S, HOP_S, N_WINDOWS = 60, 2, 29
 OFFICIAL_TRAIN, OFFICIAL_VAL = 52, 10
 _NAME = re.compile(r"(Subject\d+)_([12])\.edf")
 
@@ -72,7 +74,7 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
     rec = load_recording(
         task.sources[0],
         signal_params(cfg, DEFAULT_NOTCH_HZ),
-        required=CHANNELS,
+        required=CORPUS.channels,
         drop_flat=False,
         dtype=cfg.signal_dtype,
     )

