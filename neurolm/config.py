@@ -403,6 +403,12 @@ class IngestSection(Section):
     text_batch_size: int = Field(default=2, ge=0, description="Text windows per worker per micro-step.")
     text_seq_len: int = Field(default=256, ge=8, description="Tokens per text window (official: 1024).")
     local_shuffle_buffer: int = Field(default=64, ge=0, description="Rows in each worker's shuffle buffer.")
+    cache_task_mb: int = Field(
+        default=256, ge=0,
+        description="Stage 3: a task whose laid-out rows on a worker fit in this many MB are kept in the worker's "
+        "memory after the first pass and reshuffled in full each later pass, instead of re-reading the shard "
+        "through Ray Data every epoch (0 = always stream).",
+    )
     prefetch_batches: int = Field(default=2, ge=0)
     object_store_memory_mb: int | None = Field(
         default=None, ge=64, description="Cap on Ray Data's object-store use for this stage's ingest."

@@ -42,30 +42,62 @@ def task_tokens(task: Task) -> TaskTokens:
 
 
 class _RowStream:
-    """Rows of one task's shard on this worker, forever: each pass re-reads the shard (new shuffle seed).
+    """Rows of one task's shard on this worker, forever, handed out as column slices (never a dict per row).
 
-    Rows are handed out as slices of the buffered Ray Data batch, never one Python dict per row."""
+    The first pass streams the shard through Ray Data (local shuffle buffer). A task whose rows fit in
+    ``cache_bytes`` is then kept in memory and each later pass is a full permutation of it (seeded by the pass):
+    a small task otherwise pays a new Ray Data execution every epoch, which dominated stage 3's step time on
+    SelfRegulationSCP1 (15 micro-batches per epoch). Larger tasks re-read the shard each pass.
+    """
 
-    def __init__(self, shard: Any, chunk: int, seed: int, shuffle_buffer: int) -> None:
+    def __init__(self, shard: Any, chunk: int, seed: int, shuffle_buffer: int, cache_bytes: int = 0) -> None:
         self.shard, self.chunk, self.seed, self.shuffle_buffer = shard, chunk, seed, shuffle_buffer
+        self.cache_bytes = cache_bytes
         self.passes = 0
         self._batches: Iterator[dict[str, np.ndarray]] = iter(())
         self._buffer: dict[str, np.ndarray] = {}
         self._offset = 0
         self._size = 0
+        self._seen: list[dict[str, np.ndarray]] | None = [] if cache_bytes > 0 else None
+        self._seen_bytes = 0
+        self._cache: dict[str, np.ndarray] | None = None
 
     def _new_pass(self) -> Iterator[dict[str, np.ndarray]]:
+        if self.passes == 1 and self._seen:  # the first pass ended within the budget: keep it
+            self._cache = {k: np.concatenate([b[k] for b in self._seen]) for k in self._seen[0]}
+            self._seen = None
         self.passes += 1
+        if self._cache is not None:
+            return self._cached_pass()
         return iter(self.shard.iter_batches(
             batch_size=self.chunk, batch_format="numpy",
             local_shuffle_buffer_size=self.shuffle_buffer or None,
             local_shuffle_seed=(self.seed + self.passes) if self.shuffle_buffer else None,
         ))
 
+    def _cached_pass(self) -> Iterator[dict[str, np.ndarray]]:
+        assert self._cache is not None
+        n = len(next(iter(self._cache.values())))
+        order = np.random.default_rng((self.seed, self.passes)).permutation(n)
+        for i in range(0, n, self.chunk):
+            rows = order[i : i + self.chunk]
+            yield {k: v[rows] for k, v in self._cache.items()}
+
+    def _keep(self, batch: dict[str, np.ndarray]) -> None:
+        """Remember a first-pass batch while the pass still fits in the cache budget."""
+        if self._seen is None or self.passes != 1:
+            return
+        self._seen_bytes += sum(v.nbytes for v in batch.values())
+        if self._seen_bytes > self.cache_bytes:
+            self._seen = None  # too big: stream every pass
+        else:
+            self._seen.append(batch)
+
     def _refill(self) -> None:
         for _ in range(2):
             try:
                 self._buffer = next(self._batches)
+                self._keep(self._buffer)
                 self._size, self._offset = len(next(iter(self._buffer.values()))), 0
                 return
             except StopIteration:
@@ -90,9 +122,9 @@ class MixedTaskStream:
     micro-batch indices (identical on every rank)."""
 
     def __init__(self, shards: dict[str, Any], schedule: TaskSchedule, batch_size: int, micro_batch: int,
-                 shuffle_seed: int, shuffle_buffer: int) -> None:
+                 shuffle_seed: int, shuffle_buffer: int, cache_bytes: int = 0) -> None:
         self.schedule, self.batch_size = schedule, batch_size
-        self.streams = {t: _RowStream(s, 64, shuffle_seed + i, shuffle_buffer)
+        self.streams = {t: _RowStream(s, 64, shuffle_seed + i, shuffle_buffer, cache_bytes)
                         for i, (t, s) in enumerate(sorted(shards.items()))}
         self.micro_batch = micro_batch
         for task, count in schedule.task_counts(micro_batch).items():  # resume: replay each stream's batches
@@ -173,7 +205,7 @@ class InstructStage(Stage):
         shards = {t: ctx.shard(f"train_{t}") for t in info["sizes"]}
         batch = self.cfg.train.micro_batch_size
         return MixedTaskStream(shards, schedule, batch, position // batch, seed + 7919 * (ctx.rank + 1),
-                               self.cfg.data.local_shuffle_buffer)
+                               self.cfg.data.local_shuffle_buffer, self.cfg.data.cache_task_mb << 20)
 
     def train_step(
         self, model: Any, batch: dict[str, torch.Tensor], text: torch.Tensor | None, progress: float
