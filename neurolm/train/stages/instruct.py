@@ -90,8 +90,8 @@ class _RowStream:
         self._seen_bytes += sum(v.nbytes for v in batch.values())
         if self._seen_bytes > self.cache_bytes:
             self._seen = None  # too big: stream every pass
-        else:
-            self._seen.append(batch)
+        else:  # a heap copy: a batch may be a view of an object-store block, which must not stay pinned
+            self._seen.append({k: np.array(v) for k, v in batch.items()})
 
     def _refill(self) -> None:
         for _ in range(2):
@@ -283,7 +283,7 @@ class InstructStage(Stage):
                 break
             size += sum(v.nbytes for v in batch.values())
             if kept is not None and size <= budget:
-                kept.append(batch)
+                kept.append({k: np.array(v) for k, v in batch.items()})  # off the object store (see _RowStream)
             else:
                 kept = None  # over the budget: stream this split at every validation
             yield batch
