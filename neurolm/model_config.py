@@ -160,6 +160,11 @@ class EEGTransformerConfig(ModelConfig):
         "§6.3-7); raise it for longer samples (rows beyond an imported table start untrained).",
     )
     dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout in blocks and after the embeddings.")
+    embedding_init_std: float | None = Field(
+        default=None,
+        gt=0,
+        description="Initial std of the channel and time embeddings; None = official N(0, 1). See TokenizerConfig.",
+    )
 
 
 class TokenizerConfig(ModelConfig):
@@ -202,6 +207,15 @@ class TokenizerConfig(ModelConfig):
         "(docs/reference.md §6.3-7).",
     )
     dropout: float = Field(default=0.0, ge=0, lt=1)
+    embedding_init_std: float | None = Field(
+        default=None,
+        gt=0,
+        description="Initial std of the channel and time embeddings of the encoder and decoders. None = official "
+        "N(0, 1): each token starts as ~sqrt(width) of embedding against a patch embedding ~50x smaller, so a "
+        "briefly trained tokenizer's features differ between samples by ~3 % of their norm and a GPT cannot tell "
+        "trials apart (docs/recipe.md, issue 16). 0.02 (LaBraM's init of its position/time embeddings) keeps "
+        "the signal in the features from the first step.",
+    )
     exclude_padding: bool = Field(
         default=False,
         description="Fix for docs/reference.md §6.3-6: padding tokens are left out of k-means, the EMA codebook "
@@ -253,6 +267,7 @@ class TokenizerConfig(ModelConfig):
             channel_rows=self.channel_rows,
             time_rows=self.max_seconds,
             dropout=self.dropout,
+            embedding_init_std=self.embedding_init_std,
         )
 
     def decoder_config(self) -> EEGTransformerConfig:
@@ -265,6 +280,7 @@ class TokenizerConfig(ModelConfig):
             channel_rows=self.channel_rows,
             time_rows=self.max_seconds,
             dropout=self.dropout,
+            embedding_init_std=self.embedding_init_std,
         )
 
 

@@ -97,6 +97,10 @@ class EEGTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        std = self.config.embedding_init_std
+        if std is not None:  # official: nn.Embedding's N(0, 1); see TokenizerConfig.embedding_init_std
+            nn.init.normal_(self.channel_embed.weight, std=std)
+            nn.init.normal_(self.time_embed.weight, std=std)
         with torch.no_grad():
             for layer, block in enumerate(self.blocks, start=1):
                 block.attn.c_proj.weight.div_(math.sqrt(2.0 * layer))

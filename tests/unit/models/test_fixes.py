@@ -142,3 +142,26 @@ def test_patch_norm_over_real_tokens_removes_the_padding_dependence(debug_lm) ->
     official = debug_lm.encode_eeg(short["x"], short["input_chans"], short["input_time"], short["input_mask"])
     ours = fixed.encode_eeg(short["x"], short["input_chans"], short["input_time"], short["input_mask"])
     assert torch.allclose(official, ours, atol=1e-5)
+
+
+def test_embedding_init_std_sets_the_tokenizer_embeddings_and_defaults_to_the_official_init():
+    import torch as _torch
+
+    from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+
+    _torch.manual_seed(0)
+    official = NeuralTokenizer(TokenizerConfig.preset("tiny"))
+    small = NeuralTokenizer(TokenizerConfig.preset("tiny", embedding_init_std=0.02))
+    for name in ("channel_embed", "time_embed"):
+        assert abs(float(getattr(official.encoder, name).weight.std()) - 1.0) < 0.05  # nn.Embedding's N(0, 1)
+        assert abs(float(getattr(small.encoder, name).weight.std()) - 0.02) < 0.002
+    # the patch embedding then carries the trial: features differ between trials by far more than 3 % of their norm
+    x = _torch.randn(4, 8, 200)
+    chans = _torch.tensor([[1, 2, 3, 4] * 2] * 4)
+    times = _torch.tensor([[0] * 4 + [1] * 4] * 4)
+
+    def spread(model):
+        f = model.encoder(x, chans, times, None)
+        return float(f.std(0).mean() / f[0].norm(dim=-1).mean())
+
+    assert spread(small) > 5 * spread(official)
