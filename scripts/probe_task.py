@@ -1,0 +1,158 @@
+"""Why does stage 3 not learn my task? Two measurements on a stage-2 export and a task's shards, in one process
+(no Ray, no DeepSpeed), as in docs/recipe.md §5:
+
+* ``features``: how much the frozen encoder's features differ between trials relative to their size (std across
+  trials at a fixed token / mean token norm; the issue-16 collapse had 0.003), and whether they carry the class:
+  logistic regression on the mean-pooled features and on all tokens' features (fixed layout), scored on test.
+* ``train``: a single-process stand-in of stage 3 (same model, instruction layout, answer loss and constrained
+  scoring as ``InstructStage``; plain AdamW, warm-up + cosine), printing one JSON line per evaluation with the
+  val/test balanced accuracy and the share of the most frequent answer (1.0 = one answer for every trial).
+
+    python scripts/probe_task.py features --init EXPORT --shards SHARDS/Blink --task Blink
+    python scripts/probe_task.py train --init EXPORT --shards SHARDS/Blink --task Blink --lr 1e-3 --steps 800
+
+``EXPORT`` is a stage-2 export directory (``<workdir>/runs/<name>-pretrain/export``, fetched with
+``neurolm s3 get``), ``SHARDS/<dataset>`` a preprocessed dataset with train/val/test splits (``neurolm
+preprocess ... --workers 0``), ``--task`` a built-in task name or a task YAML file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from neurolm.data.layout import instruction_layout
+from neurolm.data.shards import read_shards
+from neurolm.models.collapse import balanced_accuracy_of
+from neurolm.models.generate import score_options
+from neurolm.models.io import load_neurolm
+from neurolm.task_spec import resolve_task
+from neurolm.train.stages.instruct import task_tokens
+
+EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
+
+
+def load_split(shards: str, split: str, tokens, eeg_max_len: int, evaluation: bool) -> dict[str, np.ndarray]:
+    table = read_shards(f"{shards}/{split}")
+    batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
+    return instruction_layout(batch, tokens, eeg_max_len, 72, evaluation)
+
+
+def features(args, model, tokens) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+    from sklearn.preprocessing import StandardScaler
+
+    def encode(data):
+        pooled, flat = [], []
+        with torch.no_grad():
+            for i in range(0, len(data["label"]), 64):
+                b = {k: torch.as_tensor(data[k][i : i + 64]) for k in ("x", "input_chans", "input_time", "input_mask")}
+                mask = b["input_mask"].bool()
+                f = model.encode_eeg(b["x"], b["input_chans"], b["input_time"], mask) * mask[..., None]
+                pooled.append((f.sum(1) / mask.sum(1, keepdim=True)).numpy())
+                flat.append(f.flatten(1).numpy())
+        return np.concatenate(pooled), np.concatenate(flat)
+
+    train = load_split(args.shards, "train", tokens, args.eeg_max_len, True)
+    test = load_split(args.shards, "test", tokens, args.eeg_max_len, True)
+    (ptr, ftr), (pte, fte) = encode(train), encode(test)
+    width = ptr.shape[1]
+    tokens0 = ftr[:, :width]  # the first token of every trial (same channel and second)
+    spread = float(tokens0.std(0).mean() / np.linalg.norm(tokens0, axis=1).mean())
+    out: dict[str, float] = {"spread_across_trials": round(spread, 4)}
+    for name, (a, b) in {"mean_pooled": (ptr, pte), "all_tokens": (ftr, fte)}.items():
+        scaler = StandardScaler().fit(a)
+        clf = LogisticRegression(C=0.1, max_iter=3000).fit(scaler.transform(a), train["label"])
+        out[f"{name}_test_balanced_accuracy"] = round(
+            float(balanced_accuracy_score(test["label"], clf.predict(scaler.transform(b)))), 3)
+    print(json.dumps(out))
+
+
+def train(args, model, tokens) -> None:
+    torch.manual_seed(args.seed)
+    data = load_split(args.shards, "train", tokens, args.eeg_max_len, False)
+    val = load_split(args.shards, "val", tokens, args.eeg_max_len, True)
+    test = load_split(args.shards, "test", tokens, args.eeg_max_len, True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    warm = max(1, int(args.warmup_ratio * args.steps))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return args.lr * (step + 1) / warm
+        q = (step - warm) / max(1, args.steps - warm)
+        low = args.lr * args.min_lr_ratio
+        return low + 0.5 * (args.lr - low) * (1 + math.cos(math.pi * q))
+
+    def score(split):
+        model.eval()
+        k = len(tokens.options)
+        confusion = np.zeros((k, k))
+        with torch.no_grad():
+            for i in range(0, len(split["label"]), 64):
+                b = {key: torch.as_tensor(split[key][i : i + 64]) for key in EVAL_KEYS}
+                ll = score_options(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
+                                   tokens.options)
+                np.add.at(confusion, (b["label"].numpy(), ll.argmax(-1).numpy()), 1)
+        model.train()
+        return round(balanced_accuracy_of(confusion), 3), round(float(confusion.sum(0).max() / confusion.sum()), 3)
+
+    rng = np.random.default_rng(args.seed)
+    n = len(data["label"])
+    order, pos, losses, t0 = rng.permutation(n), 0, [], time.perf_counter()
+    for step in range(args.steps):
+        if pos + args.batch_size > n:
+            order, pos = rng.permutation(n), 0
+        idx = order[pos : pos + args.batch_size]
+        pos += args.batch_size
+        b = {k: torch.as_tensor(v[idx]) for k, v in data.items()}
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        out = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
+                    text_targets=b["text_targets"])
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(out.loss.detach()))
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            (v, v_major), (t, t_major) = score(val), score(test)
+            print(json.dumps({"step": step + 1, "answer_loss": round(float(np.mean(losses[-args.eval_every:])), 4),
+                              "val_balanced_accuracy": v, "val_majority_share": v_major,
+                              "test_balanced_accuracy": t, "test_majority_share": t_major,
+                              "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["features", "train"])
+    parser.add_argument("--init", required=True, help="stage-2 export directory")
+    parser.add_argument("--shards", required=True, help="a dataset's shard directory (train/val/test inside)")
+    parser.add_argument("--task", required=True, help="built-in task name or task YAML file")
+    parser.add_argument("--eeg-max-len", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1)
+    parser.add_argument("--warmup-ratio", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    tokens = task_tokens(resolve_task(args.task))
+    model = load_neurolm(args.init)
+    (features if args.what == "features" else train)(args, model, tokens)
+
+
+if __name__ == "__main__":
+    main()
