@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nlm-rec-", dir="/tmp") as tmp:
         with LocalS3Server(os.path.join(tmp, "s3"), bucket="neurolm") as s3:
             os.environ.update(s3.env())
-            from neurolm.train.launch import worker_env
+            from neurolm.runtime import worker_env
 
             env = {**worker_env(), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
                    "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
