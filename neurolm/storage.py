@@ -15,6 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -42,6 +43,7 @@ __all__ = [
     "retry_budget_s",
     "retry_attempts",
     "RETRY_BUDGET_ENV",
+    "RetryingS3FileSystem",
 ]
 
 _ENV_KEYS = (
@@ -157,14 +159,35 @@ def _local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """A pyarrow ``S3FileSystem`` with the AWS SDK's default retry strategy that keeps it when pickled.
+
+    pyarrow pickles an ``S3FileSystem`` without its retry strategy, so every copy unpickled in a Ray process (Ray
+    Data read tasks, Ray Train's checkpoint uploads through ``RunConfig(storage_filesystem=...)``) would fall back
+    to pyarrow's default (the standard strategy, 3 attempts) and fail within about two seconds of an outage
+    (docs/resilience.md, "The retry budget"). This one is rebuilt with the same number of attempts.
+    """
+
+    def __init__(self, retry_attempts: int, **options: Any) -> None:
+        # The default strategy (plain exponential backoff) rather than the standard one: the standard strategy's
+        # retry quota runs dry during an outage of more than a few seconds and then fails at once.
+        super().__init__(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts), **options)
+        self.retry_attempts = retry_attempts
+        self._options = dict(options)
+
+    def __reduce__(self) -> tuple[Any, tuple[int, dict[str, Any]]]:
+        return _rebuild_s3_filesystem, (self.retry_attempts, self._options)
+
+
+def _rebuild_s3_filesystem(retry_attempts: int, options: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(retry_attempts, **options)
+
+
 def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     kwargs: dict = {
         "region": settings.region,
         "connect_timeout": 5.0,
         "request_timeout": 60.0,
-        # The default strategy (plain exponential backoff) rather than the standard one: the standard strategy's
-        # retry quota runs dry during an outage of more than a few seconds and then fails at once.
-        "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts(retry_budget_s())),
     }
     if settings.access_key:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
@@ -177,7 +200,7 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
                 f"AWS_ENDPOINT_URL={settings.endpoint_url!r} is not an http(s)://host:port URL"
             )
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-    return pafs.S3FileSystem(**kwargs)
+    return RetryingS3FileSystem(retry_attempts(retry_budget_s()), **kwargs)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:

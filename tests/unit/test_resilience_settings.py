@@ -27,6 +27,30 @@ def test_retry_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
         storage.retry_budget_s()
 
 
+def test_s3_filesystem_keeps_its_retry_budget_when_pickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray ships the file system to its workers pickled; the copy must still wait out the budget against an
+    unreachable endpoint (pyarrow's own pickling drops the strategy: the copy gave up after ~1.7 s)."""
+    import pickle
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port nobody listens on: every connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv(storage.RETRY_BUDGET_ENV, "3")
+    fs, path = storage.resolve("s3://bucket/key")
+    copy = pickle.loads(pickle.dumps(fs))
+    assert copy.retry_attempts == fs.retry_attempts == storage.retry_attempts(3.0)
+    for filesystem in (fs, copy):
+        start = time.monotonic()
+        with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+            filesystem.get_file_info(path)
+        assert time.monotonic() - start >= 3.0
+
+
 def test_node_names_and_addresses(tmp_path) -> None:
     assert node_name("127.0.0.3") == "node_3"
     cluster = LocalRayCluster(tmp_path)
