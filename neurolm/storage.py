@@ -44,6 +44,8 @@ __all__ = [
     "retry_attempts",
     "RETRY_BUDGET_ENV",
     "RetryingS3FileSystem",
+    "unreachable_cause",
+    "outage_error",
 ]
 
 _ENV_KEYS = (
@@ -171,7 +173,9 @@ class RetryingS3FileSystem(pafs.S3FileSystem):
     def __init__(self, retry_attempts: int, **options: Any) -> None:
         # The default strategy (plain exponential backoff) rather than the standard one: the standard strategy's
         # retry quota runs dry during an outage of more than a few seconds and then fails at once.
-        super().__init__(retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts), **options)
+        super().__init__(
+            retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts), **options
+        )
         self.retry_attempts = retry_attempts
         self._options = dict(options)
 
@@ -302,6 +306,47 @@ def delete_tree(uri: str) -> None:
             fs.delete_file(path)
     except OSError as err:
         raise _wrap(uri, err) from err
+
+
+# What the S3 clients say when they gave up reaching the endpoint (pyarrow/AWS SDK, botocore), as opposed to an
+# answer from the server (missing key, refused credentials).
+_UNREACHABLE = re.compile(
+    r"AWS Error NETWORK_CONNECTION|curlCode: (6|7|28)\b|Could not connect to the endpoint URL|Connect timeout on endpoint"
+)
+
+
+def unreachable_cause(err: BaseException) -> BaseException | None:
+    """The error inside ``err`` that says the object store could not be reached, or None.
+
+    Looks through causes and contexts and through what Ray wraps around a failed run (Ray Train's
+    ``WorkerGroupError.worker_failures``, ``ControllerError.controller_failure``, a task error's ``cause``),
+    without importing Ray."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [err]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        client_error = isinstance(current, OSError) or type(current).__module__.startswith("botocore")
+        if client_error and _UNREACHABLE.search(str(current)):
+            return current
+        nested = [current.__cause__, current.__context__, getattr(current, "cause", None),
+                  getattr(current, "controller_failure", None),
+                  *(getattr(current, "worker_failures", None) or {}).values()]  # fmt: skip
+        todo += [e for e in nested if isinstance(e, BaseException)]
+    return None
+
+
+def outage_error(run: str, cause: BaseException) -> StorageError:
+    """One line for a run stopped by an object store unreachable for longer than the retry budget: the endpoint,
+    the budget and how to continue (docs/resilience.md)."""
+    first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+    return StorageError(
+        f"object storage at {S3Settings.from_env().describe()} unreachable for longer than the retry budget "
+        f"({RETRY_BUDGET_ENV}={retry_budget_s():g} s); {run} stopped. Rerun it with the same name when the storage "
+        f"is back: it resumes from its latest checkpoint. Last error: {first}"
+    )
 
 
 def storage_env() -> dict[str, str]:

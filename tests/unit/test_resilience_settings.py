@@ -73,3 +73,27 @@ def test_cli_rejects_addresses_off_loopback(argv, culprit, tmp_path, capsys) -> 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(culprit) and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_store_is_told_apart_and_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv(storage.RETRY_BUDGET_ENV, "0")
+    try:
+        try:
+            storage.read_text("s3://bucket/run/metrics.jsonl")
+        except storage.StorageError as err:
+            raise RuntimeError("the worker failed") from err  # what a caller wraps around it
+    except RuntimeError as wrapped:
+        cause = storage.unreachable_cause(wrapped)
+    assert isinstance(cause, OSError) and "NETWORK_CONNECTION" in str(cause)
+    message = str(storage.outage_error("run 'r1'", cause))
+    assert len(message.splitlines()) == 1
+    assert endpoint in message and "NEUROLM_S3_RETRY_BUDGET_S=0 s" in message and "'r1'" in message
+    assert storage.unreachable_cause(storage.StorageError("s3://b/k: no such object or file")) is None
