@@ -33,6 +33,7 @@ def test_outage_within_the_retry_budget_is_ridden_out(
     thread, out = mn.in_thread(lambda: fit_stage(cfg))
     mn.wait_for_checkpoint(cfg, 2, thread)
     _outage(s3_process, OUTAGE_S)  # training continues; the next checkpoint upload meets the outage
+    assert thread.is_alive(), "the run ended during the outage"  # so its S3 calls met the outage
     thread.join(timeout=1800)
     assert not thread.is_alive()
     # max_failures=0: the run finished without a restart, so every I/O during the outage was retried in place.
