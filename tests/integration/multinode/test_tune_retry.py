@@ -35,8 +35,12 @@ def _trial_driver_pids() -> list[int]:
     """Processes of running Tune trials: the function trainable's actor (class ``ImplicitFunc``, shown by the
     name of the function it runs)."""
     from ray.util.state import list_actors
+    from ray.util.state.exception import ServerUnavailable
 
-    actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000)
+    try:  # the dashboard answers slowly on a loaded 2-core machine (24 s read timeouts seen): ask again later
+        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True, limit=10_000, timeout=60)
+    except ServerUnavailable:
+        return []
     return [a.pid for a in actors if a.pid and "train_driver_fn" in f"{a.class_name} {a.repr_name}"]
 
 
