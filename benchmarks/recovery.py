@@ -104,9 +104,17 @@ def _stage_cfg(stage: str, data: dict[str, str], runs: str, steps: int):
 def _train_workers(state: str) -> set[str]:
     """Ids of the cluster's Ray Train worker actors in ``state`` (ALIVE, DEAD)."""
     from ray.util.state import list_actors
+    from ray.util.state.exception import ServerUnavailable
 
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", state)], limit=10_000)
-    return {a.actor_id for a in actors}
+    filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", state)]
+    for attempt in range(10):  # the dashboard answers slowly on a loaded machine (24 s read timeouts seen)
+        try:
+            return {a.actor_id for a in list_actors(filters=filters, limit=10_000, timeout=60)}
+        except ServerUnavailable:
+            if attempt == 9:
+                raise
+            time.sleep(2.0)
+    raise AssertionError("unreachable")
 
 
 def measure(cluster: LocalRayCluster, cfg) -> dict[str, Any]:
