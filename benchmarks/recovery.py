@@ -5,9 +5,9 @@ worker) to the first optimizer step after the resume, on a loopback cluster of a
     python benchmarks/recovery.py --stages tokenizer --steps 8
 
 Each stage runs the debug preset (2 workers, SPREAD over the worker nodes, checkpoint every 2 steps, log every
-step) on real sample EEG on a local S3 server; the node is killed as soon as the checkpoint of step 2 is
-registered. "First step after resume" is the first report of a step past the restored checkpoint in the run's
-``metrics.jsonl`` (polled every 0.25 s; rank 0 rewrites it, trimmed to the checkpoint, when it resumes).
+step) on real sample EEG on a local S3 server; the node is killed once the checkpoint of step 2 is registered
+(when step 4's files appear). "First step after resume" is the first row of the run's ``metrics.jsonl`` written
+by the restarted worker group (polled every 0.25 s; see :func:`measure`).
 Every process started here (S3 server, Ray nodes) is stopped by its pid at the end.
 """
 
@@ -101,47 +101,80 @@ def _stage_cfg(stage: str, data: dict[str, str], runs: str, steps: int):
                        [f"init={data['neurolm']}", tasks, "train.eval_every=null", *common])  # fmt: skip
 
 
+def _train_workers(state: str) -> set[str]:
+    """Ids of the cluster's Ray Train worker actors in ``state`` (ALIVE, DEAD)."""
+    from ray.util.state import list_actors
+    from ray.util.state.exception import ServerUnavailable
+
+    filters = [("class_name", "=", "RayTrainWorker"), ("state", "=", state)]
+    for attempt in range(10):  # the dashboard answers slowly on a loaded machine (24 s read timeouts seen)
+        try:
+            return {a.actor_id for a in list_actors(filters=filters, limit=10_000, timeout=60)}
+        except ServerUnavailable:
+            if attempt == 9:
+                raise
+            time.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
 def measure(cluster: LocalRayCluster, cfg) -> dict[str, Any]:
-    """Run ``cfg``, kill a worker node after the checkpoint of step 2, time the recovery."""
+    """Run ``cfg``, kill a worker node once the checkpoint of step 2 is registered, time the recovery.
+
+    The first step after the resume is the first ``metrics.jsonl`` row that was not in the file once every Train
+    worker of the interrupted group had died: from then on only the restarted group writes it (rank 0 rewrites
+    it trimmed to the restored checkpoint, then appends each step; a row holds its step's timings, so a step
+    done again never equals the row it replaces)."""
     from neurolm.train.launch import fit_stage
 
     out: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: out.update(result=fit_stage(cfg)), daemon=True)
+
+    def run() -> None:
+        try:
+            out["result"] = fit_stage(cfg)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            out["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
     start = time.monotonic()
     thread.start()
-    marker = storage.join(cfg.run.storage_path, cfg.run.name, "step_0000002", "state.json")
+    # Ranks report every checkpoint together: once step 4's files appear, step 2's checkpoint is registered.
+    marker = storage.join(cfg.run.storage_path, cfg.run.name, "step_0000004", "state.json")
     while not storage.exists(marker):
         if not thread.is_alive():
-            raise RuntimeError(f"{cfg.stage}: the run ended before its first checkpoint")
+            raise RuntimeError(f"{cfg.stage}: the run ended before step 4: {out.get('error')!r}")
         time.sleep(0.25)
-    before = _rows(cfg)
-    last_before = max((r["step"] for r in before), default=0)
+    group = _train_workers("ALIVE")
+    last_before = max((r["step"] for r in _rows(cfg)), default=0)
     killed_at = time.monotonic()
     cluster.kill_node(KILLED_NODE)
-    first_step_s = None
-    while thread.is_alive() or first_step_s is None:
-        rows = _rows(cfg)
-        # After the resume rank 0 rewrites the history trimmed to the restored checkpoint, then appends the
-        # steps after it: a file whose steps went back, followed by a new step, is the resumed run.
-        steps = [r["step"] for r in rows]
-        went_back = len(rows) < len(before) or (steps and steps[-1] < last_before) or steps[: len(before)] != [
-            r["step"] for r in before]  # fmt: skip
-        if went_back and len(steps) >= 2 and steps[-1] > steps[-2]:
-            first_step_s = time.monotonic() - killed_at
-            break
-        if not thread.is_alive():
-            break
-        time.sleep(0.25)
-    thread.join()
-    cluster.add_node(KILLED_NODE)
+    try:
+        while _train_workers("ALIVE") & group:  # the interrupted group's rank 0 may still write a row
+            if not thread.is_alive():
+                break
+            time.sleep(0.5)
+        group_gone_s = time.monotonic() - killed_at
+        settled = [json.dumps(r, sort_keys=True) for r in _rows(cfg)]
+        first_step_s = resumed_at_step = None
+        while thread.is_alive():
+            rows = _rows(cfg)
+            new = [r for r in rows if json.dumps(r, sort_keys=True) not in settled]
+            if new:
+                first_step_s, resumed_at_step = time.monotonic() - killed_at, new[0]["step"]
+                break
+            time.sleep(0.25)
+        thread.join()
+    finally:
+        cluster.add_node(KILLED_NODE)
     if "result" not in out:
-        raise RuntimeError(f"{cfg.stage}: the run failed after the node loss")
+        raise RuntimeError(f"{cfg.stage}: the run failed after the node loss: {out.get('error')!r}")
     state = json.loads(storage.read_text(storage.join(out["result"].checkpoint, "state.json")))
     return {
         "stage": cfg.stage,
         "kill_after_s": round(killed_at - start, 1),
         "recovery_s": None if first_step_s is None else round(first_step_s, 1),
+        "old_workers_gone_s": round(group_gone_s, 1),
         "steps_before_kill": last_before,
+        "first_step_after_resume": resumed_at_step,
         "final_step": state["step"],
         "resumes": state["resumes"],
         "total_s": round(time.monotonic() - start, 1),
@@ -151,8 +184,12 @@ def measure(cluster: LocalRayCluster, cfg) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per stage (>= 4)")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per stage (>= 6)")
     args = parser.parse_args(argv)
+    if args.steps < 6:
+        parser.error("--steps: at least 6 (the node is killed after step 4's checkpoint files appear)")
+    # The Ray nodes started here import neurolm from this checkout, as this process does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
     for key, value in {"DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
                        "TRANSFORMERS_OFFLINE": "1", "RAY_DISABLE_USAGE_STATS": "1"}.items():  # fmt: skip
         os.environ.setdefault(key, value)
@@ -160,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="nlm-rec-", dir="/tmp") as tmp:
         with LocalS3Server(os.path.join(tmp, "s3"), bucket="neurolm") as s3:
             os.environ.update(s3.env())
-            from neurolm.train.launch import worker_env
+            from neurolm.runtime import worker_env
 
             env = {**worker_env(), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
                    "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip

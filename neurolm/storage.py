@@ -15,6 +15,7 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -42,6 +43,9 @@ __all__ = [
     "retry_budget_s",
     "retry_attempts",
     "RETRY_BUDGET_ENV",
+    "RetryingS3FileSystem",
+    "unreachable_cause",
+    "outage_error",
 ]
 
 _ENV_KEYS = (
@@ -157,14 +161,37 @@ def _local_path(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri))
 
 
+class RetryingS3FileSystem(pafs.S3FileSystem):
+    """A pyarrow ``S3FileSystem`` with the AWS SDK's default retry strategy that keeps it when pickled.
+
+    pyarrow pickles an ``S3FileSystem`` without its retry strategy, so every copy unpickled in a Ray process (Ray
+    Data read tasks, Ray Train's checkpoint uploads through ``RunConfig(storage_filesystem=...)``) would fall back
+    to pyarrow's default (the standard strategy, 3 attempts) and fail within about two seconds of an outage
+    (docs/resilience.md, "The retry budget"). This one is rebuilt with the same number of attempts.
+    """
+
+    def __init__(self, retry_attempts: int, **options: Any) -> None:
+        # The default strategy (plain exponential backoff) rather than the standard one: the standard strategy's
+        # retry quota runs dry during an outage of more than a few seconds and then fails at once.
+        super().__init__(
+            retry_strategy=pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts), **options
+        )
+        self.retry_attempts = retry_attempts
+        self._options = dict(options)
+
+    def __reduce__(self) -> tuple[Any, tuple[int, dict[str, Any]]]:
+        return _rebuild_s3_filesystem, (self.retry_attempts, self._options)
+
+
+def _rebuild_s3_filesystem(retry_attempts: int, options: dict[str, Any]) -> RetryingS3FileSystem:
+    return RetryingS3FileSystem(retry_attempts, **options)
+
+
 def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
     kwargs: dict = {
         "region": settings.region,
         "connect_timeout": 5.0,
         "request_timeout": 60.0,
-        # The default strategy (plain exponential backoff) rather than the standard one: the standard strategy's
-        # retry quota runs dry during an outage of more than a few seconds and then fails at once.
-        "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=retry_attempts(retry_budget_s())),
     }
     if settings.access_key:
         kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
@@ -177,7 +204,7 @@ def _s3_filesystem(settings: S3Settings) -> pafs.S3FileSystem:
                 f"AWS_ENDPOINT_URL={settings.endpoint_url!r} is not an http(s)://host:port URL"
             )
         kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme)
-    return pafs.S3FileSystem(**kwargs)
+    return RetryingS3FileSystem(retry_attempts(retry_budget_s()), **kwargs)
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -279,6 +306,47 @@ def delete_tree(uri: str) -> None:
             fs.delete_file(path)
     except OSError as err:
         raise _wrap(uri, err) from err
+
+
+# What the S3 clients say when they gave up reaching the endpoint (pyarrow/AWS SDK, botocore), as opposed to an
+# answer from the server (missing key, refused credentials).
+_UNREACHABLE = re.compile(
+    r"AWS Error NETWORK_CONNECTION|curlCode: (6|7|28)\b|Could not connect to the endpoint URL|Connect timeout on endpoint"
+)
+
+
+def unreachable_cause(err: BaseException) -> BaseException | None:
+    """The error inside ``err`` that says the object store could not be reached, or None.
+
+    Looks through causes and contexts and through what Ray wraps around a failed run (Ray Train's
+    ``WorkerGroupError.worker_failures``, ``ControllerError.controller_failure``, a task error's ``cause``),
+    without importing Ray."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [err]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        client_error = isinstance(current, OSError) or type(current).__module__.startswith("botocore")
+        if client_error and _UNREACHABLE.search(str(current)):
+            return current
+        nested = [current.__cause__, current.__context__, getattr(current, "cause", None),
+                  getattr(current, "controller_failure", None),
+                  *(getattr(current, "worker_failures", None) or {}).values()]  # fmt: skip
+        todo += [e for e in nested if isinstance(e, BaseException)]
+    return None
+
+
+def outage_error(run: str, cause: BaseException) -> StorageError:
+    """One line for a run stopped by an object store unreachable for longer than the retry budget: the endpoint,
+    the budget and how to continue (docs/resilience.md)."""
+    first = next((line.strip() for line in str(cause).splitlines() if line.strip()), type(cause).__name__)
+    return StorageError(
+        f"object storage at {S3Settings.from_env().describe()} unreachable for longer than the retry budget "
+        f"({RETRY_BUDGET_ENV}={retry_budget_s():g} s); {run} stopped. Rerun it with the same name when the storage "
+        f"is back: it resumes from its latest checkpoint. Last error: {first}"
+    )
 
 
 def storage_env() -> dict[str, str]:

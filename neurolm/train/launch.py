@@ -183,9 +183,19 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
             ),
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             callbacks=callbacks,
+            # The run's retry budget is this driver's, also where the job's environment says otherwise; the
+            # pickled file systems above carry it already (docs/resilience.md, "The retry budget").
+            worker_runtime_env={"env_vars": {storage.RETRY_BUDGET_ENV: f"{storage.retry_budget_s():g}"}},
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        cause = storage.unreachable_cause(err)
+        if cause is None:
+            raise
+        # Ray's error holds every worker's traceback; what the user needs is one line (docs/resilience.md).
+        raise storage.outage_error(f"run {cfg.run.name!r}", cause) from err
     run_dir = storage.join(cfg.run.storage_path, cfg.run.name)
     ckpt_uri = None
     if result.checkpoint is not None:

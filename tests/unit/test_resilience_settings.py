@@ -27,6 +27,30 @@ def test_retry_budget_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
         storage.retry_budget_s()
 
 
+def test_s3_filesystem_keeps_its_retry_budget_when_pickled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray ships the file system to its workers pickled; the copy must still wait out the budget against an
+    unreachable endpoint (pyarrow's own pickling drops the strategy: the copy gave up after ~1.7 s)."""
+    import pickle
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port nobody listens on: every connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv(storage.RETRY_BUDGET_ENV, "3")
+    fs, path = storage.resolve("s3://bucket/key")
+    copy = pickle.loads(pickle.dumps(fs))
+    assert copy.retry_attempts == fs.retry_attempts == storage.retry_attempts(3.0)
+    for filesystem in (fs, copy):
+        start = time.monotonic()
+        with pytest.raises(OSError, match="NETWORK_CONNECTION"):
+            filesystem.get_file_info(path)
+        assert time.monotonic() - start >= 3.0
+
+
 def test_node_names_and_addresses(tmp_path) -> None:
     assert node_name("127.0.0.3") == "node_3"
     cluster = LocalRayCluster(tmp_path)
@@ -49,3 +73,27 @@ def test_cli_rejects_addresses_off_loopback(argv, culprit, tmp_path, capsys) -> 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(culprit) and len(err.strip().splitlines()) == 1
+
+
+def test_an_unreachable_store_is_told_apart_and_named_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv(storage.RETRY_BUDGET_ENV, "0")
+    try:
+        try:
+            storage.read_text("s3://bucket/run/metrics.jsonl")
+        except storage.StorageError as err:
+            raise RuntimeError("the worker failed") from err  # what a caller wraps around it
+    except RuntimeError as wrapped:
+        cause = storage.unreachable_cause(wrapped)
+    assert isinstance(cause, OSError) and "NETWORK_CONNECTION" in str(cause)
+    message = str(storage.outage_error("run 'r1'", cause))
+    assert len(message.splitlines()) == 1
+    assert endpoint in message and "NEUROLM_S3_RETRY_BUDGET_S=0 s" in message and "'r1'" in message
+    assert storage.unreachable_cause(storage.StorageError("s3://b/k: no such object or file")) is None

@@ -25,7 +25,7 @@ WORKER_IPS = ("127.0.0.2", "127.0.0.3")
 
 
 def worker_env_vars() -> dict[str, str]:
-    from neurolm.train.launch import worker_env
+    from neurolm.runtime import worker_env
 
     return {**worker_env(), "DS_ACCELERATOR": "cpu", "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1"}  # fmt: skip
