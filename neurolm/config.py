@@ -117,13 +117,15 @@ class PreprocessConfig(Section):
         description="`ts` trials shorter than one 1-s patch: pad each channel with its own trial mean to 1 s "
         "(recorded in the manifest), or refuse.",
     )
-    normalize: Literal["none", "dataset"] = Field(
+    normalize: Literal["none", "dataset", "recording"] = Field(
         default="none",
         description="`ts` reader: none = the 100 uV convention only; dataset = subtract each channel's mean and "
-        "divide by one dataset-wide within-trial scale, both measured on the train split, to normalize_std.",
+        "divide by one dataset-wide within-trial scale, both measured on the train split, to normalize_std; "
+        "recording = the same statistics measured on each recording (.ts file) itself, label-free: the TRAIN "
+        "file's from its train split, any other file's (TEST) from its own trials (docs/recipe.md).",
     )
     normalize_std: float = Field(
-        default=0.1, gt=0, description="Within-trial std after normalize=dataset, in model units (100 uV)."
+        default=0.1, gt=0, description="Within-trial std after normalize=dataset|recording, in model units (100 uV)."
     )
 
     events: EventsOptions = Field(default_factory=EventsOptions, description="`events` corpus: labels, trials.")

@@ -19,7 +19,8 @@ reader that applies them:
   ``dataset`` subtracts each channel's mean and divides by one dataset-wide scale (the median within-trial std
   of the train split), mapping it to ``normalize_std``; both come from the train split only. Per-trial
   offsets are kept on purpose: the slow potentials that separate SelfRegulationSCP1's classes are exactly
-  those offsets.
+  those offsets. ``recording`` applies the same two statistics per recording (each ``.ts`` file measured on
+  itself, label-free), for problems whose test file is a session recorded apart, with offsets of its own.
 """
 
 from __future__ import annotations
@@ -106,11 +107,11 @@ class Normalization:
     gain: float
     train_cases: int
 
-    def describe(self) -> str:
+    def describe(self, kind: str = "dataset", source: str = "train trials") -> str:
         offsets = ", ".join(f"{v:.3g}" for v in self.offset)
         return (
-            f"normalize=dataset: per-channel offsets [{offsets}] (100 uV units) subtracted, gain {self.gain:.4g}, "
-            f"from {self.train_cases} train trials"
+            f"normalize={kind}: per-channel offsets [{offsets}] (100 uV units) subtracted, gain {self.gain:.4g}, "
+            f"from {self.train_cases} {source}"
         )
 
 

@@ -320,6 +320,14 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         norm = fit_normalization(train, cfg.normalize_std)
         signals = apply_normalization(signals, norm)
         notes.append(norm.describe())
+    elif cfg.normalize == "recording":
+        # Each recording by its own statistics, labels unused. The TRAIN file's come from its train split only
+        # (its val split is carved from the same recording and must not inform them); any other file (TEST, a
+        # session recorded apart) is normalised by all its own trials, as a new recording is at prediction time.
+        own = signals[np.asarray(splits) == "train"] if task.split is None else signals
+        norm = fit_normalization(own, cfg.normalize_std)
+        signals = apply_normalization(signals, norm)
+        notes.append(norm.describe("recording", "train trials" if task.split is None else "trials of this recording"))
     return RecordingSamples(
         signals=signals,
         start_s=np.zeros(n),

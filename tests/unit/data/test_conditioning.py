@@ -92,3 +92,19 @@ def test_real_blink_dataset_normalisation_removes_the_headset_offset():
     assert abs(test.signals.mean()) < 0.1  # ... and applied unchanged to the test file
     assert np.median(train.signals[is_train].std(axis=2)) == pytest.approx(0.1, rel=1e-3)
     assert any(w.startswith("normalize=dataset") for w in test.warnings)
+
+
+def test_real_blink_recording_normalisation_measures_each_file_on_itself():
+    dataset = read("Blink", normalize="dataset")
+    recording = read("Blink", normalize="recording")
+    is_train = np.asarray(recording["TRAIN"].splits) == "train"
+    # the TRAIN file: the statistics of its train split, as with normalize=dataset (val never informs them)
+    np.testing.assert_allclose(recording["TRAIN"].signals, dataset["TRAIN"].signals, rtol=1e-5, atol=1e-6)
+    assert abs(recording["TRAIN"].signals[is_train].mean(axis=(0, 2))).max() < 1e-3
+    # the TEST file (a session recorded apart): its own per-channel offsets and scale, labels unused
+    test = recording["TEST"]
+    assert abs(test.signals.mean(axis=(0, 2))).max() < 1e-3
+    assert np.median(test.signals.std(axis=2)) == pytest.approx(0.1, rel=1e-3)
+    assert abs(dataset["TEST"].signals.mean(axis=(0, 2))).max() > 0.05  # what the train statistics left there
+    assert any(w.startswith("normalize=recording") and "trials of this recording" in w for w in test.warnings)
+    assert list(test.labels) == list(dataset["TEST"].labels)
