@@ -597,6 +597,12 @@ class EvalTaskData(Section):
         description="Train-split shard URI(s) of the task: when given, linear baselines (neurolm.eval.baselines) "
         "are fitted on them and scored on the evaluated split beside the model.",
     )
+    calibrate_on: str | list[str] | None = Field(
+        default=None,
+        description="Validation-split shard URI(s) of the task: when given, a per-class bias on the answer "
+        "log-probabilities is fitted there (neurolm.eval.calibration) and the evaluated split is also scored "
+        "with it (calibrated/* metrics, beside the raw ones).",
+    )
 
     _resolve = model_validator(mode="before")(classmethod(lambda cls, data: resolve_task_entry(data)))
 

@@ -268,7 +268,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
 
             eval_cfg = evaluation_config(
                 checkpoint=ins.export_dir,
-                tasks=[{"name": t["name"], "definition": t["definition"], "test": t["test"], "baseline_train": t["train"]}
+                tasks=[{"name": t["name"], "definition": t["definition"], "test": t["test"], "baseline_train": t["train"],
+                        "calibrate_on": t["val"]}
                        for t in tasks if t["test"]],
                 output=storage.join(cfg.workdir, "eval"),
                 **cfg.evaluate.overrides,

@@ -73,7 +73,8 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 # Test metrics shown at the end, when the evaluation reports them.
-_TEST_METRICS = ("balanced_accuracy", "cohen_kappa", "weighted_f1", "roc_auc", "accuracy")
+_TEST_METRICS = ("balanced_accuracy", "calibrated/balanced_accuracy", "cohen_kappa", "weighted_f1", "roc_auc",
+                 "accuracy")
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:

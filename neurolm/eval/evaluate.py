@@ -401,6 +401,30 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
     return out
 
 
+def calibrated_metrics(task: Task, val: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``calibrated/*`` metrics of ``rows`` with the per-class bias fitted on the validation rows ``val``
+    (:mod:`neurolm.eval.calibration`), the bias itself and the validation balanced accuracy before/after."""
+    from neurolm.eval.calibration import apply_class_bias, fit_class_bias
+
+    kind = task_kind(task)
+    k = task.num_classes
+    val_labels = np.asarray(val["label"]).astype(np.int64)
+    val_probs = np.asarray(val["probs"], dtype=np.float64)
+    bias = fit_class_bias(val_probs, val_labels)
+    probs = apply_class_bias(np.asarray(rows["probs"], dtype=np.float64), bias)
+    labels = np.asarray(rows["label"]).astype(np.int64)
+    scored = task_metrics(kind, probs, probs.argmax(axis=1), labels, num_classes=k)  # type: ignore[arg-type]
+    val_before = task_metrics(kind, val_probs, val_probs.argmax(axis=1), val_labels, num_classes=k)  # type: ignore[arg-type]
+    after = apply_class_bias(val_probs, bias)
+    val_after = task_metrics(kind, after, after.argmax(axis=1), val_labels, num_classes=k)  # type: ignore[arg-type]
+    out: dict[str, Any] = {f"calibrated/{m}": scored[m] for m in OURS_HARD_METRICS if m in scored}
+    out["calibrated/bias"] = [round(float(b), 4) for b in bias]
+    out["calibrated/val_rows"] = int(val_labels.size)
+    out["calibrated/val_balanced_accuracy_before"] = val_before["balanced_accuracy"]
+    out["calibrated/val_balanced_accuracy_after"] = val_after["balanced_accuracy"]
+    return out
+
+
 def task_metrics_entry(task: Task, rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """Metrics of one task from its collected rows: ours from probabilities, official and ``generation/*`` from
     the parsed generations when present (``parse_failures`` is ``None`` without generation)."""
@@ -642,7 +666,13 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     ray.data.DataContext.get_current().enable_progress_bars = False
 
     start = time.perf_counter()
-    scored = score_all(cfg, eeg_max_len)
+    # Validation splits to calibrate on are scored in the same pipeline, as extra entries after the tasks.
+    calib = [i for i, t in enumerate(cfg.tasks) if t.calibrate_on]
+    extra = [cfg.tasks[i].model_copy(update={"test": cfg.tasks[i].calibrate_on, "split": "val",
+                                              "baseline_train": None, "calibrate_on": None}) for i in calib]
+    scored = score_all(cfg.model_copy(update={"tasks": [*cfg.tasks, *extra]}) if extra else cfg, eeg_max_len)
+    val_rows = dict(zip(calib, scored[len(cfg.tasks):], strict=True))
+    scored = scored[: len(cfg.tasks)]
     seconds = time.perf_counter() - start
     n_rows = sum(len(rows["label"]) for rows in scored)
     log.info("%d rows of %d task(s) in %.1f s (%.1f rows/s)", n_rows, len(scored), seconds, n_rows / seconds)
@@ -656,6 +686,9 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
         }
         for t, rows in zip(cfg.tasks, scored, strict=True)
     ]
+    for i, e in enumerate(entries):
+        if i in val_rows:
+            e["metrics"].update(calibrated_metrics(e["task"], val_rows[i], e["rows"]))
     for t, e in zip(cfg.tasks, entries, strict=True):
         if e["metrics"]["collapsed"]:
             log.warning(
