@@ -401,9 +401,12 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
     return out
 
 
-def calibrated_metrics(task: Task, val: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
+def calibrated_metrics(
+    task: Task, val: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray]
+) -> tuple[dict[str, Any], np.ndarray]:
     """``calibrated/*`` metrics of ``rows`` with the per-class bias fitted on the validation rows ``val``
-    (:mod:`neurolm.eval.calibration`), the bias itself and the validation balanced accuracy before/after."""
+    (:mod:`neurolm.eval.calibration`), the bias itself and the validation balanced accuracy before/after; and the
+    calibrated prediction of every row."""
     from neurolm.eval.calibration import apply_class_bias, fit_class_bias
 
     kind = task_kind(task)
@@ -422,7 +425,7 @@ def calibrated_metrics(task: Task, val: Mapping[str, np.ndarray], rows: Mapping[
     out["calibrated/val_rows"] = int(val_labels.size)
     out["calibrated/val_balanced_accuracy_before"] = val_before["balanced_accuracy"]
     out["calibrated/val_balanced_accuracy_after"] = val_after["balanced_accuracy"]
-    return out
+    return out, probs.argmax(axis=1).astype(np.int64)
 
 
 def task_metrics_entry(task: Task, rows: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -478,6 +481,9 @@ def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
     generated = "gen_pred" in rows
     if generated:
         header += ["gen_pred", "generated"]
+    calibrated = "calibrated_pred" in rows
+    if calibrated:
+        header += ["calibrated_pred"]
     writer.writerow(header)
     for i in range(len(rows["label"])):
         line = [
@@ -488,6 +494,8 @@ def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
         ]
         if generated:
             line += [int(rows["gen_pred"][i]), rows["generated"][i]]
+        if calibrated:
+            line += [int(rows["calibrated_pred"][i])]
         writer.writerow(line)
     return buf.getvalue()
 
@@ -688,7 +696,8 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     ]
     for i, e in enumerate(entries):
         if i in val_rows:
-            e["metrics"].update(calibrated_metrics(e["task"], val_rows[i], e["rows"]))
+            calibrated, e["rows"]["calibrated_pred"] = calibrated_metrics(e["task"], val_rows[i], e["rows"])
+            e["metrics"].update(calibrated)
     for t, e in zip(cfg.tasks, entries, strict=True):
         if e["metrics"]["collapsed"]:
             log.warning(

@@ -45,7 +45,7 @@ def test_actor_evaluation_writes_the_report_to_s3(eeg_shards, instruct_export, s
 
     output = storage.join(s3_uri, "eval-test", "report")
     tasks = (
-        f"tasks=[{{name: {TASK}, test: '{eeg_shards['scp1_test']}'}}, "
+        f"tasks=[{{name: {TASK}, test: '{eeg_shards['scp1_test']}', calibrate_on: '{eeg_shards['scp1_val']}'}}, "
         f"{{name: {TASK}, test: '{eeg_shards['scp1_val']}', split: val}}]"
     )  # two streams, one actor pool
     code = cli(
@@ -89,6 +89,23 @@ def test_actor_evaluation_writes_the_report_to_s3(eeg_shards, instruct_export, s
     probs = np.array([[float(r["p_negativity"]), float(r["p_positivity"])] for r in rows])
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert "| test/SelfRegulationSCP1 | 293 |" in storage.read_text(storage.join(output, "report.md"))
+
+    # Decision calibration on the val split (issue 16): the bias is fitted on the same 30 val rows the second entry
+    # scored, and the calibrated test metrics are the test probabilities shifted by it.
+    from neurolm.eval.calibration import apply_class_bias
+    from neurolm.eval.metrics import balanced_accuracy
+
+    bias = np.asarray(m["calibrated/bias"])
+    assert m["calibrated/val_rows"] == 30 and bias.shape == (2,) and bias[0] == 0
+    assert m["calibrated/val_balanced_accuracy_before"] == pytest.approx(
+        summary["metrics"][f"val/{TASK}/balanced_accuracy"])
+    assert m["calibrated/val_balanced_accuracy_after"] >= m["calibrated/val_balanced_accuracy_before"]
+    labels = np.array([int(r["label"]) for r in rows])
+    calibrated = np.array([int(r["calibrated_pred"]) for r in rows])  # written beside the raw prediction
+    assert m["calibrated/balanced_accuracy"] == pytest.approx(balanced_accuracy(labels, calibrated))
+    # the same decision as shifting the (6-digit) CSV probabilities, up to rows tied at that precision
+    shifted = apply_class_bias(probs, bias).argmax(axis=1)
+    assert np.mean(shifted == calibrated) > 0.9
 
     # The actors' answers are the in-process answers (per-sample text positions: batch composition is irrelevant).
     from neurolm.data.bpe import load_gpt2_tokenizer
