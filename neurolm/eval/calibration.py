@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from neurolm.eval.metrics import balanced_accuracy
+
 __all__ = ["fit_class_bias", "apply_class_bias"]
 
 _GRID = np.linspace(-6.0, 6.0, 241)
-
-
-def _balanced_accuracy(labels: np.ndarray, preds: np.ndarray, k: int) -> float:
-    recalls = [float(np.mean(preds[labels == c] == c)) for c in range(k) if np.any(labels == c)]
-    return float(np.mean(recalls)) if recalls else float("nan")
 
 
 def fit_class_bias(probs: np.ndarray, labels: np.ndarray, sweeps: int = 3) -> np.ndarray:
@@ -41,16 +38,16 @@ def fit_class_bias(probs: np.ndarray, labels: np.ndarray, sweeps: int = 3) -> np
         odds = logp[:, 1] - logp[:, 0]  # answer 1 when odds + b > 0
         cuts = np.unique(odds)
         candidates = np.concatenate([[0.0], -(cuts[:-1] + cuts[1:]) / 2, [-cuts[0] + 1e-6, -cuts[-1] - 1e-6]])
-        scored = [(_balanced_accuracy(labels, (odds + b > 0).astype(np.int64), 2), -abs(b), b) for b in candidates]
+        scored = [(balanced_accuracy(labels, (odds + b > 0).astype(np.int64), 2), -abs(b), b) for b in candidates]
         bias[1] = max(scored)[2]
         return bias
-    best = _balanced_accuracy(labels, logp.argmax(axis=1), k)
+    best = balanced_accuracy(labels, logp.argmax(axis=1), k)
     for _ in range(sweeps):
         for c in range(1, k):
             for b in _GRID:
                 trial = bias.copy()
                 trial[c] = b
-                score = _balanced_accuracy(labels, (logp + trial).argmax(axis=1), k)
+                score = balanced_accuracy(labels, (logp + trial).argmax(axis=1), k)
                 if score > best + 1e-12 or (abs(score - best) <= 1e-12 and abs(b) < abs(bias[c])):
                     best, bias = score, trial
     return bias
