@@ -55,7 +55,13 @@ from neurolm.config import ConfigError, EvaluateJobConfig, load_config
 from neurolm.data.layout import instruction_layout, prompt_batch
 from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
 from neurolm.eval.baselines import baselines_from_shards, best_baseline
-from neurolm.eval.metrics import OURS_HARD_METRICS, PARSE_FAILURE, confusion_matrix, task_metrics
+from neurolm.eval.metrics import (
+    OURS_HARD_METRICS,
+    PARSE_FAILURE,
+    balanced_accuracy,
+    confusion_matrix,
+    task_metrics,
+)
 from neurolm.models.collapse import is_collapsed, majority_share
 from neurolm.models.generate import decode_answers, generate, option_probabilities, score_options
 from neurolm.models.neurolm import NeuroLM
@@ -417,14 +423,12 @@ def calibrated_metrics(
     probs = apply_class_bias(np.asarray(rows["probs"], dtype=np.float64), bias)
     labels = np.asarray(rows["label"]).astype(np.int64)
     scored = task_metrics(kind, probs, probs.argmax(axis=1), labels, num_classes=k)  # type: ignore[arg-type]
-    val_before = task_metrics(kind, val_probs, val_probs.argmax(axis=1), val_labels, num_classes=k)  # type: ignore[arg-type]
-    after = apply_class_bias(val_probs, bias)
-    val_after = task_metrics(kind, after, after.argmax(axis=1), val_labels, num_classes=k)  # type: ignore[arg-type]
+    val_after = apply_class_bias(val_probs, bias).argmax(axis=1)
     out: dict[str, Any] = {f"calibrated/{m}": scored[m] for m in OURS_HARD_METRICS if m in scored}
     out["calibrated/bias"] = [round(float(b), 4) for b in bias]
     out["calibrated/val_rows"] = int(val_labels.size)
-    out["calibrated/val_balanced_accuracy_before"] = val_before["balanced_accuracy"]
-    out["calibrated/val_balanced_accuracy_after"] = val_after["balanced_accuracy"]
+    out["calibrated/val_balanced_accuracy_before"] = balanced_accuracy(val_labels, val_probs.argmax(axis=1), k)
+    out["calibrated/val_balanced_accuracy_after"] = balanced_accuracy(val_labels, val_after, k)
     return out, probs.argmax(axis=1).astype(np.int64)
 
 
@@ -683,7 +687,9 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     scored = scored[: len(cfg.tasks)]
     seconds = time.perf_counter() - start
     n_rows = sum(len(rows["label"]) for rows in scored)
-    log.info("%d rows of %d task(s) in %.1f s (%.1f rows/s)", n_rows, len(scored), seconds, n_rows / seconds)
+    n_val = sum(len(rows["label"]) for rows in val_rows.values())
+    log.info("%d rows of %d task(s) (+%d val rows to calibrate on) in %.1f s (%.1f rows/s)", n_rows, len(scored),
+             n_val, seconds, (n_rows + n_val) / seconds)
     entries = [
         {
             "key": f"{t.split}/{t.name}",
