@@ -612,13 +612,17 @@ class EvaluateJobConfig(Section):
 
     Ray Data reads the shards, lays them out and scores them on ``concurrency`` actors that each load the model
     once; the driver collects per-row outputs (class probabilities, parsed generation, label) and writes the report.
+    ``concurrency: 0`` scores in the calling process without Ray, for evaluations small enough that starting
+    actors would cost more than scoring (a few thousand rows of a small model).
     """
 
     checkpoint: str = Field(description="Instruction-tuned export dir (local or s3://) or an official NeuroLM-*.pt.")
     tasks: list[EvalTaskData] = Field(min_length=1, description="Tasks and the shards of the evaluated split.")
     output: str = Field(description="Report directory: local path or s3://bucket/prefix.")
     batch_size: int = Field(default=32, ge=1, description="Rows per scoring call on an actor.")
-    concurrency: int = Field(default=1, ge=1, description="Scoring actors (each holds one copy of the model).")
+    concurrency: int = Field(
+        default=1, ge=0, description="Scoring actors (each holds one copy of the model); 0 = in this process, no Ray."
+    )
     num_cpus_per_actor: float = Field(
         default=0.5, gt=0, description="CPUs reserved per actor; leave some for reading and layout (docs/platform.md §4)."
     )

@@ -331,21 +331,27 @@ def _collect(ds: Any) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.ndarray]]:
-    """Score every (task, split) of ``cfg`` in one Ray Data pipeline and collect the rows on the driver.
+def _scorer_kwargs(cfg: EvaluateJobConfig) -> dict[str, Any]:
+    return dict(
+        checkpoint=cfg.checkpoint,
+        tasks=[t.definition for t in cfg.tasks],
+        generation=cfg.official_generation,
+        max_new_tokens=cfg.max_new_tokens,
+        use_cache=cfg.use_cache,
+        length_normalize=cfg.length_normalize,
+        model_overrides=dict(cfg.model_overrides),
+        torch_threads=cfg.torch_threads,
+        precision=cfg.precision,
+        use_gpu=cfg.num_gpus_per_actor > 0,
+    )
 
-    Each task's shards are read and laid out on their own (``entry`` = the task's index in ``cfg.tasks``), the
-    streams are unioned, and one pool of :class:`TaskScorer` actors, each holding the model once, answers them
-    all. Returns per entry its rows sorted by ``sample_id`` (``probs`` cut to the task's classes).
-    """
-    import ray.data
 
+def _task_tokens(cfg: EvaluateJobConfig) -> list[TaskTokens]:
     from neurolm.data.bpe import load_gpt2_tokenizer
-    from neurolm.runtime import read_shards
 
     bpe = load_gpt2_tokenizer()
-    streams = []
-    for i, t in enumerate(cfg.tasks):
+    out = []
+    for t in cfg.tasks:
         tokens = tokenize_task(t.definition, bpe.encode)
         longest = max(len(text) for text in tokens.texts)
         if longest > cfg.text_max_len:  # instruction tuning would have refused this task at that length
@@ -355,6 +361,50 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
                 longest,
                 cfg.text_max_len,
             )
+        out.append(tokens)
+    return out
+
+
+def _score_in_process(cfg: EvaluateJobConfig, eeg_max_len: int) -> dict[str, np.ndarray]:
+    """The rows of every (task, split) scored in this process: the same layout and :class:`TaskScorer` as the
+    actor pool, read with pyarrow instead of Ray Data (``concurrency: 0``)."""
+    from neurolm.data.shards import SIGNAL_COLUMN
+    from neurolm.data.shards import read_shards as read_table
+
+    threads = torch.get_num_threads()
+    scorer = TaskScorer(**_scorer_kwargs(cfg))
+    try:
+        parts = []
+        for i, (t, tokens) in enumerate(zip(cfg.tasks, _task_tokens(cfg), strict=True)):
+            for uri in _uris(t.test):
+                table = read_table(uri)
+                for start in range(0, table.num_rows, cfg.batch_size):
+                    chunk = table.slice(start, cfg.batch_size)
+                    # Columns as Ray Data's numpy batches hold them; the signal stays Arrow for batch_to_signals.
+                    batch: dict[str, Any] = {
+                        c: chunk.column(c).to_numpy(zero_copy_only=False)
+                        for c in chunk.column_names
+                        if c != SIGNAL_COLUMN
+                    }
+                    batch[SIGNAL_COLUMN] = chunk.column(SIGNAL_COLUMN)
+                    parts.append(scorer(eval_layout(batch, tokens, eeg_max_len, cfg.text_max_len, entry=i)))
+    finally:
+        torch.set_num_threads(threads)  # TaskScorer set the scoring threads for this process
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _score_with_actors(cfg: EvaluateJobConfig, eeg_max_len: int) -> dict[str, np.ndarray]:
+    """The rows of every (task, split) from one Ray Data pipeline: each task's shards read and laid out on their
+    own (``entry`` = the task's index in ``cfg.tasks``), the streams unioned, and one pool of
+    :class:`TaskScorer` actors, each holding the model once, answering them all."""
+    import ray.data
+
+    from neurolm.runtime import read_shards
+
+    streams = []
+    for i, (t, tokens) in enumerate(zip(cfg.tasks, _task_tokens(cfg), strict=True)):
         # Blocks of one batch each, so every actor gets work even when a split is a single Parquet file.
         streams.append(
             read_shards(_uris(t.test))
@@ -372,21 +422,9 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
             )
         )
     ds = streams[0].union(*streams[1:]) if len(streams) > 1 else streams[0]
-    use_gpu = cfg.num_gpus_per_actor > 0
     ds = ds.map_batches(
         TaskScorer,
-        fn_constructor_kwargs=dict(
-            checkpoint=cfg.checkpoint,
-            tasks=[t.definition for t in cfg.tasks],
-            generation=cfg.official_generation,
-            max_new_tokens=cfg.max_new_tokens,
-            use_cache=cfg.use_cache,
-            length_normalize=cfg.length_normalize,
-            model_overrides=dict(cfg.model_overrides),
-            torch_threads=cfg.torch_threads,
-            precision=cfg.precision,
-            use_gpu=use_gpu,
-        ),
+        fn_constructor_kwargs=_scorer_kwargs(cfg),
         batch_size=cfg.batch_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
@@ -394,7 +432,17 @@ def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.nda
         num_gpus=cfg.num_gpus_per_actor or None,
         udf_modifying_row_count=False,
     )
-    rows = _collect(ds)
+    return _collect(ds)
+
+
+def score_all(cfg: EvaluateJobConfig, eeg_max_len: int) -> list[dict[str, np.ndarray]]:
+    """Score every (task, split) of ``cfg`` on ``cfg.concurrency`` Ray Data actors (0: in this process) and
+    collect the rows. Returns per entry its rows sorted by ``sample_id`` (``probs`` cut to the task's classes).
+    """
+    if cfg.concurrency == 0:
+        rows = _score_in_process(cfg, eeg_max_len)
+    else:
+        rows = _score_with_actors(cfg, eeg_max_len)
     out = []
     for i, t in enumerate(cfg.tasks):
         mine = np.flatnonzero(rows["entry"] == i) if rows else np.zeros(0, dtype=np.int64)
@@ -606,7 +654,9 @@ def write_evaluation_report(
         f"Checkpoint `{metadata.get('checkpoint')}`; EEG tokens per sample {metadata.get('eeg_max_len')}; "
         f"official generation {'on' if metadata.get('official_generation') else 'off'}; "
         f"{metadata.get('rows')} rows scored in {metadata.get('scoring_seconds')} s "
-        f"({metadata.get('rows_per_s')} rows/s on {metadata.get('concurrency')} actor(s)).\n\n",
+        f"({metadata.get('rows_per_s')} rows/s "
+        + (f"on {metadata.get('concurrency')} actor(s)" if metadata.get("concurrency") else "in one process")
+        + ").\n\n",
         markdown_table(table_view),
         extra_md,
         "\nOurs: BAcc, κ, W-F1 and Acc from the most probable answer option; AUROC and AUC-PR from the option "
@@ -672,10 +722,11 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     if storage.is_s3(cfg.output):
         storage.ensure_bucket(storage.bucket_of(cfg.output))
     eeg_max_len = resolve_eeg_max_len(cfg.checkpoint, cfg.eeg_max_len)
-    ensure_ray(cfg.ray_address)
-    import ray.data
+    if cfg.concurrency > 0:
+        ensure_ray(cfg.ray_address)
+        import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
+        ray.data.DataContext.get_current().enable_progress_bars = False
 
     start = time.perf_counter()
     # Validation splits to calibrate on are scored in the same pipeline, as extra entries after the tasks.

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from neurolm.config import StageConfig
+from neurolm.data.shards import count_rows
 
 __all__ = ["Stage", "StepOutput", "WorkerContext", "mean_over_batches"]
 
@@ -127,7 +128,9 @@ class Stage(ABC):
             return ds if transform is None else ds.map_batches(transform, batch_format="pyarrow")
 
         raw = read_shards(self.cfg.data.train)
-        info = {"rows": raw.count()}  # from Parquet metadata: counting reads no signal
+        # From the Parquet footers of the files read_shards lists: no Ray Data execution (3-5 s per stage).
+        train = self.cfg.data.train
+        info = {"rows": sum(count_rows(uri) for uri in ([train] if isinstance(train, str) else train))}
         datasets = {"train": mapped(raw)}
         if self.cfg.data.val:
             datasets["val"] = mapped(read_shards(self.cfg.data.val))

@@ -142,6 +142,31 @@ def test_actor_evaluation_writes_the_report_to_s3(eeg_shards, instruct_export, s
         assert int(by_id[sid]["gen_pred"]) == local["gen_pred"][i]
 
 
+def test_in_process_scoring_equals_the_actor_pool(eeg_shards, instruct_export) -> None:
+    """``concurrency: 0`` (no Ray, what small evaluations such as the demo's use) scores every row as the actor
+    pool does: same rows, same probabilities and answers, two tasks' entries kept apart."""
+    from neurolm.eval.evaluate import evaluation_config, score_all
+
+    fields = dict(
+        checkpoint=instruct_export,
+        tasks=[{"name": TASK, "test": eeg_shards["scp1_test"]}, {"name": TASK, "test": eeg_shards["scp1_val"],
+                                                                   "split": "val"}],
+        output="/tmp/unused",
+        eeg_max_len=64,
+        text_max_len=40,
+        batch_size=40,
+        official_generation=True,
+    )
+    local = score_all(evaluation_config(**fields, concurrency=0), eeg_max_len=64)
+    actors = score_all(evaluation_config(**fields, concurrency=2, num_cpus_per_actor=0.5), eeg_max_len=64)
+    assert [len(e["label"]) for e in local] == [len(e["label"]) for e in actors] == [293, 30]
+    for mine, theirs in zip(local, actors, strict=True):
+        assert list(mine["sample_id"]) == list(theirs["sample_id"])
+        np.testing.assert_allclose(mine["probs"], theirs["probs"], atol=1e-6)
+        for key in ("label", "pred", "gen_pred", "truncated"):
+            np.testing.assert_array_equal(mine[key], theirs[key])
+
+
 def test_predict_reads_checkpoint_and_writes_answers_on_s3(instruct_export, s3_uri) -> None:
     from neurolm.data.samples import fetch_sample
     from neurolm.eval.predict import cli

@@ -56,7 +56,7 @@ def test_pipeline_submitted_to_a_local_head_leaves_exports_and_metrics_on_s3(tmp
         job = subprocess.run(
             ["bash", "cluster/local/submit.sh", "ray_jobs/pipeline.py", "--config", "configs/pipeline/demo.yaml",
              "workdir=s3://neurolm/submitted",
-             "instruct.overrides=[train.max_steps=40,train.log_every=10,train.checkpoint_every=40]"],
+             "instruct.overrides=[train.max_steps=40,train.log_every=10,train.checkpoint_every=40,train.eval_every=40]"],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
         )
         assert job.returncode == 0, job.stdout[-5000:] + job.stderr[-3000:]
