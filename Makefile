@@ -16,6 +16,17 @@ export TRANSFORMERS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export RAY_DISABLE_USAGE_STATS ?= 1
 PYTEST_ARGS ?=
+# Python writes .pyc files of what it imports (uv installs none): with PYTHONDONTWRITEBYTECODE set, every Ray
+# process would compile torch, Ray and the rest again on each start.
+unexport PYTHONDONTWRITEBYTECODE
+define WARM_UP
+import matplotlib.pyplot, mne, pyarrow.parquet, ray.data, ray.train.torch, ray.tune, scipy.signal, sklearn.linear_model
+import transformers, wandb
+import neurolm.eval.evaluate, neurolm.pipeline, neurolm.train.launch, neurolm.train.stages
+from deepspeed.accelerator import get_accelerator
+get_accelerator().create_op_builder("ShareMemCommBuilder").load()
+endef
+export WARM_UP
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -23,15 +34,17 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# --no-compile: byte-compiling torch's 20k files took 30 of pip's 45 s; Python compiles what it imports.
+	@# --no-compile: byte-compiling all of torch took 30 of pip's 45 s; the warm-up below compiles what is used.
 	$(PIP) install --quiet --no-compile $(TORCH_SPEC)
 	@# The rest through uv (~15 s instead of pip's 2-4 min, same pins); torch is already installed, so nothing
 	@# pulls another build of it. pip does the same install where uv cannot be had.
 	($(PIP) install --quiet --no-compile $(UV_SPEC) && \
 	  $(VENV)/bin/uv pip install --quiet --python $(PY) -c constraints.txt -e ".[dev]") || \
 	  $(PIP) install --quiet -c constraints.txt -e ".[dev]"
-	@# DeepSpeed JIT-builds its shared-memory op on first use (~40 s); build it once now.
-	$(PY) -c "from deepspeed.accelerator import get_accelerator as g; g().create_op_builder('ShareMemCommBuilder').load()" >/dev/null
+	@# Warm-up: DeepSpeed JIT-builds its shared-memory op on first use (~40 s), built once now; the imports write
+	@# the .pyc files of what the pipeline's Ray processes import, once, instead of in the ~8 processes that start
+	@# at once in a stage.
+	$(PY) -c "$$WARM_UP" >/dev/null
 	touch $@
 
 demo: setup
