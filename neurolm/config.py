@@ -679,6 +679,11 @@ class PredictConfig(Section):
         default=False,
         description="Answer even when the recording has channels the task was never trained on (refused by default).",
     )
+    calibration: str | None = Field(
+        default=None,
+        description="metrics.json of `neurolm eval` with a val-fitted class bias for this task (calibrated/bias): "
+        "each row also gets the calibrated answer (docs/recipe.md §6).",
+    )
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="NeuroLM config fields to override.")
 
     _check_model_overrides = field_validator("model_overrides")(classmethod(lambda cls, v: _neurolm_overrides(v)))

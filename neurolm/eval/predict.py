@@ -255,6 +255,38 @@ def predict_windows(
     return rows
 
 
+def calibration_bias(metrics_uri: str, task: Task) -> np.ndarray:
+    """The class bias fitted on ``task``'s validation split by ``neurolm eval`` (``calibrated/bias`` of a
+    ``<split>/<task>`` entry of its ``metrics.json``, local or s3://).
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or unreadable, holds no bias for ``task``, or a bias of the wrong length.
+    """
+    try:
+        report = json.loads(storage.read_text(metrics_uri))
+    except (OSError, storage.StorageError, ValueError) as err:
+        raise ConfigError(f"calibration = {metrics_uri!r}: cannot read a metrics.json ({err})") from None
+    found = [
+        (key, entry["metrics"]["calibrated/bias"])
+        for key, entry in (report.get("tasks") or {}).items()
+        if entry.get("task") == task.name and "calibrated/bias" in (entry.get("metrics") or {})
+    ]
+    if not found:
+        raise ConfigError(
+            f"calibration = {metrics_uri!r}: no calibrated/bias for task {task.name} (evaluate with the task's "
+            "val split as calibrate_on)"
+        )
+    key, bias = found[0]
+    if len(bias) != task.num_classes:
+        raise ConfigError(
+            f"calibration = {metrics_uri!r}: {key} has a bias of {len(bias)} classes, task {task.name} has "
+            f"{task.num_classes}"
+        )
+    return np.asarray(bias, dtype=np.float64)
+
+
 def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> list[dict[str, Any]]:
     """Answer ``cfg.task`` on every recording of ``cfg``; one row per window with a ``recording`` column.
 
@@ -265,6 +297,7 @@ def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> l
     from neurolm.eval.evaluate import load_scoring_model, resolve_eeg_max_len
 
     task = cfg.definition
+    bias = calibration_bias(cfg.calibration, task) if cfg.calibration else None  # before the model is loaded
     bpe = load_gpt2_tokenizer()
     tokens = tokenize_task(task, bpe.encode)
     model = load_scoring_model(cfg.checkpoint, cfg.model_overrides)
@@ -299,6 +332,12 @@ def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> l
             decode=bpe.decode,
         ):
             rows.append({"recording": Path(path).name, **row})
+    if bias is not None and rows:
+        from neurolm.eval.calibration import apply_class_bias
+
+        probs = np.array([[row[c] for c in probability_columns(task)] for row in rows])
+        for row, k in zip(rows, apply_class_bias(probs, bias).argmax(axis=1), strict=True):
+            row["calibrated_answer"] = task.answers[int(k)]
     return rows
 
 
@@ -359,6 +398,11 @@ def _parser() -> argparse.ArgumentParser:
         help="answer even when the recording has channels the task was never trained on (refused by default)",
     )
     p.add_argument(
+        "--calibration",
+        metavar="METRICS_JSON",
+        help="metrics.json of `neurolm eval` (local or s3://): add calibrated_answer from its val-fitted class bias",
+    )
+    p.add_argument(
         "--model-override",
         action="append",
         default=[],
@@ -386,6 +430,7 @@ def build_config(argv: Sequence[str]) -> PredictConfig:
         "eeg_max_len": args.eeg_max_len,
         "generate": args.generate,
         "allow_channel_mismatch": args.allow_channel_mismatch,
+        "calibration": args.calibration,
         "model_overrides": apply_overrides({}, args.model_override),
     }
     cfg = load_config(PredictConfig, base=fields)

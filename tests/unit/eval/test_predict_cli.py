@@ -230,3 +230,48 @@ def test_a_subset_of_the_task_channels_is_answered_with_a_note(capsys, recording
     assert cli(["--checkpoint", checkpoint, "--task", "Workload", recording, "--channels", "FP1,FP2,CZ"]) == 0
     captured = capsys.readouterr()
     assert "missing here: F3,F4" in captured.err and len(captured.out.splitlines()) == 1 + 61 // 4
+
+
+def _metrics_json(path: Path, bias: list[float], task: str = "SelfRegulationSCP1") -> Path:
+    """A metrics.json shaped as `neurolm eval` writes it, with a val-fitted bias for ``task``."""
+    entry = {"task": task, "split": "test", "metrics": {"balanced_accuracy": 0.5, "calibrated/bias": bias}}
+    path.write_text(json.dumps({"tasks": {f"test/{task}": entry}, "metadata": {}}))
+    return path
+
+
+def test_calibration_adds_the_val_fitted_answer_beside_the_raw_one(tmp_path, recording, checkpoint) -> None:
+    args = ["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", recording, "--allow-channel-mismatch"]
+    raw = tmp_path / "raw.csv"
+    assert cli([*args, "--output", str(raw)]) == 0
+    probs = np.array([[float(r["p_negativity"]), float(r["p_positivity"])] for r in _rows(raw)])
+    odds = np.log(probs[:, 1]) - np.log(probs[:, 0])
+    # a bias between two windows' log-odds: some answers must flip, the rest stay
+    shift = -float(np.median(odds)) + 1e-9
+    out = tmp_path / "calibrated.csv"
+    assert cli([*args, "--output", str(out), "--calibration", str(_metrics_json(tmp_path / "m.json", [0, shift]))]) == 0
+    rows = _rows(out)
+    assert list(rows[0])[-1] == "calibrated_answer"
+    assert [r["answer"] for r in rows] == [r["answer"] for r in _rows(raw)]  # the raw answer is kept
+    expected = np.array(["negativity", "positivity"])[(odds + shift > 0).astype(int)]
+    assert [r["calibrated_answer"] for r in rows] == list(expected)
+    assert 0 < sum(r["calibrated_answer"] != r["answer"] for r in rows) or np.allclose(odds, odds[0])
+
+
+@pytest.mark.parametrize(
+    "bias, task, message",
+    [
+        ([0, 1.0], "Blink", "no calibrated/bias for task SelfRegulationSCP1"),
+        ([0, 1.0, 2.0], "SelfRegulationSCP1", "bias of 3 classes"),
+    ],
+)
+def test_a_calibration_file_without_the_tasks_bias_is_refused(
+    tmp_path, capsys, recording, checkpoint, bias, task, message
+) -> None:
+    metrics = _metrics_json(tmp_path / "m.json", bias, task)
+    args = ["--checkpoint", checkpoint, "--task", "SelfRegulationSCP1", recording, "--calibration", str(metrics)]
+    assert cli([*args, "--allow-channel-mismatch"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    missing = ["--calibration", str(tmp_path / "absent.json")]
+    assert cli([*args[:-2], *missing, "--allow-channel-mismatch"]) == 2
+    assert "cannot read a metrics.json" in capsys.readouterr().err
