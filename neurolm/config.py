@@ -468,6 +468,13 @@ class TokenizerJobConfig(StageConfig):
         description="HF GPT-2 checkpoint dir (local or s3://) whose token embeddings the domain classifier "
         "aligns to; None = a GPT-2 of the model's width built from config (no weights offline).",
     )
+    freeze_encoder: bool = Field(
+        default=False,
+        description="Keep the encoder (whose features stages 2 and 3 read) at its initial weights; the code "
+        "projection, EMA codebook, decoders and domain classifier still train. False = official. The small-task "
+        "recipe sets it: a few hundred trials of one session let tokenizer training fit that session "
+        "(docs/recipe.md §8).",
+    )
 
 
 class PretrainJobConfig(StageConfig):

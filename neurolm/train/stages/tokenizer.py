@@ -44,6 +44,8 @@ class TokenizerStage(Stage):
         else:
             wte = random_text_embeddings(self.model_config.text_vocab_size, self.model_config.width, self.cfg.train.seed)
         model.set_text_embeddings(wte)
+        if self.cfg.freeze_encoder:
+            model.encoder.requires_grad_(False)  # not in any optimizer group (engine.param_groups)
         return model
 
     def after_engine(self, engine: Any) -> None:

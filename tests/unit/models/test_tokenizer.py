@@ -114,3 +114,30 @@ def test_activation_checkpointing_keeps_gradients(enabled: bool, make_batch, deb
     debug_lm.set_activation_checkpointing(not enabled)
     debug_lm(b["x"], b["input_chans"], b["input_time"], b["input_mask"], eeg_targets="next_code").loss.backward()
     assert torch.allclose(grad, debug_lm.gpt.blocks[0].mlp.c_fc.weight.grad, atol=1e-6)
+
+
+def test_freeze_encoder_trains_everything_but_the_encoder(make_batch) -> None:
+    """``freeze_encoder`` (the small-task recipe, docs/recipe.md §8): the encoder whose features stages 2 and 3
+    read keeps its initial weights through an optimizer step; the code projection and decoders move."""
+    from neurolm.config import TokenizerJobConfig, load_config
+    from neurolm.train.engine import param_groups
+    from neurolm.train.stages.tokenizer import TokenizerStage
+
+    cfg = load_config(TokenizerJobConfig, "configs/tokenizer/debug.yaml",
+                      ["data.train=/tmp/unused", "freeze_encoder=true"])  # fmt: skip
+    torch.manual_seed(0)
+    model = TokenizerStage(cfg).build_model().train()
+    trainable = {id(p) for g in param_groups(model, 0.1) for p in g["params"]}
+    assert not any(id(p) in trainable for p in model.encoder.parameters())
+    assert all(id(p) in trainable for p in model.code_proj.parameters())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2)
+    b = make_batch([(4, 6), (3, 8)], 32, targets=True)
+    for _ in range(2):  # the first call initialises the codebook
+        out = _step(model, b, alpha=0.5)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert not any(n.startswith("encoder.") for n in moved)
+    assert any(n.startswith("code_proj.") for n in moved) and any(n.startswith("decoder_freq.") for n in moved)
