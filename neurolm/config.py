@@ -355,8 +355,13 @@ class DeepSpeedSection(Section):
 class OptimSection(Section):
     """AdamW with linear warm-up and cosine decay (docs/reference.md §2.6, §3.5, §4.5)."""
 
-    lr: float = Field(default=6e-4, gt=0)
-    min_lr: float = Field(default=6e-5, ge=0)
+    lr: float = Field(
+        default=6e-4,
+        ge=0,
+        description="Peak learning rate. 0: the weights keep their initial values (what still trains is not a "
+        "gradient step: the tokenizer's k-means/EMA codebook; docs/recipe.md §8).",
+    )
+    min_lr: float = Field(default=6e-5, ge=0, description="End of the cosine decay; at most lr.")
     weight_decay: float = Field(default=0.1, ge=0, description="Applied to parameters with >= 2 dims only.")
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(default=1e-8, gt=0)
@@ -371,6 +376,12 @@ class OptimSection(Section):
         if not all(0 <= b < 1 for b in v):
             raise ValueError(f"both betas must be in [0, 1), got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _min_lr_at_most_lr(self) -> OptimSection:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr = {self.min_lr:g} is above lr = {self.lr:g}")
+        return self
 
 
 class TrainSection(Section):

@@ -120,7 +120,7 @@ def warmup_cosine(lr: float, min_lr: float, warmup: int, total: int) -> Callable
 
     The official trainers use exactly this per-iteration shape (nanoGPT ``get_lr``).
     """
-    floor = min_lr / lr
+    floor = min_lr / lr if lr > 0 else 0.0  # lr 0: every multiplier scales nothing
 
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:

@@ -63,3 +63,25 @@ def test_warmup_length_from_steps_epochs_or_ratio() -> None:
     assert warmup_steps(OptimSection(warmup_epochs=5), 1000, 10) == 50  # tokenizer: 5 epochs
     assert warmup_steps(OptimSection(warmup_ratio=0.1), 1000, 10) == 100  # instruction: 10 %
     assert warmup_steps(OptimSection(), 1000, 10) == 0
+
+
+def test_lr_zero_keeps_every_weight_and_min_lr_cannot_exceed_lr() -> None:
+    """``optim.lr: 0`` (the small-task tokenizer, docs/recipe.md §8): AdamW with weight decay leaves the weights
+    bit-identical under the schedule; a floor above the peak is refused naming both values."""
+    import torch
+    from pydantic import ValidationError
+
+    optim = OptimSection(lr=0, min_lr=0, weight_decay=0.1)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(optim.lr, optim.min_lr, warmup=2, total=5))
+    for _ in range(5):
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ValidationError, match=r"min_lr = 0.001 is above lr = 0"):
+        OptimSection(lr=0, min_lr=1e-3)
