@@ -113,13 +113,24 @@ class EEGTransformer(nn.Module):
         input_time: torch.Tensor,
         attn_mask: torch.Tensor | None,
         patch_norm_mask: torch.Tensor | None = None,
+        keep: int | None = None,
     ) -> torch.Tensor:
         """``x`` (B, L, P) patches or (B, L, in_dim) codes → (B, L, n_embd) features. ``patch_norm_mask``
-        (B, L, L) restricts the temporal convolution's GroupNorm statistics (None = official)."""
+        (B, L, L) restricts the temporal convolution's GroupNorm statistics (None = official).
+
+        ``keep``: only the first ``keep`` tokens go through the blocks and come out (B, keep, n_embd). The patch
+        embedding still sees all L tokens (its official GroupNorm statistics pool the padding too), so when
+        tokens ``keep:`` are padding of every sample — keys no token attends to — the kept features equal the
+        first ``keep`` of a full pass (to rounding).
+        """
         if isinstance(self.patch_embed, TemporalConv):
             h = self.patch_embed(x, patch_norm_mask)  # (B, L, d)
         else:
             h = self.patch_embed(x)  # (B, L, d)
+        if keep is not None and keep < h.shape[1]:
+            h, input_chans, input_time = h[:, :keep], input_chans[:, :keep], input_time[:, :keep]
+            if attn_mask is not None:  # (B, 1, 1 or L, L)
+                attn_mask = attn_mask[..., :keep] if attn_mask.shape[-2] == 1 else attn_mask[..., :keep, :keep]
         h = h + self.channel_embed(input_chans)
         h = h + self.time_embed(input_time)
         h = self.drop(h)

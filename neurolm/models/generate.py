@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from neurolm.data.tasks import Task
 from neurolm.models.layers import KVCache
 from neurolm.models.masks import official_generation_mask, stair_mask
-from neurolm.models.neurolm import NeuroLM
+from neurolm.models.neurolm import NeuroLM, real_length
 from neurolm.vocab import GPT2_TEXT_VOCAB
 
 __all__ = ["GenerationOutput", "generate", "score_options", "option_probabilities", "parse_answer",
@@ -51,10 +51,18 @@ def _append_mask(input_mask: torch.Tensor, past_text: int, new: int) -> torch.Te
 
 
 def _eeg_part(
-    model: NeuroLM, x_eeg: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    features = model.encode_eeg(x_eeg, input_chans, input_time, input_mask)
-    return model.eeg_embeddings(features, input_chans, input_time), model.text_start(input_time, input_mask)
+    model: NeuroLM, x_eeg: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor,
+    trim: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GPT inputs of the EEG part (B, L', d), the text start (B,), and the ``input_time``/``input_mask`` (B, L')
+    that go with them. With ``trim`` L' drops the padding every sample ends with: no later token attends to
+    it under the stair mask, so the encoder and the prefill skip it (~17 % of the tokens of a 10-s TUAB sample
+    padded to 276)."""
+    start = model.text_start(input_time, input_mask)  # from the full layout (official: max over all columns)
+    keep = real_length(input_mask) if trim else input_mask.shape[1]
+    features = model.encode_eeg(x_eeg, input_chans, input_time, input_mask, keep=keep)
+    input_chans, input_time, input_mask = input_chans[:, :keep], input_time[:, :keep], input_mask[:, :keep]
+    return model.eeg_embeddings(features, input_chans, input_time), start, input_time, input_mask
 
 
 @torch.no_grad()
@@ -73,7 +81,9 @@ def generate(
     if official_mask and use_cache:
         raise ValueError("official_mask reproduces a defect that changes earlier positions; use use_cache=False")
     input_mask = input_mask.bool()
-    eeg, start = _eeg_part(model, x_eeg, input_chans, input_time, input_mask)
+    # the official mask lets appended tokens see the padding (docs/reference.md §6.3-13): keep it then
+    eeg, start, input_time, input_mask = _eeg_part(model, x_eeg, input_chans, input_time, input_mask,
+                                                   trim=not official_mask)
     tokens = prompt.long()
     steps: list[torch.Tensor] = []
     cache: KVCache | None = model.gpt.new_cache() if use_cache else None
@@ -115,7 +125,7 @@ def score_options(
     input_mask = input_mask.bool()
     B, P = prompt.shape
     K, M = len(options), max(len(o) for o in options)
-    eeg, start = _eeg_part(model, x_eeg, input_chans, input_time, input_mask)
+    eeg, start, input_time, input_mask = _eeg_part(model, x_eeg, input_chans, input_time, input_mask)
     cache = model.gpt.new_cache()
     x = torch.cat((eeg, model.text_embeddings(prompt.long(), start)), dim=1)
     last = model.gpt(x, stair_mask(input_time, input_mask, text_len=P), cache=cache)[:, -1]  # (B, d)

@@ -35,7 +35,7 @@ from neurolm.models.quantizer import fp32_code_projection, l2norm, nearest_code_
 from neurolm.models.tokenizer import NeuralTokenizer
 
 __all__ = ["NeuroLMConfig", "NeuroLMOutput", "CodeHead", "NeuroLM", "next_code_targets", "tokens_per_second",
-           "attach_code_head"]
+           "attach_code_head", "real_length"]
 
 @dataclass
 class NeuroLMOutput:
@@ -96,6 +96,13 @@ def attach_code_head(model: NeuroLM, tokenizer: NeuralTokenizer, copy_encoder: b
     return model
 
 
+def real_length(input_mask: torch.Tensor) -> int:
+    """Length of the layout without the padding every sample has at its end: 1 + the last column holding a
+    real token of some sample (at least 1)."""
+    real_columns = input_mask.bool().any(dim=0).nonzero()
+    return int(real_columns[-1]) + 1 if real_columns.numel() else 1
+
+
 def tokens_per_second(input_time: torch.Tensor, input_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(channels C, real tokens n) per sample from the indices: C = real tokens at second 0."""
     real = input_mask.bool()
@@ -145,9 +152,11 @@ class NeuroLM(nn.Module):
         input_time: torch.Tensor,
         input_mask: torch.Tensor,
         causal: bool | None = None,
+        keep: int | None = None,
     ) -> torch.Tensor:
-        """Frozen-encoder features (B, L, E). ``causal`` (default: the config's ``causal_encoder_inputs``) uses
-        the time-causal mask instead of the official bidirectional one."""
+        """Frozen-encoder features (B, L, E), or (B, keep, E) for the first ``keep`` tokens when the rest is
+        padding of every sample (:func:`real_length`). ``causal`` (default: the config's
+        ``causal_encoder_inputs``) uses the time-causal mask instead of the official bidirectional one."""
         causal = self.config.causal_encoder_inputs if causal is None else causal
         norm_mask = None
         if causal:
@@ -158,7 +167,7 @@ class NeuroLM(nn.Module):
             if self.config.patch_norm_over_real_tokens:
                 norm_mask = mask[:, 0].expand(-1, input_mask.shape[1], -1)
         with torch.no_grad():
-            return self.encoder(x_eeg, input_chans, input_time, mask, norm_mask)
+            return self.encoder(x_eeg, input_chans, input_time, mask, norm_mask, keep=keep)
 
     def eeg_embeddings(
         self, features: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor
@@ -227,33 +236,53 @@ class NeuroLM(nn.Module):
             return self._output(hidden, text_targets, return_logits)
         assert input_chans is not None and input_time is not None and input_mask is not None
         input_mask = input_mask.bool()
-        features = self.encode_eeg(x_eeg, input_chans, input_time, input_mask)
+        L = input_mask.shape[1]
+        # Without per-position logits only supervised positions matter: the padded EEG tail (keys every token
+        # is masked from) and the text after the last supervised token (only later positions see it) are not
+        # computed (docs/architecture.md, "Token layout": padding is the tail of each sample).
+        keep = None if return_logits else real_length(input_mask)
+        if keep is not None and isinstance(eeg_targets, torch.Tensor) and bool((eeg_targets[:, keep:] >= 0).any()):
+            keep = None
+        start = self.text_start(input_time, input_mask) if text is not None else None  # from the full layout
+        features = self.encode_eeg(x_eeg, input_chans, input_time, input_mask, keep=keep)
+        keep = features.shape[1]
         if isinstance(eeg_targets, str):
             if eeg_targets != "next_code":
                 raise ValueError(f"eeg_targets must be a tensor, 'next_code' or None, got {eeg_targets!r}")
             target_features = (
-                self.encode_eeg(x_eeg, input_chans, input_time, input_mask, causal=False)
+                self.encode_eeg(x_eeg, input_chans, input_time, input_mask, causal=False, keep=keep)
                 if self.config.causal_encoder_inputs else features
             )
-            eeg_targets = self.pretraining_targets(target_features, input_time, input_mask)
-        x = self.eeg_embeddings(features, input_chans, input_time)  # (B, L, d)
+            eeg_targets = self.pretraining_targets(target_features, input_time[:, :keep], input_mask[:, :keep])
+            eeg_targets = F.pad(eeg_targets, (0, L - keep), value=-1)  # (B, L): the padded tail predicts nothing
+        chans, times, real = input_chans[:, :keep], input_time[:, :keep], input_mask[:, :keep]
+        x = self.eeg_embeddings(features, chans, times)  # (B, keep, d)
         eeg_cols = None
         if eeg_targets is not None:
             eeg_cols = torch.where(eeg_targets >= 0, eeg_targets + self.config.gpt.vocab_size, -1)
         if text is None:
-            hidden = self.gpt(x, stair_mask(input_time, input_mask))
-            return self._output(hidden, eeg_cols, return_logits)
-        start = self.text_start(input_time, input_mask)
-        x = torch.cat((x, self.text_embeddings(text, start)), dim=1)  # (B, L + n, d)
-        hidden = self.gpt(x, stair_mask(input_time, input_mask, text_len=text.shape[1]))
+            hidden = self.gpt(x, stair_mask(times, real))
+            out = self._output(hidden, None if eeg_cols is None else eeg_cols[:, :keep], return_logits)
+            out.targets = eeg_cols if eeg_cols is None else eeg_cols.long()
+            return out
         targets = None
         if text_targets is not None or eeg_cols is not None:
             if eeg_cols is None:
                 eeg_cols = torch.full(input_time.shape, -1, dtype=torch.long, device=x.device)
             if text_targets is None:
                 text_targets = torch.full(text.shape, -1, dtype=torch.long, device=x.device)
-            targets = torch.cat((eeg_cols, text_targets.long()), dim=1)
-        return self._output(hidden, targets, return_logits)
+            targets = torch.cat((eeg_cols, text_targets.long()), dim=1)  # (B, L + n)
+        n = text.shape[1]
+        if not return_logits and text_targets is not None:
+            supervised = (text_targets != -1).any(dim=0).nonzero()
+            n = max(int(supervised[-1]) + 1, 1) if supervised.numel() else 1
+        assert start is not None
+        x = torch.cat((x, self.text_embeddings(text[:, :n], start)), dim=1)  # (B, keep + n, d)
+        hidden = self.gpt(x, stair_mask(times, real, text_len=n))
+        kept = None if targets is None else torch.cat((targets[:, :keep], targets[:, L : L + n]), dim=1)
+        out = self._output(hidden, kept, return_logits)
+        out.targets = targets
+        return out
 
     def _output(self, hidden: torch.Tensor, targets: torch.Tensor | None, return_logits: bool) -> NeuroLMOutput:
         logits = self.head(hidden) if return_logits else None

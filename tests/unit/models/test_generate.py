@@ -72,5 +72,16 @@ def test_kv_cache_processes_each_position_once(debug_lm, batch) -> None:
     generate(debug_lm, *_args(batch), max_new_tokens=6, use_cache=True)
     cached, rows[:] = sum(rows), []
     generate(debug_lm, *_args(batch), max_new_tokens=6, use_cache=False)
-    prefix = 16 + 5  # EEG + prompt
+    prefix = 12 + 5  # EEG without the padding all samples end with (the longest has 12 tokens of 16) + prompt
     assert cached == prefix + 5 and sum(rows) == sum(prefix + i for i in range(6))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generation_without_the_padded_tail_gives_the_logits_of_the_full_layout(debug_lm, batch, use_cache) -> None:
+    """Generation skips the padded EEG tail; every step's logits equal a full forward over all 16 EEG columns."""
+    out = generate(debug_lm, *_args(batch), max_new_tokens=4, use_cache=use_cache)
+    for i, logits in enumerate(out.step_logits):
+        full = debug_lm(batch["x"], batch["input_chans"], batch["input_time"], batch["input_mask"],
+                        text=out.tokens[:, : 5 + i], return_logits=True).logits  # (B, 16 + 5 + i, V)
+        assert full.shape[1] == 16 + 5 + i
+        assert torch.allclose(logits, full[:, -1, :GPT2_TEXT_VOCAB], atol=1e-5, rtol=0)

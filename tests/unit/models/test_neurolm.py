@@ -81,3 +81,39 @@ def test_next_code_targets_shift_by_one_second_per_sample() -> None:
     y = next_code_targets(codes, torch.tensor([2, 3]), torch.tensor([8, 9]))
     assert y[0].tolist() == [2, 3, 4, 5, 6, 7, -1, -1, -1, -1]
     assert y[1].tolist() == [13, 14, 15, 16, 17, 18, -1, -1, -1, -1]
+
+
+def _loss_and_grads(model: NeuroLM, return_logits: bool, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    out = model(**kwargs, return_logits=return_logits)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("fixes", [{}, {"causal_encoder_inputs": True, "patch_norm_over_real_tokens": True,
+                                        "per_sample_text_positions": True}])
+@pytest.mark.parametrize("objective", ["pretrain", "instruct"])
+def test_training_losses_and_gradients_do_not_depend_on_skipping_the_padded_tail(make_batch, fixes,
+                                                                                   objective) -> None:
+    """The training path leaves out the padded EEG tail and the text after the last answer token; the loss and
+    every gradient equal those of the full layout (``return_logits`` computes every position)."""
+    model = NeuroLM(NeuroLMConfig.preset("debug", code_head=True, **fixes)).train()
+    model.code_head.codebook.copy_(torch.nn.functional.normalize(torch.randn_like(model.code_head.codebook), dim=-1))
+    b = make_batch([(3, 2), (2, 5), (4, 2)], 20)  # longest sample 10 tokens of 20: the tail is padding
+    kwargs = {"x_eeg": b["x"], "input_chans": b["input_chans"], "input_time": b["input_time"],
+              "input_mask": b["input_mask"]}
+    if objective == "pretrain":
+        kwargs["eeg_targets"] = "next_code"
+    else:
+        kwargs["text"] = torch.randint(0, 50257, (3, 9))
+        kwargs["text_targets"] = torch.full((3, 9), -1)
+        kwargs["text_targets"][:, 3:6] = torch.randint(0, 50257, (3, 3))  # answer tokens; 6..8 are padding
+    calls: list[int] = []
+    model.gpt.blocks[0].register_forward_hook(lambda _m, args, _o: calls.append(args[0].shape[1]))
+    loss, grads = _loss_and_grads(model, False, **kwargs)
+    full_loss, full_grads = _loss_and_grads(model, True, **kwargs)
+    assert calls == ([10, 20] if objective == "pretrain" else [10 + 6, 20 + 9])  # the tails were skipped
+    assert torch.allclose(loss, full_loss, atol=1e-6, rtol=0)
+    assert grads.keys() == full_grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, full_grads[name], atol=1e-6, rtol=1e-5), name

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
 from torch import nn
 
 from neurolm.config import DeepSpeedSection, OptimSection, TrainSection
@@ -29,6 +32,7 @@ def test_deepspeed_config_per_zero_stage(stage: int) -> None:
     assert cfg["train_micro_batch_size_per_gpu"] == 8 and cfg["gradient_accumulation_steps"] == 4
     assert cfg["optimizer"]["params"]["betas"] == [0.9, 0.95]
     assert cfg["optimizer"]["params"]["torch_adam"] is True  # CPU: no JIT-built fused Adam
+    assert cfg["optimizer"]["params"]["fused"] is True  # torch's fused CPU AdamW kernel
     assert cfg["bf16"]["enabled"] is False and cfg["fp16"]["enabled"] is False
     assert cfg["gradient_clipping"] == 1.0
 
@@ -36,6 +40,7 @@ def test_deepspeed_config_per_zero_stage(stage: int) -> None:
 def test_gpu_config_is_bf16_with_fused_adam_and_offload_needs_zero() -> None:
     cfg = deepspeed_config(DeepSpeedSection(zero_stage=3), OptimSection(), TrainSection(), use_gpu=True)
     assert cfg["bf16"]["enabled"] and not cfg["optimizer"]["params"]["torch_adam"]
+    assert "fused" not in cfg["optimizer"]["params"]  # DeepSpeed's FusedAdam takes no such argument
     assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
     with pytest.raises(ValueError, match="zero_stage >= 1"):
         deepspeed_config(DeepSpeedSection(zero_stage=0, offload_optimizer=True), OptimSection(), TrainSection(), True)
@@ -85,3 +90,23 @@ def test_lr_zero_keeps_every_weight_and_min_lr_cannot_exceed_lr() -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with pytest.raises(ValidationError, match=r"min_lr = 0.001 is above lr = 0"):
         OptimSection(lr=0, min_lr=1e-3)
+
+
+def test_fused_cpu_adamw_makes_the_same_updates_as_the_reference_loop() -> None:
+    """The CPU ``fused`` AdamW the engine asks for moves the weights as the per-tensor loop does (to rounding)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.LayerNorm(256), nn.Linear(256, 8))
+    params = deepspeed_config(DeepSpeedSection(), OptimSection(lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1),
+                              TrainSection(), use_gpu=False)["optimizer"]["params"]
+    kwargs = {"lr": params["lr"], "betas": tuple(params["betas"]), "eps": params["eps"]}
+    copies = [copy.deepcopy(model) for _ in range(2)]
+    optimizers = [torch.optim.AdamW(param_groups(copies[0], params["weight_decay"]), **kwargs, foreach=False),
+                  torch.optim.AdamW(param_groups(copies[1], params["weight_decay"]), **kwargs, fused=params["fused"])]
+    x = torch.randn(32, 64)
+    for _ in range(5):
+        for m, opt in zip(copies, optimizers, strict=True):
+            m(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for a, b in zip(copies[0].parameters(), copies[1].parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
