@@ -19,9 +19,17 @@ from __future__ import annotations
 
 import mne
 import numpy as np
-from scipy import fft, signal
+from scipy import fft
 
-__all__ = ["bandpass", "notch", "resample", "resampled_length", "SKIP_ANNOTATIONS"]
+__all__ = [
+    "bandpass",
+    "notch",
+    "resample",
+    "resampled_length",
+    "bandpass_kernel",
+    "notch_kernel",
+    "SKIP_ANNOTATIONS",
+]
 
 SKIP_ANNOTATIONS = ("EDGE", "BAD_ACQ_SKIP")
 """Annotation prefixes at which ``Raw.filter``/``Raw.notch_filter`` split a recording (their
@@ -38,7 +46,13 @@ def _pad(x: np.ndarray, left: int, right: int, mode: str) -> np.ndarray:
         left_zeros = np.zeros((x.shape[0], max(left - n_times + 1, 0)), dtype=x.dtype)
         right_zeros = np.zeros((x.shape[0], max(right - n_times + 1, 0)), dtype=x.dtype)
         return np.concatenate(
-            [left_zeros, 2 * x[:, :1] - x[:, left:0:-1], x, 2 * x[:, -1:] - x[:, -2 : -right - 2 : -1], right_zeros],
+            [
+                left_zeros,
+                2 * x[:, :1] - x[:, left:0:-1],
+                x,
+                2 * x[:, -1:] - x[:, -2 : -right - 2 : -1],
+                right_zeros,
+            ],
             axis=-1,
         )
     if mode == "edge":
@@ -82,28 +96,151 @@ def _overlap_add_zero_phase(x: np.ndarray, h: np.ndarray, pad: str) -> np.ndarra
     return filtered[:, :n_times]
 
 
-def bandpass(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
-    """``raw.filter(l_freq, h_freq)`` with MNE's defaults (FIR, firwin, Hamming, zero phase, ``pad="reflect_limited"``)."""
-    h = mne.filter.create_filter(
-        None, sfreq, l_freq, h_freq, "auto", "auto", "auto", "fir", None, "zero", "hamming", "firwin",
-        verbose="error",
-    )  # fmt: skip
-    return _overlap_add_zero_phase(x, h, pad="reflect_limited")
+# ---- filter design: mne.filter.create_filter(method="fir", fir_design="firwin", fir_window="hamming", phase="zero")
+# MNE designs with scipy.signal.firwin, and importing scipy.signal (which imports scipy.stats) costs ~1.2 CPU-s in
+# every fresh process -- more than filtering a 10-minute recording. The few lines of arithmetic below are MNE's
+# and SciPy's, in the same order; the unit tests compare the kernels with create_filter's.
+
+_HAMMING_LENGTH_FACTOR = 3.3  # mne.filter._length_factors["hamming"]: filter length × transition width
 
 
-def notch(x: np.ndarray, sfreq: float, freq: float) -> np.ndarray:
-    """``raw.notch_filter(freq)`` with MNE's defaults: a FIR band-stop ``freq ± (freq / 400 + 0.5)`` Hz with
-    0.5-Hz transition bands (``notch_widths = freq / 200``, ``trans_bandwidth = 1``), ``pad="reflect_limited"``."""
+def _hamming(n_taps: int) -> np.ndarray:
+    """``scipy.signal.get_window("hamming", n_taps, fftbins=False)``."""
+    if n_taps <= 1:
+        return np.ones(n_taps)
+    angle = np.linspace(-np.pi, np.pi, n_taps)
+    window = np.zeros(n_taps)
+    for k, weight in enumerate(np.asarray([0.54, 1.0 - 0.54])):
+        window += weight * np.cos(k * angle)
+    return window
+
+
+def _firwin_lowpass(n_taps: int, cutoff: float) -> np.ndarray:
+    """``scipy.signal.firwin(n_taps, cutoff, window="hamming", pass_zero=True, fs=2)`` (cutoff in units of
+    Nyquist)."""
+    m = np.arange(0, n_taps, dtype=np.float64) - 0.5 * (n_taps - 1)
+    h = cutoff * np.sinc(cutoff * m)
+    h -= 0.0 * np.sinc(0.0 * m)  # the band's left edge, 0 (kept: SciPy's arithmetic, term for term)
+    h *= _hamming(n_taps)
+    h /= np.sum(h * np.cos(np.pi * m * 0.0))  # unit gain at 0 Hz
+    return h
+
+
+def _firwin_design(n_taps: int, freq: np.ndarray, gain: np.ndarray) -> np.ndarray | None:
+    """``mne.filter._firwin_design`` with a Hamming window: the sum of one windowed-sinc low-pass per gain step,
+    each as long as its transition band needs. ``None`` where MNE would raise (the caller lets MNE say why)."""
+    h = np.zeros(n_taps)
+    prev_freq, prev_gain = freq[-1], gain[-1]
+    if gain[-1] == 1:
+        h[n_taps // 2] = 1
+    for this_freq, this_gain in zip(freq[::-1][1:], gain[::-1][1:], strict=True):
+        if this_gain != prev_gain:
+            transition = (prev_freq - this_freq) / 2.0
+            this_n = int(round(_HAMMING_LENGTH_FACTOR / transition))
+            this_n += 1 - this_n % 2
+            if this_n > n_taps:
+                return None
+            lowpass = _firwin_lowpass(this_n, (prev_freq + this_freq) / 2.0)
+            offset = (n_taps - this_n) // 2
+            if this_gain == 0:
+                h[offset : n_taps - offset] -= lowpass
+            else:
+                h[offset : n_taps - offset] += lowpass
+        prev_gain, prev_freq = this_gain, this_freq
+    return h
+
+
+def _auto_length(sfreq: float, transition: float) -> int:
+    """MNE's ``filter_length="auto"``: 3.3 / (narrowest transition) seconds, rounded up to odd samples."""
+    seconds = float(f"{_HAMMING_LENGTH_FACTOR * 1.0 / float(transition)}")  # MNE passes it as a "<x>s" string
+    n_taps = max(int(np.ceil(seconds * 1 * sfreq)), 1)
+    return n_taps + (n_taps - 1) % 2
+
+
+def _kernel(
+    sfreq: float, n_taps: int, freq: list[float] | np.ndarray, gain: list[float] | np.ndarray
+) -> np.ndarray | None:
+    freq = np.array(freq) / (sfreq / 2.0)
+    gain = np.array(gain)
+    if freq[0] != 0 or freq[-1] != 1 or n_taps % 2 == 0:
+        return None
+    return _firwin_design(n_taps, freq, gain)
+
+
+def bandpass_kernel(sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
+    """The FIR kernel of ``raw.filter(l_freq, h_freq)`` (MNE's defaults: auto transition bands and length)."""
+    sfreq = float(sfreq)
+    nyquist = sfreq / 2.0
+    l_freq, h_freq = float(l_freq), float(h_freq)
+    l_trans = float(np.minimum(np.maximum(0.25 * l_freq, 2.0), l_freq))
+    h_trans = float(np.minimum(np.maximum(0.25 * h_freq, 2.0), nyquist - h_freq))
+    h = None
+    if 0 < l_freq < h_freq < nyquist and h_trans > 0:
+        l_stop, h_stop = l_freq - l_trans, h_freq + h_trans
+        freq, gain = [l_stop, l_freq, h_freq, h_stop], [0, 1, 1, 0]
+        if h_stop != nyquist:
+            freq, gain = [*freq, nyquist], [*gain, 0]
+        if l_stop != 0:
+            freq, gain = [0, *freq], [0, *gain]
+        h = _kernel(sfreq, _auto_length(sfreq, min(h_trans, l_trans)), freq, gain)
+    if h is None:  # outside what is replicated here: MNE designs it (or raises its own error)
+        h = mne.filter.create_filter(
+            None, sfreq, l_freq, h_freq, "auto", "auto", "auto", "fir", None, "zero", "hamming", "firwin",
+            verbose="error",
+        )  # fmt: skip
+    return h
+
+
+def notch_kernel(sfreq: float, freq: float) -> np.ndarray:
+    """The FIR kernel of ``raw.notch_filter(freq)`` (MNE's defaults): a band-stop at ``freq ± (freq / 400 +
+    0.5)`` Hz with 0.5-Hz transition bands (``notch_widths = freq / 200``, ``trans_bandwidth = 1``)."""
+    sfreq = float(sfreq)
     freqs = np.atleast_1d(float(freq))
     widths = freqs / 200.0
     half_transition = 1.0 / 2.0
-    lows = [f - w / 2.0 - half_transition for f, w in zip(freqs, widths, strict=True)]
-    highs = [f + w / 2.0 + half_transition for f, w in zip(freqs, widths, strict=True)]
-    h = mne.filter.create_filter(
-        None, sfreq, highs, lows, "auto", half_transition, half_transition, "fir", None, "zero", "hamming",
-        "firwin", verbose="error",
-    )  # fmt: skip
-    return _overlap_add_zero_phase(x, h, pad="reflect_limited")
+    lows = np.array(
+        [f - w / 2.0 - half_transition for f, w in zip(freqs, widths, strict=True)], float
+    ).ravel()
+    highs = np.array(
+        [f + w / 2.0 + half_transition for f, w in zip(freqs, widths, strict=True)], float
+    ).ravel()
+    h = None
+    if (highs < sfreq / 2.0).all() and (lows > 0).all():
+        transition = np.array(half_transition, float).ravel()
+        # mne.filter._triage_filter_params(..., reverse=True): stop and pass edges, computed as MNE does.
+        stop_low, pass_low = lows + transition, lows - transition
+        pass_low += transition
+        stop_high, pass_high = highs - transition, highs + transition
+        pass_high -= transition
+        edges = np.r_[pass_low, stop_low, stop_high, pass_high]
+        gains = np.r_[
+            np.ones_like(pass_low), np.zeros_like(stop_low), np.zeros_like(stop_high), np.ones_like(pass_high)
+        ]
+        order = np.argsort(edges)
+        edges, gains = edges[order], gains[order]
+        if edges[0] != 0:
+            edges, gains = np.r_[[0.0], edges], np.r_[[1.0], gains]
+        if edges[-1] != sfreq / 2.0:
+            edges, gains = np.r_[edges, [sfreq / 2.0]], np.r_[gains, [1.0]]
+        n_taps = _auto_length(sfreq, min(transition))
+        h = _kernel(sfreq, n_taps, edges, gains)
+    if h is None:
+        h = mne.filter.create_filter(
+            None, sfreq, list(highs), list(lows), "auto", half_transition, half_transition, "fir", None, "zero",
+            "hamming", "firwin", verbose="error",
+        )  # fmt: skip
+    return h
+
+
+def bandpass(x: np.ndarray, sfreq: float, l_freq: float, h_freq: float) -> np.ndarray:
+    """``raw.filter(l_freq, h_freq)`` with MNE's defaults (FIR, firwin, Hamming, zero phase, ``pad="reflect_limited"``)."""
+    return _overlap_add_zero_phase(x, bandpass_kernel(sfreq, l_freq, h_freq), pad="reflect_limited")
+
+
+def notch(x: np.ndarray, sfreq: float, freq: float) -> np.ndarray:
+    """``raw.notch_filter(freq)`` with MNE's defaults (FIR band-stop of :func:`notch_kernel`,
+    ``pad="reflect_limited"``)."""
+    return _overlap_add_zero_phase(x, notch_kernel(sfreq, freq), pad="reflect_limited")
 
 
 def resampled_length(n_times: int, sfreq: float, new_sfreq: float) -> int:
@@ -125,7 +262,7 @@ def resample(x: np.ndarray, sfreq: float, new_sfreq: float) -> np.ndarray:
     remove_left = int(round(ratio * n_pad))
     remove_right = new_len - final_len - remove_left
     # The boxcar window scaled by new_len / orig_len, folded onto the rfft bins as mne.cuda does.
-    window = fft.ifftshift(signal.get_window("boxcar", orig_len))
+    window = np.ones(orig_len)  # fft.ifftshift(scipy.signal.get_window("boxcar", orig_len)) is all ones
     window *= float(new_len) / float(orig_len)
     n_bins = len(window) // 2 + 1
     window[1:n_bins] = (window[1:n_bins] + window[::-1][: n_bins - 1]) / 2.0
