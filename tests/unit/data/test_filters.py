@@ -25,7 +25,9 @@ def _relative_max_diff(ours: np.ndarray, reference: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def physionet_v() -> tuple[np.ndarray, float]:
-    raw = mne.io.read_raw_edf(fetch_sample("S001R02.edf"), preload=True, verbose="error")  # real: 64 ch, 160 Hz
+    raw = mne.io.read_raw_edf(
+        fetch_sample("S001R02.edf"), preload=True, verbose="error"
+    )  # real: 64 ch, 160 Hz
     return raw.get_data(), raw.info["sfreq"]
 
 
@@ -43,7 +45,9 @@ def test_each_step_equals_the_mne_raw_method_on_the_real_recording(physionet_v, 
     # The same arithmetic in the same order: equal to the last bit in practice, edges included.
     assert _relative_max_diff(ours, reference) <= 1e-12
     np.testing.assert_allclose(ours[:, :50], reference[:, :50], rtol=0, atol=1e-12 * np.abs(reference).max())
-    np.testing.assert_allclose(ours[:, -50:], reference[:, -50:], rtol=0, atol=1e-12 * np.abs(reference).max())
+    np.testing.assert_allclose(
+        ours[:, -50:], reference[:, -50:], rtol=0, atol=1e-12 * np.abs(reference).max()
+    )
 
 
 def test_whole_recording_equals_plain_mne_to_float32_precision():
@@ -51,7 +55,9 @@ def test_whole_recording_equals_plain_mne_to_float32_precision():
     params = SignalParams(l_freq=0.1, h_freq=75.0, notch=60.0, sfreq=200.0)
     rec = load_recording(path, params)
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
-    raw.filter(0.1, 75.0, verbose="error").notch_filter(60.0, verbose="error").resample(200.0, verbose="error")
+    raw.filter(0.1, 75.0, verbose="error").notch_filter(60.0, verbose="error").resample(
+        200.0, verbose="error"
+    )
     expected = raw.get_data(units="uV") / 100
     assert rec.data.dtype == np.float32 and rec.data.shape == expected.shape == (64, 61 * 200)
     # float64 before the cast agrees to ~1e-15 of the signal scale; the float32 output to its rounding.
@@ -77,7 +83,9 @@ def test_short_and_odd_recordings_match_mne(n_times, sfreq, new_sfreq):
     assert data.shape[1] == n_times
     params = SignalParams(l_freq=0.1, h_freq=75.0, notch=50.0, sfreq=new_sfreq)
     raw = _mne_raw(data, sfreq)
-    raw.filter(0.1, 75.0, verbose="error").notch_filter(50.0, verbose="error").resample(new_sfreq, verbose="error")
+    raw.filter(0.1, 75.0, verbose="error").notch_filter(50.0, verbose="error").resample(
+        new_sfreq, verbose="error"
+    )
     ours = apply_standard_steps(data, sfreq, params)
     assert _relative_max_diff(ours, raw.get_data()) <= 1e-12
 
@@ -92,13 +100,22 @@ def test_kernels_are_mne_create_filter_bit_for_bit(sfreq):
         if freq + freq / 400 + 0.5 < sfreq / 2:
             width = freq / 200
             expected = mne.filter.create_filter(
-                None, sfreq, [freq + width / 2 + 0.5], [freq - width / 2 - 0.5], "auto", 0.5, 0.5, verbose="error"
+                None,
+                sfreq,
+                [freq + width / 2 + 0.5],
+                [freq - width / 2 - 0.5],
+                "auto",
+                0.5,
+                0.5,
+                verbose="error",
             )
             np.testing.assert_array_equal(filters.notch_kernel(sfreq, freq), expected)
 
 
 def test_recordings_split_by_annotations_are_filtered_by_mne_piece_by_piece(tmp_path):
-    path = write_edf(tmp_path / "gap.edf", ["Fp1", "Fp2", "Cz"], eeg_like(3, 30, 250.0, seed=3), 250.0)  # generated
+    path = write_edf(
+        tmp_path / "gap.edf", ["Fp1", "Fp2", "Cz"], eeg_like(3, 30, 250.0, seed=3), 250.0
+    )  # generated
     raw = mne.io.read_raw_edf(path, preload=True, verbose="error")
     raw.set_annotations(mne.Annotations([10.0], [5.0], ["BAD_ACQ_SKIP"]))
     expected = raw.copy().filter(0.1, 75.0, verbose="error").notch_filter(50.0, verbose="error")
@@ -117,16 +134,19 @@ def test_recordings_split_by_annotations_are_filtered_by_mne_piece_by_piece(tmp_
     assert np.abs(whole - expected.get_data(units="uV") / 100).max() > 1e-3
 
 
-def test_the_fast_path_does_not_import_scipy_signal():
-    """scipy.signal (and scipy.stats, which it imports) cost ~1 CPU-s in each fresh worker process."""
+def test_a_fresh_worker_imports_neither_scipy_signal_nor_pandas(tmp_path):
+    """scipy.signal (with scipy.stats) and pandas cost ~1.5 CPU-s in each fresh worker process, more than
+    processing a 10-minute recording; processing and writing a recording needs neither."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from neurolm.data.signal import load_recording, SignalParams; "
-        "from neurolm.data.samples import fetch_sample; "
-        "load_recording(fetch_sample('S001R02.edf'), SignalParams(notch=60.0)); "
-        "print('scipy.signal' in sys.modules)"
+        "import sys, json; from neurolm.config import PreprocessConfig, load_config; "
+        "from neurolm.preprocess import run_preprocess; from neurolm.data.samples import fetch_sample; "
+        f"cfg = load_config(PreprocessConfig, None, ['corpus=edf', 'input=' + json.dumps(str(fetch_sample('S001R02.edf'))), "
+        f"'output=' + json.dumps({str(tmp_path / 'out')!r}), 'notch=60']); "
+        "summary = run_preprocess(cfg, progress=False, executor='inline'); "
+        "print(summary['written'], 'scipy.signal' in sys.modules, 'pandas' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.split()[-3:] == ["1", "False", "False"]
