@@ -68,24 +68,37 @@ def test_whole_recording_equals_plain_mne_to_float32_precision():
 
 
 @pytest.mark.parametrize(
-    ("n_times", "sfreq", "new_sfreq"),
+    ("n_times", "sfreq", "new_sfreq", "l_freq", "notch"),
     [
-        (300, 160.0, 200.0),  # 1.9 s: shorter than the 0.1-Hz band-pass (5281 taps) and the notch (1057)
-        (40, 256.0, 200.0),  # a few samples: padding is mostly zeros (reflect_limited)
-        (2, 250.0, 200.0),
-        (7777, 250.0, 200.0),  # odd length, downsampling
-        (5000, 512.0, 200.0),
-        (12345, 200.0, 200.0),  # already at the target rate: no resampling
+        (
+            300,
+            160.0,
+            200.0,
+            0.1,
+            50.0,
+        ),  # 1.9 s: shorter than the 0.1-Hz band-pass (5281 taps) and the notch (1057)
+        (40, 256.0, 200.0, 0.1, 50.0),  # a few samples: padding is mostly zeros (reflect_limited)
+        (2, 250.0, 200.0, 0.1, 50.0),
+        (7777, 250.0, 200.0, 0.1, 50.0),  # odd length, downsampling
+        (5000, 512.0, 200.0, 0.1, 50.0),
+        (12345, 200.0, 200.0, 0.1, 50.0),  # already at the target rate: no resampling
+        # Around the length from which band-pass and notch run as one convolution (the longer kernel):
+        (5280, 160.0, 200.0, 0.1, 60.0),
+        (5281, 160.0, 200.0, 0.1, 60.0),
+        (5282, 160.0, 200.0, 0.1, 60.0),
+        (1057, 160.0, 200.0, 1.0, 60.0),  # 1-Hz edge: band-pass 529 taps, shorter than the notch (1057)
+        (3001, 160.0, 200.0, 1.0, 60.0),
+        (9000, 160.0, 200.0, 0.5, None),  # no notch
     ],
 )
-def test_short_and_odd_recordings_match_mne(n_times, sfreq, new_sfreq):
+def test_short_and_odd_recordings_match_mne(n_times, sfreq, new_sfreq, l_freq, notch):
     data = eeg_like(3, n_times / sfreq, sfreq, seed=n_times)[:, :n_times] * 1e-6  # generated, volts
     assert data.shape[1] == n_times
-    params = SignalParams(l_freq=0.1, h_freq=75.0, notch=50.0, sfreq=new_sfreq)
-    raw = _mne_raw(data, sfreq)
-    raw.filter(0.1, 75.0, verbose="error").notch_filter(50.0, verbose="error").resample(
-        new_sfreq, verbose="error"
-    )
+    params = SignalParams(l_freq=l_freq, h_freq=75.0, notch=notch, sfreq=new_sfreq)
+    raw = _mne_raw(data, sfreq).filter(l_freq, 75.0, verbose="error")
+    if notch is not None:
+        raw.notch_filter(notch, verbose="error")
+    raw.resample(new_sfreq, verbose="error")
     ours = apply_standard_steps(data, sfreq, params)
     assert _relative_max_diff(ours, raw.get_data()) <= 1e-12
 
