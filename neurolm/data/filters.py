@@ -1,18 +1,23 @@
-"""MNE's FIR band-pass, FIR notch and FFT resampling, applied to all channels at once (docs/data.md, "Speed").
+"""MNE's FIR band-pass, FIR notch and FFT resampling, applied to many channels at once (docs/data.md, "Speed
+references").
 
 ``Raw.filter``, ``Raw.notch_filter`` and ``Raw.resample`` loop over channels in Python, and the FIR filters also
-loop over ~10-40 overlap-add blocks per channel: on a 64-channel recording that is over a thousand small FFT
-calls, each paying Python and dispatch overhead, and none of them using pocketfft's SIMD batching of several
-transforms at once. Here the filter *design* is MNE's own (:func:`mne.filter.create_filter` with the arguments
-those methods pass), and the application repeats MNE's arithmetic step by step — the same edge padding, the same
-FFT length, the same blocks, the same order of additions, the same trimming — on a ``(C, N)`` array, one FFT call
-per block for all channels. Row-batched pocketfft transforms compute each row exactly as a 1-D call does, so the
-results equal MNE's bit for bit in practice (the unit tests compare against MNE on the real recording and on
-short, odd and edge cases).
+loop over ~4-40 overlap-add blocks per channel: on a 64-channel recording, over a thousand small FFT calls, none
+using pocketfft's SIMD batching of several transforms. Here:
 
-Every function takes and returns float64 ``(C, N)`` arrays in any unit (the operations are linear) and applies
-to one contiguous segment: recordings whose annotations split them (``EDGE``/``BAD_ACQ_SKIP``) are left to MNE by
-the caller.
+- the kernels are MNE's (``mne.filter.create_filter`` with the arguments those methods pass), re-derived in a few
+  lines of numpy so that ``scipy.signal`` is never imported (:func:`bandpass_kernel`, :func:`notch_kernel`; equal
+  to ``create_filter`` bit for bit);
+- :func:`bandpass` and :func:`notch` repeat MNE's overlap-add step by step (same padding, FFT length, blocks, order
+  of additions and trimming) on a ``(C, N)`` array: MNE's result bit for bit. They serve recordings shorter than
+  the kernels;
+- :func:`bandpass_notch` computes both filters as one FFT convolution, with the ends done exactly as MNE does
+  them, and :func:`resample` is MNE's FFT resampling on all rows at once: MNE's result to ~1e-15 of the signal
+  scale. :func:`filter_and_resample` chains them a block of channels at a time.
+
+Every function takes float64 ``(C, N)`` arrays in any unit (the operations are linear) and treats them as one
+contiguous segment: recordings whose annotations split them (``EDGE``/``BAD_ACQ_SKIP``) are left to MNE by the
+caller (``neurolm.data.signal``).
 """
 
 from __future__ import annotations
