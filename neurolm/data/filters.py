@@ -293,9 +293,8 @@ def bandpass_notch(
         return filtered if n2 == 1 else _overlap_add_zero_phase(filtered, h2, pad="reflect_limited")
     e1, c1 = n1 - 1, (n1 - 1) // 2  # band-pass: padding per side, centre of the kernel
     e2, c2 = n2 - 1, (n2 - 1) // 2
-    padded = _pad(
-        x, e1, e1, "reflect_limited"
-    )  # (C, N + 2·e1); band-passed sample i = full conv at e1 + c1 + i
+    # (C, N + 2·e1): MNE's band-pass padding; band-passed sample i is the full convolution at e1 + c1 + i.
+    padded = _pad(x, e1, e1, "reflect_limited")
     if n2 == 1:
         return _conv_at(padded, h1, e1 + c1, n_times)
     out = np.empty_like(x)
