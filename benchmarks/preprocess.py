@@ -74,6 +74,7 @@ def measure(cfg: PreprocessConfig, workers: int, repeats: int) -> dict:
         if workers:
             ray.shutdown()
     summary, wall = best["summary"], best["wall"]
+    load = [round(x, 2) for x in os.getloadavg()]  # other jobs share this machine: say how busy it was
     records = json.loads(Path(summary["manifest"]).read_text())["recordings"]
     eeg_seconds = summary["source_seconds"]
     return {
@@ -86,6 +87,7 @@ def measure(cfg: PreprocessConfig, workers: int, repeats: int) -> dict:
         "eeg_s_per_cpu_s": round(eeg_seconds / summary["cpu_s"], 1),
         "eeg_s_per_wall_s": round(eeg_seconds / wall, 1),
         "peak_worker_rss_mb": max(r["peak_rss_mb"] for r in records),
+        "load_avg_1_5_15": load,
     }
 
 
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="length of each generated recording")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray CPUs (0 = in-process)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the fastest is reported")
+    parser.add_argument("--notch", type=float, default=50.0, help="notch frequency in Hz (the edf corpus default: 50)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="neurolm-bench-"))
     try:
@@ -120,12 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for workers in [0, *args.workers]:
                 out = work / f"out-{folder.name}-{workers}"
-                cfg = PreprocessConfig(corpus="edf", input=str(folder), output=str(out))
+                cfg = PreprocessConfig(corpus="edf", input=str(folder), output=str(out), notch=args.notch)
                 runs.append(measure(cfg, workers, args.repeats))
             results.append({"input": name, "runs": runs})
         report = {
             "benchmark": "preprocess",
-            "steps": "bandpass 0.1-75 Hz, notch 50 Hz, resample 200 Hz, 10-s windows, zstd Parquet (local disk)",
+            "steps": f"bandpass 0.1-75 Hz, notch {args.notch:g} Hz, resample 200 Hz, 10-s windows, Parquet (local disk)",
             "cpu_count": os.cpu_count(),
             "inputs": results,
             "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

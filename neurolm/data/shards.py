@@ -151,22 +151,47 @@ def samples_to_table(
         signal = pa.ExtensionArray.from_storage(schema.field(SIGNAL_COLUMN).type, storage_array)
     else:
         signal = _binary_signal(samples.signals.reshape(n, -1))
-    channels = [samples.channel_indices.astype(np.int16).tolist()] * n
+    channel_row = np.asarray(samples.channel_indices, dtype=np.int16)
     columns = {
-        "sample_id": [f"{task.dataset}/{task.recording}/{i:06d}" for i in range(n)],
-        "dataset": [task.dataset] * n,
-        "split": list(samples.splits),
-        "subject": [task.subject] * n,
-        "recording": [task.recording] * n,
-        "start_s": np.asarray(samples.start_s, dtype=np.float64),
-        "label": np.asarray(samples.labels, dtype=np.int64),
-        "channels": channels,
-        "n_channels": np.full(n, n_channels, dtype=np.int16),
-        "n_seconds": np.full(n, n_times // int(sfreq), dtype=np.int32),
+        "sample_id": _strings([f"{task.dataset}/{task.recording}/{i:06d}" for i in range(n)]),
+        "dataset": _strings([task.dataset] * n),
+        "split": _strings(list(samples.splits)),
+        "subject": _strings([task.subject] * n),
+        "recording": _strings([task.recording] * n),
+        "start_s": _numbers(samples.start_s, pa.float64(), np.float64),
+        "label": _numbers(samples.labels, pa.int64(), np.int64),
+        "channels": _repeated_list(channel_row, n, pa.int16()),
+        "n_channels": _numbers(np.full(n, n_channels), pa.int16(), np.int16),
+        "n_seconds": _numbers(np.full(n, n_times // int(sfreq)), pa.int32(), np.int32),
         SIGNAL_COLUMN: signal,
-        "source_sfreq": np.full(n, samples.source_sfreq, dtype=np.float64),
+        "source_sfreq": _numbers(np.full(n, samples.source_sfreq), pa.float64(), np.float64),
     }
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+# The columns are built from their buffers rather than with pa.array: pyarrow's first conversion from Python or
+# numpy imports pandas (~0.3 CPU-s in each fresh worker process), which writing a shard never needs.
+
+
+def _numbers(values: Sequence[float] | np.ndarray, kind: pa.DataType, dtype: type) -> pa.Array:
+    data = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])
+
+
+def _strings(values: Sequence[str]) -> pa.Array:
+    encoded = [value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, dtype="<i4")
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    return pa.Array.from_buffers(
+        pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    )
+
+
+def _repeated_list(row: np.ndarray, n: int, kind: pa.DataType) -> pa.Array:
+    """``n`` copies of one list (every sample of a recording has the same channels)."""
+    values = _numbers(np.tile(row, n), kind, row.dtype.type)
+    offsets = np.arange(n + 1, dtype="<i4") * len(row)
+    return pa.Array.from_buffers(pa.list_(kind), n, [None, pa.py_buffer(offsets)], children=[values])
 
 
 def _binary_signal(rows: np.ndarray) -> pa.Array:
@@ -219,7 +244,7 @@ def write_recording_shards(
         ]
     for split in _split_order(splits):
         rows = np.flatnonzero(np.asarray(splits, dtype=object) == split)
-        part = table.take(pa.array(rows))
+        part = table.take(_numbers(rows, pa.int64(), np.int64))
         for number, start in enumerate(range(0, part.num_rows, samples_per_shard)):
             chunk = part.slice(start, samples_per_shard)
             relative = f"{split}/part-{key}-{number:05d}.parquet"
