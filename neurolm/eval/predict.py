@@ -266,7 +266,7 @@ def calibration_bias(metrics_uri: str, task: Task) -> np.ndarray:
     """
     try:
         report = json.loads(storage.read_text(metrics_uri))
-    except (OSError, storage.StorageError, ValueError) as err:
+    except (OSError, ValueError) as err:  # storage.StorageError is an OSError
         raise ConfigError(f"calibration = {metrics_uri!r}: cannot read a metrics.json ({err})") from None
     found = [
         (key, entry["metrics"]["calibrated/bias"])
