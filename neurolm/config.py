@@ -334,6 +334,26 @@ class ScalingSection(Section):
     )
     gpus_per_worker: float = Field(default=1.0, ge=0, description="GPUs per worker when use_gpu.")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    min_workers: int | None = Field(
+        default=None, ge=1,
+        description="Elastic training (docs/resilience.md): Ray Train runs between min_workers and num_workers "
+        "workers, whatever fits, and a checkpoint resumes with any worker count in that range. Every rank reads the "
+        "epoch in one global order and takes its slice (the global batch of num_workers x micro_batch_size x "
+        "grad_accum_steps samples is kept: fewer workers accumulate more). None = a fixed num_workers, each "
+        "worker streaming its own split.",
+    )
+
+    @model_validator(mode="after")
+    def _check_min_workers(self) -> ScalingSection:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(
+                f"scaling.min_workers={self.min_workers} is above scaling.num_workers={self.num_workers}"
+            )
+        return self
+
+    def worker_counts(self) -> range:
+        """Every worker count a run of this config may train with."""
+        return range(self.min_workers or self.num_workers, self.num_workers + 1)
 
 
 class DeepSpeedSection(Section):
@@ -407,6 +427,11 @@ class TrainSection(Section):
         default=None, ge=1, description="End this invocation after N steps with a checkpoint, keeping the "
         "full run's schedule (time-boxed jobs); rerun with the same run name to continue."
     )
+    record_samples: bool = Field(
+        default=False,
+        description="Debug: each rank writes the ids of the samples of every optimizer step to "
+        "<run>/samples/ (what the resume tests check: every sample of an epoch once). Stages 1-2.",
+    )
 
 
 class IngestSection(Section):
@@ -459,6 +484,26 @@ class StageConfig(Section):
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
     scaling: ScalingSection = Field(default_factory=ScalingSection)
     run: RunSection
+
+    @model_validator(mode="after")
+    def _check_elastic_batch(self) -> StageConfig:
+        """Elastic runs keep the global batch: every allowed worker count must divide it in micro-batches."""
+        micro = self.scaling.num_workers * self.train.grad_accum_steps
+        bad = [m for m in self.scaling.worker_counts() if micro % m]
+        if bad:
+            raise ValueError(
+                f"scaling.min_workers={self.scaling.min_workers}: {bad[0]} workers cannot share the global batch of "
+                f"{micro} micro-batches (scaling.num_workers x train.grad_accum_steps); choose min_workers so that "
+                "every worker count from it to num_workers divides it"
+            )
+        return self
+
+    def elastic_accum_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each of ``world_size`` workers (the configured
+        ``grad_accum_steps`` at ``num_workers``; more on fewer workers in an elastic run)."""
+        if self.scaling.min_workers is None:
+            return self.train.grad_accum_steps
+        return self.scaling.num_workers * self.train.grad_accum_steps // world_size
 
     def shard_uris(self) -> list[str]:
         """Every EEG shard directory the stage reads (checked for reachability before Ray starts)."""

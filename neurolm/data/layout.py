@@ -234,9 +234,24 @@ def make_layout_fn(
         for name in keep:
             if name in columns:
                 out[name] = np.asarray(columns[name])
+        if "sample_key" in keep:
+            ids = batch.column("sample_id").to_pylist() if hasattr(batch, "column") else batch["sample_id"]
+            out["sample_key"] = sample_keys(ids)
         return out
 
     return layout_fn
+
+
+def sample_keys(sample_ids: Sequence[str]) -> np.ndarray:
+    """A stable int64 per ``sample_id`` (the first 8 bytes of its BLAKE2b digest), for batches that carry sample
+    identity as tensors (``train.record_samples``)."""
+    import hashlib
+
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(str(s).encode(), digest_size=8).digest(), "little", signed=True)
+         for s in sample_ids],
+        dtype=np.int64,
+    )
 
 
 def instruction_text_batch(

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -190,23 +191,92 @@ def validate_checkpoint_dir(directory: str) -> TrainState:
     return state
 
 
-def load_checkpoint(engine, directory: str, world_size: int) -> TrainState:
-    """Every rank: restore model, optimizer and scheduler from a checkpoint; return the counters."""
+def load_checkpoint(engine, directory: str, world_size: int, elastic: bool = False) -> TrainState:
+    """Every rank: restore model, optimizer and scheduler from a checkpoint; return the counters.
+
+    A checkpoint written by another number of workers loads only when ``elastic`` (``scaling.min_workers`` set):
+    its per-rank counters are rescaled to ``world_size`` (:func:`rescale_counters`) and ZeRO-1/2 optimizer
+    partitions are resharded through a DeepSpeed universal checkpoint (:func:`universal_checkpoint`).
+    """
     state = validate_checkpoint_dir(directory)
-    if state.world_size != world_size:
-        # ZeRO optimizer shards are per rank; DeepSpeed reshards stage 1/2 fp32 states on load only with
-        # universal checkpoints, so we insist on the same world size and say so.
+    verify_checkpoint_files(directory)
+    ds_dir = os.path.join(directory, "ds")
+    if state.world_size == world_size:
+        _engine_load(engine, ds_dir, universal=False, where=directory)
+        return state
+    if not elastic:
+        # ZeRO optimizer shards are per rank; only an elastic run converts them (docs/resilience.md).
         raise CheckpointError(
             f"{directory}: written by {state.world_size} workers, resuming with {world_size}; "
-            "resume with scaling.num_workers matching the checkpoint"
+            "resume with scaling.num_workers matching the checkpoint, or set scaling.min_workers (elastic)"
         )
-    verify_checkpoint_files(directory)
-    with weights_only_loads():
-        load_path, _ = engine.load_checkpoint(
-            os.path.join(directory, "ds"), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+    partitions = sorted(Path(ds_dir, DS_TAG).glob("zero_pp_rank_*optim_states.pt"))
+    if any(Path(ds_dir, DS_TAG).glob("zero_pp_rank_*model_states.pt")):
+        # DeepSpeed 0.19's universal conversion of ZeRO-3 loses the Adam moments' layout (measured: 1.6e-3 off
+        # after one step where ZeRO-1/2 agree to 1.5e-8), so a ZeRO-3 run keeps its worker count.
+        raise CheckpointError(
+            f"{directory}: a ZeRO-3 checkpoint of {state.world_size} workers cannot resume with {world_size}; "
+            "elastic runs need deepspeed.zero_stage <= 2"
         )
+    if partitions:
+        with tempfile.TemporaryDirectory(prefix="neurolm-universal-") as tmp:
+            universal_checkpoint(ds_dir, tmp)
+            _engine_load(engine, tmp, universal=True, where=directory)
+    else:  # ZeRO-0: the optimizer state is whole in the model-states file
+        _engine_load(engine, ds_dir, universal=False, where=directory)
+    return rescale_counters(state, world_size)
+
+
+def _engine_load(engine, ds_dir: str, universal: bool, where: str) -> None:
+    saved = engine._config.load_universal_checkpoint
+    engine._config.load_universal_checkpoint = universal
+    try:
+        with weights_only_loads():
+            load_path, _ = engine.load_checkpoint(
+                ds_dir, tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+    finally:
+        engine._config.load_universal_checkpoint = saved
     if load_path is None:
-        raise CheckpointError(f"{directory}: DeepSpeed could not load the checkpoint")
+        raise CheckpointError(f"{where}: DeepSpeed could not load the checkpoint")
+
+
+def universal_checkpoint(ds_dir: str, out_dir: str) -> None:
+    """Convert the ZeRO-1/2 checkpoint ``ds_dir/<tag>`` into a DeepSpeed universal checkpoint ``out_dir/<tag>``
+    (per-parameter fp32 weights and Adam moments) that an engine of any data-parallel size loads.
+
+    Deterministic, so every rank converts its own copy without talking to the others. DeepSpeed's converter
+    unpickles with ``weights_only=False``; it runs inside :func:`weights_only_loads` like every other load."""
+    import argparse
+    import contextlib as _contextlib
+    import io
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=os.path.join(ds_dir, DS_TAG), output_folder=os.path.join(out_dir, DS_TAG),
+        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+        inject_missing_state=True,  # our engines do not write universal_checkpoint_info; it holds a version only
+    )
+    with weights_only_loads(), _contextlib.redirect_stdout(io.StringIO()):
+        ds_to_universal.main(args)
+
+
+def rescale_counters(state: TrainState, world_size: int) -> TrainState:
+    """The counters of a checkpoint of ``state.world_size`` workers as ``world_size`` workers continue them.
+
+    An elastic run keeps the global batch, so the global micro-batches consumed (``micro_in_epoch`` and
+    ``text_batches`` are per rank) are what carries over; checkpoints fall on optimizer steps and every worker
+    count divides the global batch (checked by the config), so the division is exact."""
+    old, new = state.world_size, world_size
+    for name in ("micro_in_epoch", "text_batches"):
+        total = getattr(state, name) * old
+        if total % new:
+            raise CheckpointError(
+                f"{name}={getattr(state, name)} on {old} workers is not a whole number per rank on {new} workers"
+            )
+        setattr(state, name, total // new)
+    state.world_size = new
     return state
 
 

@@ -115,6 +115,16 @@ def build_datasets(cfg: StageConfig, stage: Stage) -> tuple[dict[str, Any], dict
     return datasets, info
 
 
+def split_datasets(cfg: StageConfig, datasets: dict[str, Any]) -> list[str]:
+    """The datasets each worker gets a split of (``streaming_split``). In an elastic run the epoch's ``train``
+    stream and the ``text`` stream are read whole by every rank in one global order, each rank taking its slice
+    (:func:`neurolm.train.loop.global_order_batches`): that is what lets a checkpoint resume on another number of
+    workers, at the cost of every worker reading the whole stream."""
+    if cfg.scaling.min_workers is None:
+        return sorted(datasets)
+    return sorted(name for name in datasets if name not in ("train", "text"))
+
+
 def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResult:
     """Run one training stage on Ray Train + DeepSpeed and export its consolidated weights.
 
@@ -162,7 +172,9 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
         train_loop_config={"stage": cfg.stage, "cfg": cfg.model_dump(mode="json"), "steps_per_epoch": steps_per_epoch,
                            "info": info, "datasets": sorted(datasets)},
         scaling_config=ScalingConfig(
-            num_workers=world,
+            # Elastic (scaling.min_workers): Ray Train starts as many workers as fit, down to min_workers, and
+            # restarts the group larger when resources come back; each start resumes from the last checkpoint.
+            num_workers=world if cfg.scaling.min_workers is None else (cfg.scaling.min_workers, world),
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=resources,
             placement_strategy=cfg.scaling.placement_strategy,
@@ -171,7 +183,7 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
             backend="nccl" if cfg.scaling.use_gpu else "gloo", timeout_s=cfg.deepspeed.collective_timeout_s
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split="all", execution_options=options),
+        dataset_config=DataConfig(datasets_to_split=split_datasets(cfg, datasets), execution_options=options),
         run_config=RunConfig(
             name=cfg.run.name,
             storage_path=storage_path,

@@ -63,27 +63,52 @@ class MetricsHistory:
 
 
 class ResumableTextStream:
-    """Cycles over this worker's text shard forever; can fast-forward to a consumed count after a resume."""
+    """Cycles over a text shard forever; can fast-forward to a consumed count after a resume.
 
-    def __init__(self, shard: Any, batch_size: int, consumed: int) -> None:
-        self.shard, self.batch_size = shard, batch_size
+    With ``stride`` > 1 (elastic runs) the shard is the whole text dataset on every rank and this rank takes the
+    batches ``offset, offset + stride, ...`` of its endless sequence of passes, so the global position
+    (``consumed x stride``) carries over to any number of workers."""
+
+    def __init__(self, shard: Any, batch_size: int, consumed: int, stride: int = 1, offset: int = 0) -> None:
+        self.shard, self.batch_size, self.stride = shard, batch_size, stride
         self.consumed = 0
+        self._global = 0  # batches of the endless sequence passed so far (all ranks' included)
         self._it: Iterator[dict[str, torch.Tensor]] = self._new_pass()
-        while self.consumed < consumed:
-            self.next()
+        for _ in range(consumed * stride + offset):
+            self._next_global()
 
     def _new_pass(self) -> Iterator[dict[str, torch.Tensor]]:
         return iter(self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True))
 
-    def next(self) -> torch.Tensor:
+    def _next_global(self) -> torch.Tensor:
         for _ in range(2):
             try:
                 batch = next(self._it)
-                self.consumed += 1
+                self._global += 1
                 return batch["tokens"]
             except StopIteration:
                 self._it = self._new_pass()
         raise RuntimeError("the text shard of this worker holds fewer rows than one text batch")
+
+    def next(self) -> torch.Tensor:
+        tokens = self._next_global()
+        for _ in range(self.stride - 1):  # the other ranks' batches
+            self._next_global()
+        self.consumed += 1
+        return tokens
+
+
+def global_order_batches(
+    batches: Iterator[dict[str, Any]], rank: int, world_size: int, start: int
+) -> Iterator[dict[str, Any]]:
+    """This rank's micro-batches of an epoch read in one global order by every rank: global micro-batch ``g``
+    belongs to rank ``g % world_size``; the first ``start`` (a multiple of ``world_size``) were consumed before.
+
+    Whatever the number of workers, the consumed micro-batches are then a prefix of the epoch's order, so a
+    checkpoint's position (global micro-batches) resumes on any number of workers (docs/resilience.md)."""
+    for g, batch in enumerate(batches):
+        if g >= start and g % world_size == rank:
+            yield batch
 
 
 class Trainer:
@@ -107,7 +132,9 @@ class Trainer:
         seed_everything(derived_seed(cfg.train.seed, ctx.rank))
 
         t = cfg.train
-        self.accum = t.grad_accum_steps
+        # Elastic runs (scaling.min_workers) keep the global batch: fewer workers accumulate more micro-batches.
+        self.elastic = cfg.scaling.min_workers is not None
+        self.accum = cfg.elastic_accum_steps(ctx.world_size)
         # Equal on every rank: the split is equal and drops the last partial batch.
         self.micro_per_epoch = steps_per_epoch * self.accum
         self.total_steps = (
@@ -120,7 +147,7 @@ class Trainer:
             self.model,
             cfg.deepspeed,
             cfg.optim,
-            t,
+            t.model_copy(update={"grad_accum_steps": self.accum}),
             cfg.scaling.use_gpu,
             total_steps=self.total_steps,
             steps_per_epoch=steps_per_epoch,
@@ -130,8 +157,9 @@ class Trainer:
 
         self.text = None
         if cfg.data.text and cfg.data.text_batch_size > 0:
+            stride, offset = (ctx.world_size, ctx.rank) if self.elastic else (1, 0)
             self.text = ResumableTextStream(
-                ctx.shard("text"), cfg.data.text_batch_size, self.state.text_batches
+                ctx.shard("text"), cfg.data.text_batch_size, self.state.text_batches, stride, offset
             )
         position = (self.state.epoch * self.micro_per_epoch + self.state.micro_in_epoch) * t.micro_batch_size
         self.stream = stage.train_stream(ctx, info or {}, position, derived_seed(t.seed))
@@ -146,6 +174,7 @@ class Trainer:
             uri = storage.join(cfg.run.storage_path, cfg.run.name, "metrics.jsonl")
             self.history = MetricsHistory(uri, self.state.step)
         self._last_flush = time.perf_counter()
+        self._step_samples: list[int] = []
 
     # -- state -------------------------------------------------------------------------------------------
     def _restore(self) -> TrainState:
@@ -153,7 +182,7 @@ class Trainer:
         state = TrainState(world_size=world, config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"))
         with self.ctx.restore() as directory:
             if directory is not None:
-                state = load_checkpoint(self.engine, directory, world)
+                state = load_checkpoint(self.engine, directory, world, elastic=self.elastic)
                 state.resumes += 1
                 log.info(
                     "resumed from step %d (epoch %d, micro-batch %d)",
@@ -190,6 +219,7 @@ class Trainer:
                 if state.micro_in_epoch % self.accum:
                     continue
                 state.step += 1
+                self._record_samples()
                 if self._after_step():
                     done = True
                     break
@@ -202,17 +232,21 @@ class Trainer:
     def _epoch_batches(self, epoch: int) -> Iterator[dict[str, Any]]:
         if self.stream is not None:
             return self.stream
-        cfg, rank = self.cfg, self.ctx.rank
+        cfg, rank, world = self.cfg, self.ctx.rank, self.ctx.world_size
         shuffle = cfg.data.local_shuffle_buffer
+        # Elastic: every rank reads the whole epoch in the same shuffled order (seeded by the epoch alone).
+        seed = derived_seed(cfg.train.seed, epoch) if self.elastic else derived_seed(cfg.train.seed, epoch, rank)
         it = iter(
             self.ctx.shard("train").iter_torch_batches(
                 batch_size=cfg.train.micro_batch_size,
                 drop_last=True,
                 local_shuffle_buffer_size=shuffle or None,
-                local_shuffle_seed=derived_seed(cfg.train.seed, epoch, rank) if shuffle else None,
+                local_shuffle_seed=seed if shuffle else None,
                 prefetch_batches=cfg.data.prefetch_batches,
             )
         )
+        if self.elastic:
+            return global_order_batches(it, rank, world, self.state.micro_in_epoch * world)
         for _ in range(self.state.micro_in_epoch):  # fast-forward to where the checkpoint was taken
             next(it)
         return it
@@ -221,8 +255,16 @@ class Trainer:
         state, ctx, seed = self.state, self.ctx, self.cfg.train.seed
         text_tokens = self.text.next().to(ctx.device) if self.text is not None else None
         t1 = time.perf_counter()
-        # The step's randomness is a function of (seed, step, micro-step, rank): resume replays it exactly.
-        torch.manual_seed(derived_seed(seed, state.step, state.micro_in_epoch, ctx.rank))
+        # The step's randomness is a function of (seed, step, micro-step, rank): resume replays it exactly. In an
+        # elastic run, of (seed, step, global micro-batch of the step): the same on any number of workers.
+        if self.elastic:
+            torch.manual_seed(derived_seed(seed, state.step, (state.micro_in_epoch % self.accum) * ctx.world_size
+                                           + ctx.rank))  # fmt: skip
+        else:
+            torch.manual_seed(derived_seed(seed, state.step, state.micro_in_epoch, ctx.rank))
+        keys = batch.pop("sample_key", None)
+        if keys is not None:
+            self._step_samples.extend(int(k) for k in keys)
         out = self.stage.train_step(
             self.engine, ctx.to_device(batch), text_tokens, progress=state.step / max(self.total_steps, 1)
         )
@@ -236,6 +278,20 @@ class Trainer:
             samples=self.cfg.train.micro_batch_size,
             data_s=t1 - t0,
             step_s=time.perf_counter() - t0,
+        )
+
+    def _record_samples(self) -> None:
+        """``train.record_samples``: this rank's sample keys of the step just taken, one small JSON file per
+        (step, attempt, rank) under ``<run>/samples/``; a resumed run's later attempt supersedes earlier ones."""
+        keys, self._step_samples = self._step_samples, []
+        if not self.cfg.train.record_samples:
+            return
+        state, ctx = self.state, self.ctx
+        name = f"step_{state.step:07d}.attempt_{state.resumes:02d}.rank_{ctx.rank:03d}.json"
+        storage.write_text(
+            storage.join(self.cfg.run.storage_path, self.cfg.run.name, "samples", name),
+            json.dumps({"step": state.step, "epoch": state.epoch, "rank": ctx.rank, "world_size": ctx.world_size,
+                        "attempt": state.resumes, "keys": keys}),
         )
 
     # -- decisions and reports ---------------------------------------------------------------------------

@@ -38,7 +38,8 @@ class PretrainStage(Stage):
             engine.module.code_head.float()
 
     def batch_transform(self):
-        return make_layout_fn(self.cfg.data.max_tokens, targets=False, keep=(), truncate=True)
+        keep = ("sample_key",) if self.cfg.train.record_samples else ()
+        return make_layout_fn(self.cfg.data.max_tokens, targets=False, keep=keep, truncate=True)
 
     def train_step(
         self, model: Any, batch: dict[str, torch.Tensor], text: torch.Tensor | None, progress: float

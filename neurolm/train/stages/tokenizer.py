@@ -53,7 +53,8 @@ class TokenizerStage(Stage):
         engine.module.quantizer.float()
 
     def batch_transform(self):
-        return make_layout_fn(self.cfg.data.max_tokens, targets=True, keep=(), truncate=True)
+        keep = ("sample_key",) if self.cfg.train.record_samples else ()
+        return make_layout_fn(self.cfg.data.max_tokens, targets=True, keep=keep, truncate=True)
 
     def _forward(self, model: Any, batch: dict[str, torch.Tensor], text: torch.Tensor | None, alpha: float):
         return model(
