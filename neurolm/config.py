@@ -342,6 +342,11 @@ class ScalingSection(Section):
         "grad_accum_steps samples is kept: fewer workers accumulate more). None = a fixed num_workers, each "
         "worker streaming its own split.",
     )
+    resize_check_s: float = Field(
+        default=60.0, gt=0,
+        description="Elastic runs: how often Ray Train checks whether more workers fit (then it restarts the group "
+        "larger, from the last checkpoint).",
+    )
 
     @model_validator(mode="after")
     def _check_min_workers(self) -> ScalingSection:

@@ -175,6 +175,7 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
             # Elastic (scaling.min_workers): Ray Train starts as many workers as fit, down to min_workers, and
             # restarts the group larger when resources come back; each start resumes from the last checkpoint.
             num_workers=world if cfg.scaling.min_workers is None else (cfg.scaling.min_workers, world),
+            elastic_resize_monitor_interval_s=cfg.scaling.resize_check_s,
             use_gpu=cfg.scaling.use_gpu,
             resources_per_worker=resources,
             placement_strategy=cfg.scaling.placement_strategy,

@@ -111,6 +111,29 @@ def global_order_batches(
             yield batch
 
 
+def sample_ledger(run_uri: str) -> dict[int, list[int]]:
+    """What ``train.record_samples`` wrote for the run at ``run_uri``: step -> the sample keys of that step over
+    all ranks (:func:`neurolm.data.layout.sample_keys`), each step from the last attempt that ran it (a resumed
+    run deletes the records after its checkpoint before its first step).
+
+    Raises ``ValueError`` when an attempt's files of a step are not one per rank (a rank's file is missing)."""
+    root = storage.join(run_uri, "samples")
+    rows = [json.loads(storage.read_text(f)) for f in storage.list_files(root, suffix=".json")]
+    last: dict[int, int] = {}
+    for r in rows:
+        last[r["step"]] = max(last.get(r["step"], -1), r["attempt"])
+    steps: dict[int, list[int]] = {}
+    for r in sorted(rows, key=lambda r: (r["step"], r["rank"])):
+        if r["attempt"] == last[r["step"]]:
+            steps.setdefault(r["step"], []).extend(r["keys"])
+    for step, attempt in last.items():
+        ranks = [r for r in rows if r["step"] == step and r["attempt"] == attempt]
+        if len(ranks) != ranks[0]["world_size"]:
+            raise ValueError(f"{root}: step {step} (attempt {attempt}) has {len(ranks)} rank files of "
+                             f"{ranks[0]['world_size']}")  # fmt: skip
+    return steps
+
+
 class Trainer:
     """One stage's training on this worker. Every rank builds one with the same arguments and calls :meth:`fit`."""
 
@@ -175,6 +198,12 @@ class Trainer:
             self.history = MetricsHistory(uri, self.state.step)
         self._last_flush = time.perf_counter()
         self._step_samples: list[int] = []
+        if cfg.train.record_samples and ctx.rank == 0:
+            # Like the metrics history: steps after the checkpoint are run again, so their records go. Done before
+            # the first step, which no rank can finish (and record) without rank 0.
+            for uri in storage.list_files(self._samples_dir(), suffix=".json"):
+                if int(uri.rsplit("/", 1)[-1].split(".", 1)[0].removeprefix("step_")) > self.state.step:
+                    storage.delete_tree(uri)
 
     # -- state -------------------------------------------------------------------------------------------
     def _restore(self) -> TrainState:
@@ -280,6 +309,9 @@ class Trainer:
             step_s=time.perf_counter() - t0,
         )
 
+    def _samples_dir(self) -> str:
+        return storage.join(self.cfg.run.storage_path, self.cfg.run.name, "samples")
+
     def _record_samples(self) -> None:
         """``train.record_samples``: this rank's sample keys of the step just taken, one small JSON file per
         (step, attempt, rank) under ``<run>/samples/``; a resumed run's later attempt supersedes earlier ones."""
@@ -289,7 +321,7 @@ class Trainer:
         state, ctx = self.state, self.ctx
         name = f"step_{state.step:07d}.attempt_{state.resumes:02d}.rank_{ctx.rank:03d}.json"
         storage.write_text(
-            storage.join(self.cfg.run.storage_path, self.cfg.run.name, "samples", name),
+            storage.join(self._samples_dir(), name),
             json.dumps({"step": state.step, "epoch": state.epoch, "rank": ctx.rank, "world_size": ctx.world_size,
                         "attempt": state.resumes, "keys": keys}),
         )
