@@ -644,12 +644,6 @@ class InstructJobConfig(StageConfig):
         description="Weight of the text LM loss on data.text windows (official: always added, weight 1); "
         "0 = answers only.",
     )
-    augment_gain: float = Field(
-        default=0.0, ge=0, le=1,
-        description="Training only: each sample's channels are scaled by independent gains exp(U(-a, a)) (a = this "
-        "value; 0.25 = x0.78..1.28), teaching answers that do not hang on amplitude, which shifts between sessions "
-        "and headsets. 0 = off (official).",
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------

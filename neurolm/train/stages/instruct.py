@@ -143,16 +143,6 @@ class MixedTaskStream:
     __next__ = next
 
 
-def channel_gain(x: torch.Tensor, input_chans: torch.Tensor, a: float) -> torch.Tensor:
-    """``x`` (B, N, patch) with every token of sample b and channel c scaled by ``exp(u[b, c])``, ``u ~ U(-a, a)``
-    drawn from torch's global generator (the trainer seeds it per micro-step, so resumes replay it).
-    ``input_chans`` (B, N) gives each token's channel index; padding tokens are zero and stay zero."""
-    n_chan = int(input_chans.max()) + 1
-    u = (torch.rand(x.shape[0], n_chan, device=x.device) * 2 - 1) * a
-    gain = torch.exp(u).to(x.dtype).gather(1, input_chans.long())
-    return x * gain[..., None]
-
-
 class InstructStage(Stage):
     """Validation is per task (:meth:`evaluate`); :meth:`eval_step` is the base class's (the answer loss)."""
 
@@ -221,10 +211,7 @@ class InstructStage(Stage):
     def train_step(
         self, model: Any, batch: dict[str, torch.Tensor], text: torch.Tensor | None, progress: float
     ) -> StepOutput:
-        x = batch["x"]
-        if self.cfg.augment_gain > 0:
-            x = channel_gain(x, batch["input_chans"], self.cfg.augment_gain)
-        out = model(x, batch["input_chans"], batch["input_time"], batch["input_mask"],
+        out = model(batch["x"], batch["input_chans"], batch["input_time"], batch["input_mask"],
                     text=batch["text"], text_targets=batch["text_targets"])
         loss = out.loss
         metrics = {"answer_loss": float(out.loss.detach()), "answer_accuracy": float(out.accuracy)}
