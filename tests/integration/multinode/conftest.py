@@ -1,5 +1,5 @@
 """A Ray cluster of three nodes on loopback for the multi-node tests: the head on 127.0.0.1 (no CPUs, so no
-training lands there) and worker nodes on 127.0.0.2 and 127.0.0.3 (2 logical CPUs and ``node_<n>: 1`` each).
+training lands there) and worker nodes on 127.0.0.2 and 127.0.0.3 (3 logical CPUs and ``node_<n>: 1`` each: room for one 2-CPU Train worker and its data tasks).
 
 Run these tests in a pytest session of their own (``pytest -m multinode``): one process joins one Ray cluster,
 and this one replaces the session's single-node instance (``ray_cluster`` is overridden here, so the shared data
@@ -66,7 +66,7 @@ def multinode_cluster(s3_server: dict[str, str]) -> Iterator[LocalRayCluster]:
     # Short root: Ray's unix sockets live under each node's temp dir and must stay below ~107 characters.
     root = tempfile.mkdtemp(prefix="nlm-mn-", dir="/tmp")
     saved = dict(os.environ)
-    cluster = LocalRayCluster(root, worker_ips=WORKER_IPS, head_cpus=0, worker_cpus=2,
+    cluster = LocalRayCluster(root, worker_ips=WORKER_IPS, head_cpus=0, worker_cpus=3,
                               env={k: v for k, v in worker_env_vars().items() if k.startswith("AWS_")})  # fmt: skip
     cluster.start()
     try:

@@ -1,7 +1,7 @@
-"""Ray Train elastic scaling across nodes: a pre-training run with one worker per node (1.5 of each node's 2 CPUs)
-loses a node, continues on 1 worker from the last checkpoint (2 -> 1), gets the node back and grows to 2 workers
-again (1 -> 2) — and still sees every sample of its epoch once, step by step the samples of an uninterrupted
-run, and ends with its weights."""
+"""Ray Train elastic scaling across nodes: a pre-training run with one worker per node (2 of each node's 3 logical
+CPUs, the third for its data tasks) loses a node, continues on 1 worker from the last checkpoint (2 -> 1), gets the
+node back and grows to 2 workers again (1 -> 2) — and still sees every sample of its epoch once, step by step the
+samples of an uninterrupted run, and ends with its weights."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def _cfg(eeg_shards, text_shards, s3_uri, tokenizer: str, name: str, *overrides:
         "data.text_seq_len=64", f"tokenizer={tokenizer}", f"run.storage_path={storage.join(s3_uri, 'multinode-runs')}",
         f"run.name={name}", "run.wandb=false", "train.max_steps=null", "train.epochs=1", "train.checkpoint_every=2",
         "train.log_every=1", f"train.micro_batch_size={MICRO}", "deepspeed.zero_stage=2", "train.record_samples=true",
-        "scaling.num_workers=2", "scaling.min_workers=1", "scaling.cpus_per_worker=1.5", "scaling.resize_check_s=5",
+        "scaling.num_workers=2", "scaling.min_workers=1", "scaling.cpus_per_worker=2", "scaling.resize_check_s=5",
         "scaling.placement_strategy=SPREAD", "run.max_failures=4", *overrides,
     ])  # fmt: skip
 
