@@ -74,7 +74,8 @@ def load_pretrained(directory: str, map_location: str | torch.device = "cpu", **
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{directory} was written by a newer neurolm (format {meta['format_version']})")
     cls, cfg_cls = _KINDS[kind]
-    model = cls(cfg_cls.from_dict({**meta["config"], **config_overrides}))
+    # Nested overrides (e.g. {"gpt": {"dropout": 0.1}}) change those keys only, not the whole section.
+    model = cls(cfg_cls.from_dict(deep_merge(meta["config"], config_overrides)))
     state = load_safetensors(storage.read_bytes(storage.join(directory, "model.safetensors")))
     result = model.load_state_dict(state, strict=False)
     shapes = [k for k, v in state.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]

@@ -110,3 +110,14 @@ def test_encoder_to_gpt_projection_round_trips(tmp_path, make_batch) -> None:
         c = load_pretrained(save_pretrained(back, str(tmp_path / "ours")))(
             b["x"], b["input_chans"], b["input_time"], b["input_mask"], return_logits=True).logits
     assert torch.equal(a, c)
+
+
+def test_a_nested_config_override_changes_only_its_keys(tmp_path) -> None:
+    """Stage 3 passes ``model.overrides`` such as ``{gpt: {dropout: 0.2}}`` to the loaded export: the rest of the
+    ``gpt`` section (width, layers, vocabulary) stays the export's."""
+    torch.manual_seed(0)
+    model = NeuroLM(NeuroLMConfig.preset("tiny"))
+    save_pretrained(model, str(tmp_path / "lm"))
+    loaded = load_neurolm(str(tmp_path / "lm"), gpt={"dropout": 0.2})
+    assert loaded.config.gpt.dropout == 0.2
+    assert loaded.config.gpt.model_dump(exclude={"dropout"}) == model.config.gpt.model_dump(exclude={"dropout"})
