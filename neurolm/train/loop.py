@@ -76,6 +76,7 @@ class ResumableTextStream:
         self._it: Iterator[dict[str, torch.Tensor]] = self._new_pass()
         for _ in range(consumed * stride + offset):
             self._next_global()
+        self.consumed = consumed
 
     def _new_pass(self) -> Iterator[dict[str, torch.Tensor]]:
         return iter(self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True))

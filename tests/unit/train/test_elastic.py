@@ -12,7 +12,7 @@ import torch
 
 from neurolm.config import ConfigError, TokenizerJobConfig, load_config
 from neurolm.train.checkpoint import CheckpointError, TrainState, rescale_counters
-from neurolm.train.loop import global_order_batches
+from neurolm.train.loop import ResumableTextStream, global_order_batches
 
 PRESET = "configs/tokenizer/debug.yaml"
 
@@ -51,6 +51,35 @@ def test_an_epoch_in_global_order_is_consumed_once_across_worker_counts() -> Non
     assert sorted(taken) == list(range(20)) and len(set(taken)) == 20
     with pytest.raises(StopIteration):  # the epoch is used up
         next(global_order_batches(iter(epoch), 0, 1, position))
+
+
+class TextRows:
+    """Text windows ``0..n-1`` as Ray's ``DataIterator`` hands them out (``iter_torch_batches``), in order."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def iter_torch_batches(self, batch_size: int, drop_last: bool):
+        for start in range(0, self.n - batch_size + 1 if drop_last else self.n, batch_size):
+            yield {"tokens": torch.arange(start, min(start + batch_size, self.n))[:, None]}
+
+
+def test_the_text_stream_resumes_twice_on_other_worker_counts_where_it_stopped() -> None:
+    """Windows 0..9 in batches of 2 (5 per pass, cycling). 2 ranks take 3 batches each, then 1 rank 4, then 2 ranks
+    2 each: together the endless sequence in order, and each stream's ``consumed`` is what the checkpoint stores
+    (it counted 0 after a resume once, so a second resume restarted too early)."""
+    rows = TextRows(10)
+    taken: list[int] = []
+    consumed, world_before = 0, 1
+    for world, n in ((2, 3), (1, 4), (2, 2)):
+        per_rank = consumed * world_before // world  # rescale_counters
+        streams = [ResumableTextStream(rows, 2, per_rank, stride=world, offset=r) for r in range(world)]
+        assert all(s.consumed == per_rank for s in streams)
+        for _ in range(n):
+            taken.extend(int(s.next()[0, 0]) for s in streams)
+        consumed, world_before = streams[0].consumed, world
+        assert all(s.consumed == per_rank + n for s in streams)
+    assert taken == [(2 * i) % 10 for i in range(len(taken))]
 
 
 def test_counters_rescale_to_the_new_worker_count() -> None:
