@@ -117,6 +117,9 @@ class _RowStream:
         return parts
 
 
+SCORE_TIE_BREAK = 1e-3  # val/score = val/mean_balanced_accuracy - this x val/loss (see InstructStage.evaluate)
+
+
 class MixedTaskStream:
     """Micro-batches of one worker, one task per micro-batch, in the order of a :class:`TaskSchedule` over
     micro-batch indices (identical on every rank)."""
@@ -265,6 +268,10 @@ class InstructStage(Stage):
             metrics["val/mean_balanced_accuracy"] = float(np.nanmean(baccs))
             metrics["val/worst_balanced_accuracy"] = float(np.nanmin(baccs))
             metrics["val/loss"] = float(np.mean([metrics[f"val/{t.name}/loss"] for t in self.cfg.tasks if t.val]))
+            # What the small-task recipe ranks checkpoints by: balanced accuracy moves in steps of 1/n_val, so on a
+            # small val split several checkpoints tie, and the latest (most fitted) one used to win; the NLL of the
+            # true answers breaks the tie toward the better-calibrated one and never outweighs one val trial.
+            metrics["val/score"] = metrics["val/mean_balanced_accuracy"] - SCORE_TIE_BREAK * metrics["val/loss"]
         return metrics
 
     def _val_batches(self, ctx: WorkerContext, task: str) -> Iterator[dict[str, np.ndarray]]:
