@@ -205,7 +205,8 @@ class Trainer:
         cfg, rank = self.cfg, self.ctx.rank
         shuffle = cfg.data.local_shuffle_buffer
         it = iter(
-            self.ctx.shard("train").iter_torch_batches(
+            self.stage.torch_batches(
+                self.ctx.shard("train"),
                 batch_size=cfg.train.micro_batch_size,
                 drop_last=True,
                 local_shuffle_buffer_size=shuffle or None,
