@@ -6,13 +6,19 @@ samples. Each setting reports samples/s, best of ``--epochs`` epochs after a war
 this machine's CPUs; the best epoch is the least disturbed one):
 
   inproc     one process, no Ray: ``read_shards`` + the stage's layout function per batch of 8 + torch tensors.
-  raytrain   the training path: ``read_parquet`` -> ``map_batches(layout, batch_format=...)`` ->
-             ``streaming_split`` -> 2 Train workers x 0.5 CPU iterating ``iter_torch_batches(8, local shuffle 64,
-             prefetch 2)``; throughput = all samples / (last end - first start) over the timed epochs.
+  raydata:P  Ray Data consumed in the driver (no Train, no split), path P.
+  raytrain:P the training path: path P -> ``streaming_split`` -> 2 Train workers x 0.5 CPU iterating batches of 8,
+             local shuffle 64, prefetch 2; throughput = all samples / (last end - first start) of an epoch.
+
+Paths P: ``worker`` (now: ``neurolm.runtime.read_shards`` moves shard rows, the worker batches row views through
+its seeded shuffle buffer and lays them out, ``neurolm.train.ingest.torch_batches``) and ``pipeline`` (before:
+Ray Data's default Parquet reader + the layout as a ``map_batches`` step + ``iter_torch_batches``). Samples per
+CPU-s count the whole process tree (driver + every Ray process it started), over the timed epochs.
+``--rounds N`` repeats the Ray settings, alternating, for ratios within one run.
 
 ``--format 1`` rewrites the shards in the old format (fixed-shape tensor signal, zstd) to measure the change.
 
-    python benchmarks/ingest.py --edf RECORDING.edf [--format 2] [--batch-format pyarrow] [--settings inproc,raytrain]
+    python benchmarks/ingest.py --edf RECORDING.edf [--format 2] [--settings inproc,raytrain:pipeline,raytrain:worker]
 """
 
 from __future__ import annotations
