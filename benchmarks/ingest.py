@@ -6,13 +6,19 @@ samples. Each setting reports samples/s, best of ``--epochs`` epochs after a war
 this machine's CPUs; the best epoch is the least disturbed one):
 
   inproc     one process, no Ray: ``read_shards`` + the stage's layout function per batch of 8 + torch tensors.
-  raytrain   the training path: ``read_parquet`` -> ``map_batches(layout, batch_format=...)`` ->
-             ``streaming_split`` -> 2 Train workers x 0.5 CPU iterating ``iter_torch_batches(8, local shuffle 64,
-             prefetch 2)``; throughput = all samples / (last end - first start) over the timed epochs.
+  raydata:P  Ray Data consumed in the driver (no Train, no split), path P.
+  raytrain:P the training path: path P -> ``streaming_split`` -> 2 Train workers x 0.5 CPU iterating batches of 8,
+             local shuffle 64, prefetch 2; throughput = all samples / (last end - first start) of an epoch.
+
+Paths P: ``worker`` (now: ``neurolm.runtime.read_shards`` moves shard rows, the worker batches row views through
+its seeded shuffle buffer and lays them out, ``neurolm.train.ingest.torch_batches``) and ``pipeline`` (before:
+Ray Data's default Parquet reader + the layout as a ``map_batches`` step + ``iter_torch_batches``). Samples per
+CPU-s count the whole process tree (driver + every Ray process it started), over the timed epochs.
+``--rounds N`` repeats the Ray settings, alternating, for ratios within one run.
 
 ``--format 1`` rewrites the shards in the old format (fixed-shape tensor signal, zstd) to measure the change.
 
-    python benchmarks/ingest.py --edf RECORDING.edf [--format 2] [--batch-format pyarrow] [--settings inproc,raytrain]
+    python benchmarks/ingest.py --edf RECORDING.edf [--format 2] [--settings inproc,raytrain:pipeline,raytrain:worker]
 """
 
 from __future__ import annotations
@@ -103,6 +109,32 @@ def bench_inproc(rep: str, batch: int, epochs: int) -> dict:
             "samples_per_s": n / min(times[1:]), "samples_per_cpu_s": n / min(cpus[1:])}  # fmt: skip
 
 
+def _iterate(source, layout: str, batch: int, seed: int):
+    """The batches a trainer gets from ``source`` (a ``DataIterator`` or ``Dataset``) in either layout."""
+    kwargs = dict(batch_size=batch, drop_last=True, local_shuffle_buffer_size=64, local_shuffle_seed=seed,
+                  prefetch_batches=2)  # fmt: skip
+    if layout == "pipeline":  # laid out by the map_batches step; Ray Data's default collation
+        return source.iter_torch_batches(**kwargs)
+    from neurolm.train.ingest import torch_batches
+
+    return torch_batches(source, layout_fn(), **kwargs)
+
+
+def _dataset(rep: str, layout: str, batch_format: str):
+    """``pipeline``: the previous path (Ray Data's default Parquet reader + the layout as a ``map_batches`` step);
+    ``worker``: ``neurolm.runtime.read_shards`` (compact shard rows; the layout runs on the consumer)."""
+    import ray.data
+
+    from neurolm.runtime import read_shards, shard_paths
+
+    if layout == "worker":
+        return read_shards([rep])
+    fs, paths = shard_paths([rep])
+    return ray.data.read_parquet(paths, filesystem=fs, shuffle=None).map_batches(
+        layout_fn(), batch_format=batch_format
+    )
+
+
 def _ingest_worker(config: dict) -> None:
     """A Train worker that only consumes its dataset shard: one warm-up epoch, then timed epochs."""
     import ray.train
@@ -112,76 +144,111 @@ def _ingest_worker(config: dict) -> None:
     spans = []
     for epoch in range(config["epochs"] + 1):
         e0, m = time.time(), 0
-        for b in shard.iter_torch_batches(batch_size=config["batch"], drop_last=True, local_shuffle_buffer_size=64,
-                                          local_shuffle_seed=epoch, prefetch_batches=2):  # fmt: skip
+        for b in _iterate(shard, config["layout"], config["batch"], epoch):
             m += b["x"].shape[0]
         spans.append((e0, time.time(), m))
     Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"rank": rank, "spans": spans}))
 
 
-def bench_raytrain(rep: str, args: argparse.Namespace) -> dict:
+class TreeCPU:
+    """CPU seconds of this process tree (driver + every Ray process it started), sampled in a thread.
+
+    The tree is re-listed every 2 s only: listing it walks all of /proc, which on a busy machine costs a good
+    share of a core when done 4 times a second."""
+
+    def __init__(self, every_s: float = 0.5) -> None:
+        import psutil
+
+        self.me, self.every_s, self.log = psutil.Process(), every_s, []
+        self.procs: dict[int, object] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeCPU:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        listed = 0.0
+        while not self.stop.wait(self.every_s):
+            if time.time() - listed > 2.0:
+                listed = time.time()
+                for child in self.me.children(recursive=True):
+                    self.procs.setdefault(child.pid, child)
+            total = sum(self.me.cpu_times()[:2])
+            for proc in self.procs.values():
+                try:
+                    total += sum(proc.cpu_times()[:2])
+                except psutil.Error:
+                    pass
+            self.log.append((time.time(), total))
+
+    def between(self, start: float, end: float) -> float | None:
+        """CPU seconds spent between two wall times (interpolated between samples)."""
+        import numpy as np
+
+        if len(self.log) < 2:
+            return None
+        t, c = np.array(self.log).T
+        return float(np.interp(end, t, c) - np.interp(start, t, c))
+
+
+def _summary(setting: str, spans: list[list[tuple[float, float, int]]], cpu: TreeCPU) -> dict:
+    """spans[rank][epoch] = (start, end, samples); epoch 0 is the warm-up. CPU: over all timed epochs."""
+    epochs = len(spans[0])
+    rates = []
+    for e in range(1, epochs):
+        start, end = min(r[e][0] for r in spans), max(r[e][1] for r in spans)
+        rates.append(sum(r[e][2] for r in spans) / (end - start))
+    start, end = min(r[1][0] for r in spans), max(r[-1][1] for r in spans)
+    samples = sum(r[e][2] for r in spans for e in range(1, epochs))
+    cpu_s = cpu.between(start, end)
+    return {"setting": setting, "samples_per_epoch": sum(r[1][2] for r in spans),
+            "samples_per_s_epochs": rates, "samples_per_s": max(rates),
+            "samples_per_s_mean": samples / (end - start),
+            "samples_per_cpu_s": samples / cpu_s if cpu_s else None}  # fmt: skip
+
+
+def bench_raydata(rep: str, layout: str, args: argparse.Namespace) -> dict:
+    """The Ray Data path consumed in the driver (no Train, no split)."""
+    ds = _dataset(rep, layout, args.batch_format)
+    spans = []
+    with TreeCPU() as cpu:
+        for epoch in range(args.epochs + 1):
+            e0, m = time.time(), 0
+            for b in _iterate(ds, layout, args.batch_size, epoch):
+                m += b["x"].shape[0]
+            spans.append((e0, time.time(), m))
+    return _summary(f"raydata (layout={layout}, driver iterates)", [spans], cpu)
+
+
+def bench_raytrain(rep: str, layout: str, args: argparse.Namespace) -> dict:
+    from ray.data import ExecutionOptions
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from neurolm.train.launch import read_shards
-
-    ds = read_shards([rep]).map_batches(layout_fn(), batch_format=args.batch_format)
+    ds = _dataset(rep, layout, args.batch_format)
     out = tempfile.mkdtemp(prefix="ingest-", dir=args.work)
-    cpu_log: list[tuple[float, float]] = []
-    stop = threading.Event()
-
-    def sample_cpu() -> None:  # CPU seconds of this process tree (driver + every Ray process it started)
-        while not stop.wait(0.25):
-            cpu_log.append((time.time(), _tree_cpu_s()))
-
-    sampler = threading.Thread(target=sample_cpu, daemon=True)
-    sampler.start()
-    TorchTrainer(
-        _ingest_worker,
-        train_loop_config={"batch": args.batch_size, "epochs": args.epochs, "out": out},
-        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets={"train": ds},
-        dataset_config=DataConfig(datasets_to_split="all"),
-        run_config=RunConfig(name="ingest", storage_path=os.path.join(args.work, "ray_runs")),
-    ).fit()
-    stop.set()
-    sampler.join()
+    with TreeCPU() as cpu:
+        TorchTrainer(
+            _ingest_worker,
+            train_loop_config={"batch": args.batch_size, "epochs": args.epochs, "out": out, "layout": layout},
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+            datasets={"train": ds},
+            # As neurolm.train.launch.fit_stage: a deterministic split is what makes resume exact.
+            dataset_config=DataConfig(
+                datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True)
+            ),
+            run_config=RunConfig(name="ingest", storage_path=os.path.join(args.work, "ray_runs")),
+        ).fit()
     ranks = [json.loads(Path(f).read_text()) for f in sorted(glob.glob(os.path.join(out, "rank*.json")))]
-    rates, cpu_rates = [], []
-    for e in range(1, args.epochs + 1):  # epoch 0 is the warm-up
-        start = min(r["spans"][e][0] for r in ranks)
-        end = max(r["spans"][e][1] for r in ranks)
-        samples = sum(r["spans"][e][2] for r in ranks)
-        rates.append(samples / (end - start))
-        cpu = _cpu_between(cpu_log, start, end)
-        cpu_rates.append(samples / cpu if cpu else None)
-    return {"setting": f"raytrain (2 workers x 0.5 CPU, map_batches batch_format={args.batch_format})",
-            "samples_per_epoch": sum(r["spans"][1][2] for r in ranks), "samples_per_s_epochs": rates,
-            "samples_per_cpu_s_epochs": cpu_rates, "samples_per_s": max(rates),
-            "samples_per_cpu_s": max((c for c in cpu_rates if c), default=None)}  # fmt: skip
-
-
-def _tree_cpu_s() -> float:
-    import psutil
-
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:2])
-    for child in me.children(recursive=True):
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    return total
-
-
-def _cpu_between(log: list[tuple[float, float]], start: float, end: float) -> float | None:
-    """CPU seconds spent between two wall times, from the sampled (time, cumulative CPU) log."""
-    import numpy as np
-
-    if len(log) < 2:
-        return None
-    t, c = np.array(log).T
-    return float(np.interp(end, t, c) - np.interp(start, t, c))
+    return _summary(f"raytrain (layout={layout}, 2 workers x 0.5 CPU)", [r["spans"] for r in ranks], cpu)
 
 
 def main() -> None:
@@ -193,7 +260,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--format", type=int, default=2, choices=(1, 2))
     p.add_argument("--batch-format", default="pyarrow", choices=("pyarrow", "numpy"))
-    p.add_argument("--settings", default="inproc,raytrain")
+    p.add_argument(
+        "--settings", default="inproc,raydata:pipeline,raydata:worker,raytrain:pipeline,raytrain:worker"
+    )
+    p.add_argument(
+        "--rounds", type=int, default=1, help="repeat the Ray settings, alternating (ratios in one run)"
+    )
     p.add_argument("--out", help="also write the JSON here (Ray's raylet may print warnings to stdout)")
     args = p.parse_args()
     import torch
@@ -205,14 +277,22 @@ def main() -> None:
     settings = args.settings.split(",")
     if "inproc" in settings:
         results.append(bench_inproc(rep, args.batch_size, args.epochs))
-    if "raytrain" in settings:
+    ray_settings = [s for s in settings if s.startswith("ray")]
+    if ray_settings:
         import ray
 
-        ray.init(address="local", num_cpus=2, object_store_memory=int(5e8), include_dashboard=False,
-                 log_to_driver=False)  # fmt: skip
+        from neurolm.runtime import init_local_ray, worker_env
+
+        # Loopback only, like every local instance the project starts (neurolm.runtime).
+        init_local_ray(worker_env(), num_cpus=2, object_store_memory=int(5e8), include_dashboard=False,
+                       log_to_driver=False)  # fmt: skip
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:
-            results.append(bench_raytrain(rep, args))
+            for _ in range(args.rounds):
+                for setting in ray_settings:
+                    kind, _, layout = setting.partition(":")
+                    bench = bench_raydata if kind == "raydata" else bench_raytrain
+                    results.append(bench(rep, layout or "worker", args))
         finally:
             ray.shutdown()
     report = json.dumps({"bench": "ingest", "shard_format": args.format, "rows": rows,

@@ -3,7 +3,7 @@
 For each stage (debug presets: tokenizer ZeRO-2, pretrain ZeRO-3, instruct ZeRO-0; 2 CPU workers) it trains on real
 EEG shards served by the local S3 server and reports, from the run's own metrics (after a warm-up report):
 tokens/s, samples/s, step time, MFU and the share of step time spent waiting on data. Then it streams the same
-datasets, through the same ``map_batches`` layout, into 2 Train workers that do nothing but iterate, and reports the
+datasets, laid out on the workers as in training, into 2 Train workers that do nothing but iterate, and reports the
 samples/s that ingest alone sustains: ``ingest_headroom`` = ingest samples/s ÷ trainer samples/s (> 1: the trainer
 is never starved).
 
@@ -37,8 +37,11 @@ def _ingest_only(config: dict) -> None:
     warmup = 5  # the pipeline's start-up (actors, first reads) is not throughput
     n = batches = 0
     t0 = time.perf_counter()
+    from neurolm.train.ingest import torch_batches
+
     while batches < config["batches"] + warmup:  # epochs over the shard until enough batches were timed
-        for batch in shard.iter_torch_batches(batch_size=config["batch"], drop_last=True):
+        # As the trainer: the stage's layout runs here, on the worker (stage 3's datasets are laid out already).
+        for batch in torch_batches(shard, config["transform"], batch_size=config["batch"], drop_last=True):
             batches += 1
             if batches == warmup:
                 n, t0 = 0, time.perf_counter()
@@ -49,7 +52,9 @@ def _ingest_only(config: dict) -> None:
     rate = n / (time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as d:  # Train V2 keeps metrics only of reports with a checkpoint
         Path(d, "rate.json").write_text(json.dumps({"samples_per_s": rate}))
-        ray.train.report({"samples_per_s": rate, "samples": n}, checkpoint=ray.train.Checkpoint.from_directory(d))
+        ray.train.report(
+            {"samples_per_s": rate, "samples": n}, checkpoint=ray.train.Checkpoint.from_directory(d)
+        )
 
 
 def ingest_samples_per_s(cfg, stage, batches: int) -> float:
@@ -59,13 +64,21 @@ def ingest_samples_per_s(cfg, stage, batches: int) -> float:
     from neurolm.train.launch import build_datasets
 
     datasets, _ = build_datasets(cfg, stage)
-    datasets = {"train": datasets.get("train") or next(v for k, v in datasets.items() if k.startswith("train_"))}
+    transform = stage.batch_transform() if "train" in datasets else None
+    datasets = {
+        "train": datasets.get("train") or next(v for k, v in datasets.items() if k.startswith("train_"))
+    }
     with tempfile.TemporaryDirectory() as tmp:
         result = TorchTrainer(
             _ingest_only,
-            train_loop_config={"batch": cfg.train.micro_batch_size, "batches": batches},
-            scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers,
-                                         resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}),
+            train_loop_config={
+                "batch": cfg.train.micro_batch_size,
+                "batches": batches,
+                "transform": transform,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=cfg.scaling.num_workers, resources_per_worker={"CPU": cfg.scaling.cpus_per_worker}
+            ),
             datasets=datasets,
             dataset_config=DataConfig(datasets_to_split="all"),
             run_config=RunConfig(name="ingest", storage_path=tmp),
@@ -101,42 +114,88 @@ def main() -> None:
         os.environ.update(server.env())
         from neurolm.runtime import init_local_ray, worker_env
 
-        init_local_ray(worker_env(), log_to_driver=False)  # worker logs stay in Ray's files: stdout is the JSON
+        init_local_ray(
+            worker_env(), log_to_driver=False
+        )  # worker logs stay in Ray's files: stdout is the JSON
         ensure_ray(None)
         root = "s3://neurolm/bench"
         for corpus, name, dataset, overrides in (
             ("edf", "S001R02.edf", "mmidb", ["window_s=4", "notch=60"]),
             ("ts", "SelfRegulationSCP1", "SelfRegulationSCP1", []),
         ):
-            run_preprocess(load_config(PreprocessConfig, None, overrides, base={
-                "corpus": corpus, "input": str(fetch_sample(name)), "output": storage.join(root, "shards"),
-                "dataset": dataset}), progress=False)
+            run_preprocess(
+                load_config(
+                    PreprocessConfig,
+                    None,
+                    overrides,
+                    base={
+                        "corpus": corpus,
+                        "input": str(fetch_sample(name)),
+                        "output": storage.join(root, "shards"),
+                        "dataset": dataset,
+                    },
+                ),
+                progress=False,
+            )
         prepare([], storage.join(root, "text"), window=257, builtin="python-docs")
         shards = storage.join(root, "shards")
-        common = [f"run.storage_path={root}/runs", "run.wandb=false", f"train.max_steps={args.steps}",
-                  "train.log_every=5", f"train.checkpoint_every={args.steps}", "train.epochs=100"]
+        common = [
+            f"run.storage_path={root}/runs",
+            "run.wandb=false",
+            f"train.max_steps={args.steps}",
+            "train.log_every=5",
+            f"train.checkpoint_every={args.steps}",
+            "train.epochs=100",
+        ]
         eeg = f"data.train=[{shards}/mmidb/train,{shards}/SelfRegulationSCP1/train]"
         text = f"data.text={root}/text/train"
-        tok_cfg = load_config(TokenizerJobConfig, REPO / "configs/tokenizer/debug.yaml", [*common, eeg, text,
-                                                                                             "run.name=bench-tok"])
+        tok_cfg = load_config(
+            TokenizerJobConfig,
+            REPO / "configs/tokenizer/debug.yaml",
+            [*common, eeg, text, "run.name=bench-tok"],
+        )
         tok = fit_stage(tok_cfg)
-        pre_cfg = load_config(PretrainJobConfig, REPO / "configs/pretrain/debug.yaml", [
-            *common, eeg, text, "run.name=bench-pre", f"tokenizer={tok.export_dir}"])
+        pre_cfg = load_config(
+            PretrainJobConfig,
+            REPO / "configs/pretrain/debug.yaml",
+            [*common, eeg, text, "run.name=bench-pre", f"tokenizer={tok.export_dir}"],
+        )
         pre = fit_stage(pre_cfg)
-        ins_cfg = load_config(InstructJobConfig, REPO / "configs/instruct/debug.yaml", [
-            *common, "run.name=bench-ins", f"init={pre.export_dir}", "train.eval_every=1000",
-        ], base={"tasks": [{"name": "SelfRegulationSCP1", "train": f"{shards}/SelfRegulationSCP1/train"}]})
+        ins_cfg = load_config(
+            InstructJobConfig,
+            REPO / "configs/instruct/debug.yaml",
+            [
+                *common,
+                "run.name=bench-ins",
+                f"init={pre.export_dir}",
+                "train.eval_every=1000",
+            ],
+            base={"tasks": [{"name": "SelfRegulationSCP1", "train": f"{shards}/SelfRegulationSCP1/train"}]},
+        )
         fit_stage(ins_cfg)
 
         for name, cfg in (("tokenizer", tok_cfg), ("pretrain", pre_cfg), ("instruct", ins_cfg)):
-            rows = [json.loads(line) for line in storage.read_text(
-                storage.join(cfg.run.storage_path, cfg.run.name, "metrics.jsonl")).splitlines()]
+            rows = [
+                json.loads(line)
+                for line in storage.read_text(
+                    storage.join(cfg.run.storage_path, cfg.run.name, "metrics.jsonl")
+                ).splitlines()
+            ]
             steady = [r for r in rows if "perf/tokens_per_s" in r][1:]  # drop the warm-up report
-            mean = {k: sum(r[k] for r in steady) / len(steady) for k in
-                    ("perf/tokens_per_s", "perf/samples_per_s", "perf/step_s", "perf/data_wait_frac", "perf/mfu")}
+            mean = {
+                k: sum(r[k] for r in steady) / len(steady)
+                for k in (
+                    "perf/tokens_per_s",
+                    "perf/samples_per_s",
+                    "perf/step_s",
+                    "perf/data_wait_frac",
+                    "perf/mfu",
+                )
+            }
             ingest = ingest_samples_per_s(cfg, make_stage(cfg), batches=args.steps)
             out["stages"][name] = {
-                "zero_stage": cfg.deepspeed.zero_stage, "workers": cfg.scaling.num_workers,
+                "zero_stage": cfg.deepspeed.zero_stage,
+                "workers": cfg.scaling.num_workers,
                 "micro_batch_size": cfg.train.micro_batch_size,
                 "tokens_per_s": round(mean["perf/tokens_per_s"], 1),
                 "samples_per_s": round(mean["perf/samples_per_s"], 2),

@@ -19,6 +19,7 @@ __all__ = [
     "ensure_ray",
     "init_local_ray",
     "read_shards",
+    "shard_paths",
     "uri_list",
     "wandb_mode",
     "worker_env",
@@ -138,10 +139,8 @@ def uri_list(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def read_shards(uris: str | list[str]):
-    """A streaming Ray Dataset over the Parquet shards of one or more directories (local or s3://)."""
-    import ray.data
-
+def shard_paths(uris: str | list[str]) -> tuple[Any, list[str]]:
+    """The file system and the sorted Parquet shard paths of one or more directories (local or s3://)."""
     uris = uri_list(uris)
     fs, _ = storage.resolve(uris[0])
     paths = []
@@ -150,4 +149,25 @@ def read_shards(uris: str | list[str]):
         if not files:
             raise storage.StorageError(f"{uri}: no .parquet shards found")
         paths += [storage.resolve(f)[1] for f in files]
-    return ray.data.read_parquet(paths, filesystem=fs, shuffle=None)
+    return fs, paths
+
+
+def read_shards(uris: str | list[str]):
+    """A streaming Ray Dataset over the Parquet shards of one or more directories (local or s3://): one read
+    task and one block per shard file, in file order.
+
+    Read through Ray Data's V1 Parquet datasource (issue 11, docs/platform.md "Ingest"): the V2 one (Ray 2.60's
+    default) provisions a pool of ``FooterReader`` actors on every execution, i.e. every epoch, and on a small
+    node the new worker processes (~1 CPU-s of imports each) cost more than reading the epoch's shards. The
+    files are listed here once; one block per file (``override_num_blocks``) keeps V1 from cutting each file's
+    block into many small ones to reach its default of 200 blocks.
+    """
+    import ray.data
+
+    fs, paths = shard_paths(uris)
+    ctx = ray.data.DataContext.get_current()
+    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # read_parquet picks the datasource when called
+    try:
+        return ray.data.read_parquet(paths, filesystem=fs, shuffle=None, override_num_blocks=len(paths))
+    finally:
+        ctx.use_datasource_v2 = v2

@@ -103,8 +103,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
 
 
 def build_datasets(cfg: StageConfig, stage: Stage) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The stage's datasets (mapped into its token layout), the text windows for the LM loss, and facts for
-    the workers (``rows``: train size)."""
+    """The stage's datasets (shard rows, laid out on the workers; stage 3: its task layouts), the text windows
+    for the LM loss, and facts for the workers (``rows``: train size)."""
     datasets, info = stage.datasets(read_shards)
     if cfg.data.text and cfg.data.text_batch_size > 0:
         from neurolm.data.text import text_windows

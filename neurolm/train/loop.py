@@ -267,7 +267,8 @@ class Trainer:
         # Elastic: every rank reads the whole epoch in the same shuffled order (seeded by the epoch alone).
         seed = derived_seed(cfg.train.seed, epoch) if self.elastic else derived_seed(cfg.train.seed, epoch, rank)
         it = iter(
-            self.ctx.shard("train").iter_torch_batches(
+            self.stage.torch_batches(
+                self.ctx.shard("train"),
                 batch_size=cfg.train.micro_batch_size,
                 drop_last=True,
                 local_shuffle_buffer_size=shuffle or None,

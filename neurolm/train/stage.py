@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -113,28 +113,32 @@ class Stage(ABC):
         self.cfg = cfg
 
     # -- driver side ---------------------------------------------------------------------------------------
-    def batch_transform(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None:
-        """A pure numpy function for ``Dataset.map_batches`` turning shard rows into model inputs (None: the
-        rows are the inputs)."""
+    def batch_transform(self) -> Callable[[Any], dict[str, np.ndarray]] | None:
+        """A pure function turning a batch of shard rows (a ``pyarrow.Table``, or a dict of numpy arrays) into
+        model inputs, run on the worker as batches are drawn (:meth:`torch_batches`); None: the rows are the
+        inputs."""
         return None
 
     def datasets(self, read_shards: Callable[[list[str]], Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The Ray datasets every worker gets a share of, and facts for the workers (``info["rows"]``: the
-        training samples, which size an epoch). Default: ``train`` and, when configured, ``val``, both mapped
-        by :meth:`batch_transform`."""
-        transform = self.batch_transform()
-
-        def mapped(ds: Any) -> Any:
-            return ds if transform is None else ds.map_batches(transform, batch_format="pyarrow")
-
-        raw = read_shards(self.cfg.data.train)
+        training samples, which size an epoch). Default: ``train`` and, when configured, ``val``, as shard rows:
+        Ray Data moves the compact rows and each worker lays them out with :meth:`batch_transform` (issue 11:
+        laying out in a ``map_batches`` step made Ray Data move, store and re-collate the 5x larger layout)."""
         # From the Parquet footers of the files read_shards lists: no Ray Data execution (3-5 s per stage).
         train = self.cfg.data.train
         info = {"rows": sum(count_rows(uri) for uri in ([train] if isinstance(train, str) else train))}
-        datasets = {"train": mapped(raw)}
+        datasets = {"train": read_shards(train)}
         if self.cfg.data.val:
-            datasets["val"] = mapped(read_shards(self.cfg.data.val))
+            datasets["val"] = read_shards(self.cfg.data.val)
         return datasets, info
+
+    def torch_batches(self, shard: Any, **kwargs: Any) -> Iterable[dict[str, torch.Tensor]]:
+        """This worker's micro-batches of one of :meth:`datasets` (``shard``: its ``DataIterator``), laid out by
+        :meth:`batch_transform` on the way (``kwargs``: ``iter_torch_batches``'s batching, shuffling and
+        prefetching arguments)."""
+        from neurolm.train.ingest import torch_batches  # Ray Data's collate API: imported on the worker only
+
+        return torch_batches(shard, self.batch_transform(), **kwargs)
 
     # -- worker side ---------------------------------------------------------------------------------------
     @abstractmethod
@@ -171,8 +175,8 @@ class Stage(ABC):
         cap = self.cfg.train.eval_batches
 
         def batches() -> Iterator[dict[str, float]]:
-            it = ctx.shards["val"].iter_torch_batches(
-                batch_size=self.cfg.train.micro_batch_size, drop_last=True
+            it = self.torch_batches(
+                ctx.shards["val"], batch_size=self.cfg.train.micro_batch_size, drop_last=True
             )
             for i, batch in enumerate(it):
                 if cap is not None and i >= cap:
