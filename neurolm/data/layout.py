@@ -199,6 +199,8 @@ def shard_columns(batch: Any) -> dict[str, Any]:
         }
         for name in ("n_channels", "n_seconds", "label"):
             out[name] = batch.column(name).to_numpy() if name in names else None
+        if "sample_id" in names:  # strings, for train.record_samples (neurolm.data.layout.sample_keys)
+            out["sample_id"] = batch.column("sample_id").to_pylist()
         return {k: v for k, v in out.items() if v is not None or k in ("n_channels", "n_seconds")}
     out = {
         "signal": batch_to_signals(batch) if "n_channels" in batch else batch["signal"],
@@ -206,8 +208,9 @@ def shard_columns(batch: Any) -> dict[str, Any]:
         "n_channels": batch.get("n_channels"),
         "n_seconds": batch.get("n_seconds"),
     }
-    if "label" in batch:
-        out["label"] = batch["label"]
+    for name in ("label", "sample_id"):
+        if name in batch:
+            out[name] = batch[name]
     return out
 
 
@@ -235,8 +238,7 @@ def make_layout_fn(
             if name in columns:
                 out[name] = np.asarray(columns[name])
         if "sample_key" in keep:
-            ids = batch.column("sample_id").to_pylist() if hasattr(batch, "column") else batch["sample_id"]
-            out["sample_key"] = sample_keys(ids)
+            out["sample_key"] = sample_keys(columns["sample_id"])
         return out
 
     return layout_fn

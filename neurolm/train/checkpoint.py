@@ -248,7 +248,6 @@ def universal_checkpoint(ds_dir: str, out_dir: str) -> None:
     Deterministic, so every rank converts its own copy without talking to the others. DeepSpeed's converter
     unpickles with ``weights_only=False``; it runs inside :func:`weights_only_loads` like every other load."""
     import argparse
-    import contextlib as _contextlib
     import io
 
     from deepspeed.checkpoint import ds_to_universal
@@ -258,7 +257,7 @@ def universal_checkpoint(ds_dir: str, out_dir: str) -> None:
         num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
         inject_missing_state=True,  # our engines do not write universal_checkpoint_info; it holds a version only
     )
-    with weights_only_loads(), _contextlib.redirect_stdout(io.StringIO()):
+    with weights_only_loads(), contextlib.redirect_stdout(io.StringIO()):
         ds_to_universal.main(args)
 
 
