@@ -7,6 +7,7 @@ tuning cut to 40 steps: this test proves the cluster workflow, not the demo's ac
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,12 +76,23 @@ def test_pipeline_submitted_to_a_local_head_leaves_exports_and_metrics_on_s3(tmp
         for key, value in _exports(server.stdout).items():
             monkeypatch.setenv(key, value)  # the restarted server picks a new port; the data persisted
         runs = "s3://neurolm/submitted/runs"
-        for stage, loss_key in (("tokenizer", "train/loss"), ("pretrain", "train/eeg_loss"),
-                                ("instruct", "train/answer_loss")):
+        for stage in ("tokenizer", "pretrain", "instruct"):
             export = storage.join(runs, f"demo-{stage}", "export")
             assert storage.exists(storage.join(export, "model.safetensors")), export
             assert storage.exists(storage.join(export, "config.json"))
-            losses = _losses(storage.join(runs, f"demo-{stage}", "metrics.jsonl"), loss_key)
+
+        def history(stage: str) -> str:
+            return storage.join(runs, f"demo-{stage}", "metrics.jsonl")
+
+        # The demo's tokenizer runs at lr 0 (configs/tokenizer/small-task.yaml: its weights stay at their
+        # initialisation and only the k-means/EMA codebook fits), so its loss only moves with the batch: what it
+        # must show is a fitted codebook in use, not a falling loss.
+        assert set(_losses(history("tokenizer"), "train/lr")) == {0.0}
+        usage = _losses(history("tokenizer"), "train/code_usage")
+        assert len(usage) >= 2 and min(usage) > 16, usage
+        assert all(math.isfinite(v) for v in _losses(history("tokenizer"), "train/loss"))
+        for stage, loss_key in (("pretrain", "train/eeg_loss"), ("instruct", "train/answer_loss")):
+            losses = _losses(history(stage), loss_key)
             assert len(losses) >= 2 and losses[-1] < losses[0], (stage, losses)
         summary = json.loads(storage.read_text("s3://neurolm/submitted/pipeline.json"))
         assert set(summary["stages"]) == {"tokenizer", "pretrain", "instruct"}
