@@ -435,7 +435,8 @@ class TrainSection(Section):
     record_samples: bool = Field(
         default=False,
         description="Debug: each rank writes the ids of the samples of every optimizer step to "
-        "<run>/samples/ (what the resume tests check: every sample of an epoch once). Stages 1-2.",
+        "<run>/samples/ (what the resume tests check: every sample of an epoch once; in stage 3, which "
+        "samples each step drew from the task mixture).",
     )
 
 

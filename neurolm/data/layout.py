@@ -313,10 +313,12 @@ def layout_instruction_batch(
 
 
 def instruction_layout(
-    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, evaluation: bool
+    batch: dict[str, Any], tokens: TaskTokens, eeg_max_len: int, text_max_len: int, evaluation: bool,
+    sample_key: bool = False,
 ) -> dict[str, np.ndarray]:
     """Ray Data step of stage 3 and evaluation: shard rows → EEG layout + instruction text (or, with
-    ``evaluation``, the evaluation prompt); every row needs a label."""
+    ``evaluation``, the evaluation prompt); every row needs a label. ``sample_key`` adds :func:`sample_keys` of
+    the rows' ``sample_id`` (``train.record_samples``)."""
     labels = np.asarray(batch["label"])
     if (labels < 0).any():
         raise ValueError("instruction shards need a label on every sample (found -1)")
@@ -326,4 +328,6 @@ def instruction_layout(
     )
     out.pop("num_chans", None)
     out.pop("num_tokens", None)
+    if sample_key:
+        out["sample_key"] = sample_keys(batch["sample_id"])
     return out

@@ -172,7 +172,8 @@ class InstructStage(Stage):
             sizes[t.name] = count_rows(t.train)  # the same count as the tuner's, read from the Parquet footers
             datasets[f"train_{t.name}"] = raw.map_batches(
                 functools.partial(instruction_layout, tokens=tokens, eeg_max_len=cfg.eeg_max_len,
-                                  text_max_len=cfg.text_max_len, evaluation=False),
+                                  text_max_len=cfg.text_max_len, evaluation=False,
+                                  sample_key=cfg.train.record_samples),
                 batch_format="numpy",
             )
             if t.val:

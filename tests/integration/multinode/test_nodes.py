@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from neurolm import storage
+
 pytestmark = [pytest.mark.multinode, pytest.mark.slow, pytest.mark.ray, pytest.mark.s3]
 
 WORKERS = {"127.0.0.2", "127.0.0.3"}
@@ -70,5 +72,65 @@ def test_lost_node_resumes_from_last_checkpoint_with_the_weights_of_an_uninterru
     assert steps[-1] == 8 and sorted(set(steps)) == list(
         range(1, 9)
     )  # no step lost, history trimmed on resume
+    worst = mn.max_abs_diff(mn.weights(whole.export_dir), mn.weights(done.export_dir))
+    assert worst < 1e-5, f"weights after the node loss differ from the uninterrupted run by {worst}"
+
+
+@pytest.mark.timeout(3000)
+def test_instruction_tuning_survives_a_lost_node_with_the_samples_and_weights_of_an_uninterrupted_run(
+    multinode_cluster, mn, eeg_shards, text_shards, s3_uri, tmp_path
+) -> None:  # fmt: skip
+    """Stage 3 (two tasks mixed, one task per micro-batch, the LM text loss on): the node of rank 1 is killed after
+    the checkpoint of step 2; the run resumes from it and every step draws the samples an uninterrupted run draws
+    (``train.record_samples``), so its final weights are the uninterrupted run's."""
+    import torch
+
+    from neurolm.config import InstructJobConfig, load_config
+    from neurolm.models.io import save_pretrained
+    from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+    from neurolm.train.launch import fit_stage
+    from neurolm.train.loop import sample_ledger
+
+    torch.manual_seed(0)
+    init = save_pretrained(NeuroLM(NeuroLMConfig.preset("tiny")), storage.join(s3_uri, "multinode-instruct-init"))
+    # A second task (a user task file) over the same recordings: the mixture alternates between two streams.
+    polarity = tmp_path / "polarity.yaml"
+    polarity.write_text("name: SCP1Polarity\nquestion: Is the slow cortical potential negative or positive?\n"
+                        "answers: [negative, positive]\ndataset: SelfRegulationSCP1\ncorpus: ts\n")
+    tasks = (
+        f"[{{name: SelfRegulationSCP1, train: {eeg_shards['scp1_train']}, val: {eeg_shards['scp1_val']}}}, "
+        f"{{name: {polarity}, train: {eeg_shards['scp1_train']}}}]"
+    )
+    tag = int(time.time())
+
+    def cfg(name: str) -> InstructJobConfig:
+        return load_config(InstructJobConfig, "configs/instruct/debug.yaml", [
+            f"init={init}", f"tasks={tasks}", "mixture.block_micro_batches=4", f"data.text={text_shards}",
+            "data.text_seq_len=64", "text_loss_weight=1.0", f"run.name={name}", "run.wandb=false",
+            f"run.storage_path={storage.join(s3_uri, 'multinode-runs')}", "train.max_steps=8",
+            "train.checkpoint_every=2", "train.log_every=1", "train.eval_every=null", "train.record_samples=true",
+            "deepspeed.zero_stage=2", "run.max_failures=3", "scaling.placement_strategy=SPREAD",
+        ])  # fmt: skip
+
+    whole_cfg = cfg(f"instruct-whole-{tag}")
+    whole = fit_stage(whole_cfg)
+    lost_cfg = cfg(f"instruct-lost-{tag}")
+    thread, out = mn.in_thread(lambda: fit_stage(lost_cfg))
+    mn.wait_for_checkpoint(lost_cfg, 4, thread)  # step 2's checkpoint is registered once step 4's files appear
+    assert multinode_cluster.kill_node("127.0.0.3")
+    try:
+        thread.join(timeout=1800)
+        assert not thread.is_alive(), "the run did not finish after the node loss"
+        assert "error" not in out, out.get("error")
+    finally:
+        multinode_cluster.add_node("127.0.0.3")
+    done = out["result"]
+    final = mn.state(done.checkpoint)
+    assert final.step == 8 and final.resumes >= 1
+    expected = sample_ledger(storage.join(whole_cfg.run.storage_path, whole_cfg.run.name))
+    seen = sample_ledger(storage.join(lost_cfg.run.storage_path, lost_cfg.run.name))
+    assert sorted(expected) == sorted(seen) == list(range(1, 9))
+    for step in expected:  # each step drew the uninterrupted run's samples (as a multiset over the ranks)
+        assert sorted(seen[step]) == sorted(expected[step]), f"step {step}"
     worst = mn.max_abs_diff(mn.weights(whole.export_dir), mn.weights(done.export_dir))
     assert worst < 1e-5, f"weights after the node loss differ from the uninterrupted run by {worst}"

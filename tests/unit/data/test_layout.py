@@ -117,3 +117,27 @@ def test_layout_of_format_2_arrow_batches_equals_the_format_1_numpy_path(targets
         assert want[key].dtype == got[key].dtype
         np.testing.assert_array_equal(want[key], got[key], err_msg=key)
     assert got["num_tokens"].tolist() == [30] * 5  # 5 whole seconds of 6 channels fit in 32 tokens
+
+
+def test_instruction_layout_carries_sample_keys_only_when_asked() -> None:
+    """``train.record_samples`` in stage 3: each laid-out row carries the key of its shard row's ``sample_id``."""
+    from neurolm.data.layout import instruction_layout, sample_keys
+    from neurolm.data.readers.base import RecordingSamples, RecordingTask
+    from neurolm.data.shards import samples_to_table
+    from neurolm.data.tasks import get_task
+    from neurolm.train.stages.instruct import task_tokens
+
+    rng = np.random.default_rng(4)
+    samples = RecordingSamples(
+        signals=rng.standard_normal((4, 6, 2 * 200)).astype(np.float32), start_s=np.arange(4) * 2.0,
+        labels=np.arange(4) % 2, splits=["train"] * 4, channel_indices=np.arange(6, dtype=np.int16),
+        channel_names=tuple("abcdef"), source_sfreq=256.0, source_seconds=8.0,
+    )  # fmt: skip
+    table = samples_to_table(RecordingTask("ts", "ts", "r", ("/r",), "s", "train"), samples)
+    batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}  # Ray's numpy
+    tokens = task_tokens(get_task("SelfRegulationSCP1"))
+    plain = instruction_layout(batch, tokens, eeg_max_len=16, text_max_len=40, evaluation=False)
+    keyed = instruction_layout(batch, tokens, eeg_max_len=16, text_max_len=40, evaluation=False, sample_key=True)
+    assert "sample_key" not in plain and sorted(keyed) == sorted([*plain, "sample_key"])
+    np.testing.assert_array_equal(keyed["sample_key"], sample_keys([f"ts/r/{i:06d}" for i in range(4)]))
+    assert len(set(keyed["sample_key"].tolist())) == 4
