@@ -3,6 +3,7 @@ writes its best mixture."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -44,6 +45,14 @@ def _trial_driver_pids() -> list[int]:
     return [a.pid for a in actors if a.pid and "train_driver_fn" in f"{a.class_name} {a.repr_name}"]
 
 
+def _registered(snapshot_uri: str) -> bool:
+    """Whether Ray Train's checkpoint manager snapshot at ``snapshot_uri`` lists a checkpoint."""
+    try:
+        return bool(json.loads(storage.read_text(snapshot_uri)).get("checkpoint_results"))
+    except (OSError, ValueError):  # gone or replaced while being read
+        return False
+
+
 # Preprocessing, two trials and a restarted one: 11+ min before the kill on a 2-core machine shared with a
 # full-priority job (these tests run under `nice`), above the suite's 1200 s.
 @pytest.mark.timeout(3000)
@@ -67,6 +76,7 @@ def test_trial_whose_driver_dies_is_retried_and_the_search_completes(
         f"instruct.config.tasks={tasks}", f"storage_path={storage.join(s3_uri, 'tune-retry', 'experiments')}",
         f"name=retry-{int(time.time())}", "num_samples=2", "trial_max_failures=2", "export_best=false",
         "max_concurrent_trials=1",  # the one running trial is the one whose checkpoint is awaited below
+        "max_t=8",  # steps of ~1 s (validation every step): time to see a checkpoint registered and kill
         "instruct.config.train.checkpoint_every=1",
     ])  # fmt: skip
     runs = storage.join(cfg.storage_path, cfg.name, "runs")
@@ -75,10 +85,17 @@ def test_trial_whose_driver_dies_is_retried_and_the_search_completes(
     killed: list[int] = []
     while not killed:
         assert thread.is_alive() and time.monotonic() < deadline, out.get("error", "no trial started")
-        # Once the running trial has a checkpoint, kill its driver: Tune must restart the trial.
-        ckpts = [f for f in storage.list_files(runs) if f.endswith("state.json")]
+        # Once the running trial has a registered checkpoint (one listed in Ray Train's checkpoint manager
+        # snapshot: a checkpoint's files appear before the controller registers it), kill its driver: Tune must
+        # restart the trial and the restarted trial must resume from that checkpoint. Finished trials
+        # (final_metrics.json, written by their driver) are not candidates.
+        files = storage.list_files(runs)
+        trial_of = lambda f: f.split("/runs/", 1)[1].split("/", 1)[0]  # noqa: E731
+        finished = {trial_of(f) for f in files if f.endswith("/final_metrics.json")}
+        registered = {trial_of(f) for f in files if f.endswith("/checkpoint_manager_snapshot.json")
+                      and trial_of(f) not in finished and _registered(f)}  # fmt: skip
         pids = _trial_driver_pids()
-        if ckpts and len(pids) == 1:
+        if len(pids) == 1 and len(registered) == 1:
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
         time.sleep(1.0)
