@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--steps", type=int, default=8, help="optimizer steps per stage (>= 6)")
+    parser.add_argument("--out", help="also write the JSON here (Ray's raylet may print warnings to stdout)")
     args = parser.parse_args(argv)
     if args.steps < 6:
         parser.error("--steps: at least 6 (the node is killed after step 4's checkpoint files appear)")
@@ -215,8 +216,11 @@ def main(argv: list[str] | None = None) -> int:
                         print(json.dumps(results[-1]), file=sys.stderr)
                 finally:
                     ray.shutdown()
-    print(json.dumps({"benchmark": "recovery", "nodes": 3, "killed_node": KILLED_NODE, "stages": results},
-                     indent=1))  # fmt: skip
+    report = json.dumps({"benchmark": "recovery", "nodes": 3, "killed_node": KILLED_NODE,
+                         "load_avg": list(os.getloadavg()), "stages": results}, indent=1)  # fmt: skip
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
     return 0
 
 
