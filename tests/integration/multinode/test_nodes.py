@@ -45,12 +45,14 @@ def test_lost_node_resumes_from_last_checkpoint_with_the_weights_of_an_uninterru
     multinode_cluster, mn, eeg_shards, text_shards, s3_uri
 ) -> None:  # fmt: skip
     """SIGKILL every process of one worker node (its raylet and its Train worker) after the checkpoint of step 2:
-    the run restarts on the surviving node from that checkpoint and ends with an uninterrupted run's weights."""
+    the run restarts on the surviving node from that checkpoint, each step sees the samples the uninterrupted
+    run's step saw (``train.record_samples``), and it ends with the uninterrupted run's weights."""
     from neurolm.train.launch import fit_stage
+    from neurolm.train.loop import sample_ledger
 
     tag = int(time.time())
     common = ("train.max_steps=8", "train.checkpoint_every=2", "train.log_every=1", "run.max_failures=3",
-              "deepspeed.zero_stage=2")  # fmt: skip
+              "deepspeed.zero_stage=2", "train.record_samples=true")  # fmt: skip
     whole = fit_stage(mn.tokenizer_cfg(eeg_shards, text_shards, s3_uri, f"node-whole-{tag}", *common))
 
     cfg = mn.tokenizer_cfg(eeg_shards, text_shards, s3_uri, f"node-lost-{tag}", *common)
@@ -72,6 +74,10 @@ def test_lost_node_resumes_from_last_checkpoint_with_the_weights_of_an_uninterru
     assert steps[-1] == 8 and sorted(set(steps)) == list(
         range(1, 9)
     )  # no step lost, history trimmed on resume
+    expected, seen = sample_ledger(whole.run_dir), sample_ledger(done.run_dir)
+    assert sorted(seen) == sorted(expected) == list(range(1, 9))
+    for step in expected:  # each step saw the uninterrupted run's samples (a multiset over the ranks)
+        assert sorted(seen[step]) == sorted(expected[step]), f"step {step}"
     worst = mn.max_abs_diff(mn.weights(whole.export_dir), mn.weights(done.export_dir))
     assert worst < 1e-5, f"weights after the node loss differ from the uninterrupted run by {worst}"
 
@@ -127,8 +133,7 @@ def test_instruction_tuning_survives_a_lost_node_with_the_samples_and_weights_of
     done = out["result"]
     final = mn.state(done.checkpoint)
     assert final.step == 8 and final.resumes >= 1
-    expected = sample_ledger(storage.join(whole_cfg.run.storage_path, whole_cfg.run.name))
-    seen = sample_ledger(storage.join(lost_cfg.run.storage_path, lost_cfg.run.name))
+    expected, seen = sample_ledger(whole.run_dir), sample_ledger(done.run_dir)
     assert sorted(expected) == sorted(seen) == list(range(1, 9))
     for step in expected:  # each step drew the uninterrupted run's samples (as a multiset over the ranks)
         assert sorted(seen[step]) == sorted(expected[step]), f"step {step}"
