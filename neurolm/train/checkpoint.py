@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,49 @@ def validate_checkpoint_dir(directory: str) -> TrainState:
     if not any(Path(directory, "ds", DS_TAG).glob("*model_states.pt")):
         raise CheckpointError(f"{directory}: DeepSpeed model states are missing")
     return state
+
+
+def node_local_copy(key: str, download: Callable[[str], None], root: str | None = None) -> str:
+    """A local copy of a remote checkpoint, downloaded once per node however many ranks of the node ask for it.
+
+    The first caller downloads (``download(directory)``) into a private directory and publishes it with an
+    atomic rename; callers that come while it downloads wait on a file lock, later ones find the copy. Nothing
+    is ever rewritten while a rank reads it: Ray's ``Checkpoint.as_directory()`` downloads into one temporary
+    directory per checkpoint object and does so again for every caller that finds the download lock free, so a
+    rank starting late rewrote the files another rank of its node was loading (an ``EOFError`` from
+    ``torch.load`` after a storage outage; docs/resilience.md). ``key`` names the content (the caller derives
+    it from the checkpoint's rank markers, which hold the digest of every file), so a copy left behind by a
+    crashed process is only reused for the same files. A failed download leaves nothing behind.
+    The caller removes the copy when every rank is done with it (:func:`remove_local_copy`)."""
+    import fcntl
+    import shutil
+
+    root = root or tempfile.gettempdir()
+    name = "neurolm-checkpoint-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+    target = os.path.join(root, name)
+    with open(target + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not os.path.isdir(target):
+                partial = tempfile.mkdtemp(prefix=name + ".partial-", dir=root)
+                try:
+                    download(partial)
+                    os.rename(partial, target)
+                except BaseException:
+                    shutil.rmtree(partial, ignore_errors=True)
+                    raise
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def remove_local_copy(directory: str) -> None:
+    """Delete a :func:`node_local_copy` (call once no rank of the node reads it any more)."""
+    import shutil
+
+    shutil.rmtree(directory, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.remove(directory + ".lock")
 
 
 def load_checkpoint(engine, directory: str, world_size: int, elastic: bool = False) -> TrainState:

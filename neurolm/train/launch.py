@@ -29,7 +29,7 @@ from neurolm.config import (
     load_config,
 )
 from neurolm.runtime import ensure_ray, read_shards
-from neurolm.train.checkpoint import CheckpointError
+from neurolm.train.checkpoint import CheckpointError, node_local_copy, remove_local_copy
 from neurolm.train.stage import Stage, WorkerContext
 
 log = logging.getLogger("neurolm.train")
@@ -53,6 +53,7 @@ class StageResult:
 def ray_worker_context(cfg: StageConfig, dataset_names: list[str]) -> WorkerContext:
     """The :class:`WorkerContext` of a Ray Train worker: its rank, device and dtype, its dataset shards, a
     ``torch.distributed`` all-reduce, and reports and checkpoints through ``ray.train``."""
+    import pyarrow.fs
     import ray.train
 
     from neurolm.train.engine import resolve_precision
@@ -77,8 +78,22 @@ def ray_worker_context(cfg: StageConfig, dataset_names: list[str]) -> WorkerCont
         if checkpoint is None:
             yield None
             return
-        with checkpoint.as_directory() as directory:
-            yield directory
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+            yield checkpoint.path
+            return
+        # One download per node, never rewritten while a rank reads it (not Checkpoint.as_directory: see
+        # node_local_copy); keyed by the rank markers, which hold every file's digest.
+        fs, path = checkpoint.filesystem, checkpoint.path
+        markers = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(path)) if
+                         i.path.rsplit("/", 1)[-1].startswith("rank_"))  # fmt: skip
+        key = path + "".join(fs.open_input_stream(m).read().decode() for m in markers)
+        directory = node_local_copy(key, lambda local: checkpoint.to_directory(local))
+        yield directory
+        # Every rank has loaded: the node's first rank removes the copy.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        if ray_ctx.get_local_rank() == 0:
+            remove_local_copy(directory)
 
     return WorkerContext(
         device=device,

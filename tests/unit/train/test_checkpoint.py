@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,57 @@ def test_a_checkpoint_missing_a_rank_or_the_model_is_refused(tmp_path: Path) -> 
     (tmp_path / "c").mkdir()
     with pytest.raises(CheckpointError, match="no state.json"):
         validate_checkpoint_dir(str(tmp_path / "c"))
+
+
+def test_a_node_local_copy_is_downloaded_once_and_never_rewritten_while_ranks_read_it(tmp_path: Path) -> None:
+    """Four ranks of a node restore together, some late: one download, published whole (no rank ever sees a
+    partial file), reused by every later caller; a new key (other content) is another download."""
+    import threading
+    import time
+
+    from neurolm.train.checkpoint import node_local_copy, remove_local_copy
+
+    payload = os.urandom(1 << 20)
+    downloads: list[str] = []
+
+    def download(directory: str) -> None:
+        downloads.append(directory)
+        with open(os.path.join(directory, "model_states.pt"), "wb") as f:
+            for i in range(0, len(payload), 1 << 16):  # slowly, as from object storage
+                f.write(payload[i : i + (1 << 16)])
+                time.sleep(0.005)
+
+    seen: dict[int, bytes] = {}
+
+    def rank(r: int) -> None:
+        time.sleep(0.05 * r)  # ranks start at different times: late ones arrive during or after the download
+        directory = node_local_copy("s3://b/run/step_2" + "markers", download, root=str(tmp_path))
+        seen[r] = Path(directory, "model_states.pt").read_bytes()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(downloads) == 1 and all(v == payload for v in seen.values()) and len(seen) == 4
+    again = node_local_copy("s3://b/run/step_2" + "markers", download, root=str(tmp_path))
+    assert len(downloads) == 1  # found, not downloaded again
+    other = node_local_copy("s3://b/run/step_2" + "other markers", download, root=str(tmp_path))
+    assert len(downloads) == 2 and other != again
+    remove_local_copy(again)
+    remove_local_copy(other)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_node_local_download_leaves_nothing_and_the_next_caller_downloads(tmp_path: Path) -> None:
+    from neurolm.train.checkpoint import node_local_copy
+
+    def broken(directory: str) -> None:
+        Path(directory, "model_states.pt").write_bytes(b"half")
+        raise OSError("object store unreachable")
+
+    with pytest.raises(OSError, match="unreachable"):
+        node_local_copy("key", broken, root=str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+    directory = node_local_copy("key", lambda d: Path(d, "model_states.pt").write_bytes(b"whole"), root=str(tmp_path))
+    assert Path(directory, "model_states.pt").read_bytes() == b"whole"
