@@ -121,3 +121,9 @@ def test_one_prefill_serves_option_scoring_and_repeated_generation(debug_lm, bat
     again = generate(debug_lm, *_args(batch), max_new_tokens=5, prefilled=state)
     assert torch.equal(first.tokens, alone.tokens) and torch.equal(again.tokens, alone.tokens)
     assert torch.allclose(scores, alone_scores, atol=1e-6, rtol=0)
+
+
+def test_text_head_is_the_text_columns_of_the_full_head(debug_lm) -> None:
+    hidden = torch.randn(4, 3, debug_lm.config.gpt.n_embd)
+    with torch.no_grad():
+        assert torch.allclose(debug_lm.text_head(hidden), debug_lm.head(hidden)[..., :GPT2_TEXT_VOCAB], atol=1e-6)
