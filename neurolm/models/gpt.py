@@ -69,14 +69,17 @@ class GPT(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         cache: KVCache | None = None,
+        last: int | None = None,
     ) -> torch.Tensor:
-        """``inputs_embeds`` (B, S, d) = token/feature embeddings + position embeddings → final hidden (B, S, d)."""
+        """``inputs_embeds`` (B, S, d) = token/feature embeddings + position embeddings → final hidden (B, S, d),
+        or (B, last, d) for the last ``last`` positions only (see :func:`~neurolm.models.layers.run_blocks`)."""
         x = self.drop(inputs_embeds)
-        x = run_blocks(self.blocks, x, attn_mask, is_causal, cache, self.activation_checkpointing)
+        x = run_blocks(self.blocks, x, attn_mask, is_causal, cache, self.activation_checkpointing, last)
         return self.ln_f(x)
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.config.n_layer)
+    def new_cache(self, capacity: int | None = None) -> KVCache:
+        """An empty KV cache; ``capacity`` (positions) lets decoding append in place."""
+        return KVCache(self.config.n_layer, capacity)
 
 
 def _download(uri: str, target: str) -> str:

@@ -33,6 +33,7 @@ from neurolm.models.gpt import GPT
 from neurolm.models.masks import key_padding_mask, stair_mask, time_causal_mask
 from neurolm.models.quantizer import fp32_code_projection, l2norm, nearest_code_indices
 from neurolm.models.tokenizer import NeuralTokenizer
+from neurolm.vocab import GPT2_TEXT_VOCAB
 
 __all__ = ["NeuroLMConfig", "NeuroLMOutput", "CodeHead", "NeuroLM", "next_code_targets", "tokens_per_second",
            "attach_code_head", "real_length"]
@@ -194,6 +195,11 @@ class NeuroLM(nn.Module):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over text (50304) and EEG codes (K) for hidden states (..., d)."""
         return self.gpt.lm_head(hidden)
+
+    def text_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over GPT-2's text vocabulary only (..., 50257): the first rows of the head, the columns
+        decoding reads, without computing the 8 k+ others."""
+        return F.linear(hidden, self.gpt.lm_head.weight[:GPT2_TEXT_VOCAB])
 
     def pretraining_targets(
         self, features: torch.Tensor, input_time: torch.Tensor, input_mask: torch.Tensor

@@ -95,6 +95,28 @@ def test_generated_answer_is_parsed_by_position_and_agrees_with_scoring(bpe) -> 
     assert (out["probs"][:, 1] > 0.99).all() and (out["pred"] == 1).all()
 
 
+def test_one_prefill_per_batch_answers_as_separate_scoring_and_generation(bpe) -> None:
+    from neurolm.models.generate import generate, option_probabilities, score_options
+
+    task, tokens, batch = _layout("TUEV", bpe)
+    model = _model()
+    out = score_batch(model, task, tokens, batch, decode=bpe.decode, max_new_tokens=4)
+    inputs = [torch.from_numpy(np.asarray(batch[k])) for k in ("x", "input_chans", "input_time", "input_mask")]
+    prompt = torch.tensor([tokens.prompt] * 6)
+    probs = option_probabilities(score_options(model, *inputs, prompt, tokens.options).double())
+    generated = generate(model, *inputs, prompt, max_new_tokens=4).tokens[:, prompt.shape[1]:]
+    np.testing.assert_allclose(out["probs"], probs.numpy(), atol=1e-6)
+    assert list(out["generated"]) == [bpe.decode(row.tolist()) for row in generated]
+
+
+def test_bf16_scoring_runs_on_cpu_and_keeps_the_fp32_answers(bpe) -> None:
+    task, tokens, batch = _layout("TUAB", bpe)
+    fp32 = score_batch(_model(), task, tokens, batch, decode=bpe.decode)
+    bf16 = score_batch(_model().to(torch.bfloat16), task, tokens, batch, decode=bpe.decode, dtype=torch.bfloat16)
+    np.testing.assert_allclose(bf16["probs"], fp32["probs"], atol=0.01)
+    np.testing.assert_array_equal(bf16["pred"], fp32["pred"])
+
+
 def test_unparsable_generation_is_a_counted_failure_not_a_class(bpe) -> None:
     maybe = bpe.encode(" Maybe")
     task, tokens, batch = _layout("TUAB", bpe)

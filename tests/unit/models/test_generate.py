@@ -85,3 +85,45 @@ def test_generation_without_the_padded_tail_gives_the_logits_of_the_full_layout(
                         text=out.tokens[:, : 5 + i], return_logits=True).logits  # (B, 16 + 5 + i, V)
         assert full.shape[1] == 16 + 5 + i
         assert torch.allclose(logits, full[:, -1, :GPT2_TEXT_VOCAB], atol=1e-5, rtol=0)
+
+
+def test_final_block_on_the_last_positions_gives_the_same_hidden_states(debug_lm, batch) -> None:
+    x = torch.randn(3, 9, debug_lm.config.gpt.n_embd)
+    with torch.no_grad():
+        full = debug_lm.gpt(x, is_causal=True)
+        last = debug_lm.gpt(x, is_causal=True, last=2)
+    assert last.shape == (3, 2, x.shape[-1])
+    assert torch.allclose(last, full[:, -2:], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("room", [0, 2, 6])
+def test_kv_cache_in_place_or_concatenated_gives_the_same_tokens(debug_lm, batch, room) -> None:
+    """Room for every new token (written in place), for some (then concatenation), or for none."""
+    from neurolm.models.generate import prefill
+
+    reference = generate(debug_lm, *_args(batch), max_new_tokens=6, use_cache=False)
+    state = prefill(debug_lm, *_args(batch), room=room)
+    out = generate(debug_lm, *_args(batch), max_new_tokens=6, prefilled=state)
+    assert torch.equal(out.tokens, reference.tokens)
+    for a, b in zip(out.step_logits, reference.step_logits, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=0)
+
+
+def test_one_prefill_serves_option_scoring_and_repeated_generation(debug_lm, batch) -> None:
+    from neurolm.models.generate import prefill
+
+    options = [[3363], [1400, 13]]
+    alone_scores = score_options(debug_lm, *_args(batch), options)
+    alone = generate(debug_lm, *_args(batch), max_new_tokens=5)
+    state = prefill(debug_lm, *_args(batch), room=5)
+    first = generate(debug_lm, *_args(batch), max_new_tokens=5, prefilled=state)
+    scores = score_options(debug_lm, *_args(batch), options, prefilled=state)  # after generation wrote its room
+    again = generate(debug_lm, *_args(batch), max_new_tokens=5, prefilled=state)
+    assert torch.equal(first.tokens, alone.tokens) and torch.equal(again.tokens, alone.tokens)
+    assert torch.allclose(scores, alone_scores, atol=1e-6, rtol=0)
+
+
+def test_text_head_is_the_text_columns_of_the_full_head(debug_lm) -> None:
+    hidden = torch.randn(4, 3, debug_lm.config.gpt.n_embd)
+    with torch.no_grad():
+        assert torch.allclose(debug_lm.text_head(hidden), debug_lm.head(hidden)[..., :GPT2_TEXT_VOCAB], atol=1e-6)
