@@ -20,9 +20,11 @@ inside :func:`weights_only_loads`, torch's weights-only unpickler with that allo
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -191,6 +193,16 @@ def validate_checkpoint_dir(directory: str) -> TrainState:
     return state
 
 
+def content_key(fs: Any, path: str) -> str:
+    """What names a checkpoint's content on ``fs`` (a ``pyarrow.fs.FileSystem``): its path and its rank markers,
+    which hold the sha256 of every file (:func:`save_checkpoint`). The key of :func:`node_local_copy`."""
+    import pyarrow.fs
+
+    markers = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(path))
+                     if i.path.rsplit("/", 1)[-1].startswith("rank_"))  # fmt: skip
+    return path + "".join(fs.open_input_stream(m).read().decode() for m in markers)
+
+
 def node_local_copy(key: str, download: Callable[[str], None], root: str | None = None) -> str:
     """A local copy of a remote checkpoint, downloaded once per node however many ranks of the node ask for it.
 
@@ -203,9 +215,6 @@ def node_local_copy(key: str, download: Callable[[str], None], root: str | None 
     it from the checkpoint's rank markers, which hold the digest of every file), so a copy left behind by a
     crashed process is only reused for the same files. A failed download leaves nothing behind.
     The caller removes the copy when every rank is done with it (:func:`remove_local_copy`)."""
-    import fcntl
-    import shutil
-
     root = root or tempfile.gettempdir()
     name = "neurolm-checkpoint-" + hashlib.sha256(key.encode()).hexdigest()[:24]
     target = os.path.join(root, name)
@@ -227,8 +236,6 @@ def node_local_copy(key: str, download: Callable[[str], None], root: str | None 
 
 def remove_local_copy(directory: str) -> None:
     """Delete a :func:`node_local_copy` (call once no rank of the node reads it any more)."""
-    import shutil
-
     shutil.rmtree(directory, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.remove(directory + ".lock")

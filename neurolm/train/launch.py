@@ -29,7 +29,7 @@ from neurolm.config import (
     load_config,
 )
 from neurolm.runtime import ensure_ray, read_shards
-from neurolm.train.checkpoint import CheckpointError, node_local_copy, remove_local_copy
+from neurolm.train.checkpoint import CheckpointError, content_key, node_local_copy, remove_local_copy
 from neurolm.train.stage import Stage, WorkerContext
 
 log = logging.getLogger("neurolm.train")
@@ -82,11 +82,8 @@ def ray_worker_context(cfg: StageConfig, dataset_names: list[str]) -> WorkerCont
             yield checkpoint.path
             return
         # One download per node, never rewritten while a rank reads it (not Checkpoint.as_directory: see
-        # node_local_copy); keyed by the rank markers, which hold every file's digest.
-        fs, path = checkpoint.filesystem, checkpoint.path
-        markers = sorted(i.path for i in fs.get_file_info(pyarrow.fs.FileSelector(path)) if
-                         i.path.rsplit("/", 1)[-1].startswith("rank_"))  # fmt: skip
-        key = path + "".join(fs.open_input_stream(m).read().decode() for m in markers)
+        # node_local_copy).
+        key = content_key(checkpoint.filesystem, checkpoint.path)
         directory = node_local_copy(key, lambda local: checkpoint.to_directory(local))
         yield directory
         # Every rank has loaded: the node's first rank removes the copy.

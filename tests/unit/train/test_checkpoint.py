@@ -90,3 +90,19 @@ def test_a_failed_node_local_download_leaves_nothing_and_the_next_caller_downloa
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
     directory = node_local_copy("key", lambda d: Path(d, "model_states.pt").write_bytes(b"whole"), root=str(tmp_path))
     assert Path(directory, "model_states.pt").read_bytes() == b"whole"
+
+
+def test_the_content_key_changes_with_the_rank_markers_only(tmp_path: Path) -> None:
+    """A checkpoint rewritten with other files (other digests in its rank markers) gets another local copy."""
+    import pyarrow.fs
+
+    from neurolm.train.checkpoint import content_key
+
+    fs = pyarrow.fs.LocalFileSystem()
+    (tmp_path / "rank_0.json").write_text('{"sha256": {"ds/a.pt": "1"}}')
+    (tmp_path / "state.json").write_text("{}")
+    first = content_key(fs, str(tmp_path))
+    (tmp_path / "state.json").write_text('{"step": 2}')
+    assert content_key(fs, str(tmp_path)) == first
+    (tmp_path / "rank_0.json").write_text('{"sha256": {"ds/a.pt": "2"}}')
+    assert content_key(fs, str(tmp_path)) != first
