@@ -1,8 +1,8 @@
 """Data ingest of 1024-token pre-training samples: Parquet shards -> Ray Data -> 2 Ray Train workers. Prints JSON.
 
 The shards are those ``neurolm preprocess --corpus edf notch=60 pretrain_windows=true`` writes for a recording
-(64 ch x 16 s = 1024 tokens per sample), listed ``--repeat`` times (copies) so that an epoch holds a few hundred
-samples. Each setting reports samples/s, best of ``--epochs`` epochs after a warm-up epoch (other jobs share
+(64 ch x 16 s = 1024 tokens per sample), listed ``--repeat`` times (copies): 10 copies make a 376-sample epoch; 40 copies (1520 samples, 1.2 GB) make
+an epoch larger than the object store, as every real one is. Each setting reports samples/s, best of ``--epochs`` epochs after a warm-up epoch (other jobs share
 this machine's CPUs; the best epoch is the least disturbed one):
 
   inproc     one process, no Ray: ``read_shards`` + the stage's layout function per batch of 8 + torch tensors.
@@ -10,8 +10,9 @@ this machine's CPUs; the best epoch is the least disturbed one):
   raytrain:P the training path: path P -> ``streaming_split`` -> 2 Train workers x 0.5 CPU iterating batches of 8,
              local shuffle 64, prefetch 2; throughput = all samples / (last end - first start) of an epoch.
 
-Paths P: ``worker`` (now: ``neurolm.runtime.read_shards`` moves shard rows, the worker batches row views through
-its seeded shuffle buffer and lays them out, ``neurolm.train.ingest.torch_batches``) and ``pipeline`` (before:
+Paths P: ``worker`` (now: ``neurolm.runtime.read_shards`` moves shard rows in blocks of about ``--block-mb``
+(``data.block_mb``), the worker batches rows through its seeded shuffle buffer and lays them out,
+``neurolm.train.ingest.torch_batches``), ``worker1`` (the same, one block per shard file) and ``pipeline`` (before:
 Ray Data's default Parquet reader + the layout as a ``map_batches`` step + ``iter_torch_batches``). Samples per
 CPU-s count the whole process tree (driver + every Ray process it started), over the timed epochs.
 ``--rounds N`` repeats the Ray settings, alternating, for ratios within one run.
@@ -120,14 +121,17 @@ def _iterate(source, layout: str, batch: int, seed: int):
     return torch_batches(source, layout_fn(), **kwargs)
 
 
-def _dataset(rep: str, layout: str, batch_format: str):
+def _dataset(rep: str, layout: str, batch_format: str, block_mb: int):
     """``pipeline``: the previous path (Ray Data's default Parquet reader + the layout as a ``map_batches`` step);
-    ``worker``: ``neurolm.runtime.read_shards`` (compact shard rows; the layout runs on the consumer)."""
+    ``worker``: ``neurolm.runtime.read_shards`` (compact shard rows; the layout runs on the consumer) in blocks of
+    about ``block_mb`` (``data.block_mb``); ``worker1``: the same with one block per file."""
     import ray.data
 
     from neurolm.runtime import read_shards, shard_paths
 
     if layout == "worker":
+        return read_shards([rep], block_bytes=block_mb << 20)
+    if layout == "worker1":
         return read_shards([rep])
     fs, paths = shard_paths([rep])
     return ray.data.read_parquet(paths, filesystem=fs, shuffle=None).map_batches(
@@ -217,7 +221,7 @@ def _summary(setting: str, spans: list[list[tuple[float, float, int]]], cpu: Tre
 
 def bench_raydata(rep: str, layout: str, args: argparse.Namespace) -> dict:
     """The Ray Data path consumed in the driver (no Train, no split)."""
-    ds = _dataset(rep, layout, args.batch_format)
+    ds = _dataset(rep, layout, args.batch_format, args.block_mb)
     spans = []
     with TreeCPU() as cpu:
         for epoch in range(args.epochs + 1):
@@ -228,12 +232,17 @@ def bench_raydata(rep: str, layout: str, args: argparse.Namespace) -> dict:
     return _summary(f"raydata (layout={layout}, driver iterates)", [spans], cpu)
 
 
-def bench_raytrain(rep: str, layout: str, args: argparse.Namespace) -> dict:
+def _options(args: argparse.Namespace):
     from ray.data import ExecutionOptions
+
+    return ExecutionOptions(preserve_order=True)
+
+
+def bench_raytrain(rep: str, layout: str, args: argparse.Namespace) -> dict:
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    ds = _dataset(rep, layout, args.batch_format)
+    ds = _dataset(rep, layout, args.batch_format, args.block_mb)
     out = tempfile.mkdtemp(prefix="ingest-", dir=args.work)
     with TreeCPU() as cpu:
         TorchTrainer(
@@ -242,9 +251,7 @@ def bench_raytrain(rep: str, layout: str, args: argparse.Namespace) -> dict:
             scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
             datasets={"train": ds},
             # As neurolm.train.launch.fit_stage: a deterministic split is what makes resume exact.
-            dataset_config=DataConfig(
-                datasets_to_split="all", execution_options=ExecutionOptions(preserve_order=True)
-            ),
+            dataset_config=DataConfig(datasets_to_split="all", execution_options=_options(args)),
             run_config=RunConfig(name="ingest", storage_path=os.path.join(args.work, "ray_runs")),
         ).fit()
     ranks = [json.loads(Path(f).read_text()) for f in sorted(glob.glob(os.path.join(out, "rank*.json")))]
@@ -266,6 +273,10 @@ def main() -> None:
     p.add_argument(
         "--rounds", type=int, default=1, help="repeat the Ray settings, alternating (ratios in one run)"
     )
+    p.add_argument(
+        "--object-store-mb", type=int, default=477, help="the local Ray's object store (MB)"
+    )  # 5e8 B
+    p.add_argument("--block-mb", type=int, default=64, help="data.block_mb of path worker")
     p.add_argument("--out", help="also write the JSON here (Ray's raylet may print warnings to stdout)")
     args = p.parse_args()
     import torch
@@ -284,7 +295,7 @@ def main() -> None:
         from neurolm.runtime import init_local_ray, worker_env
 
         # Loopback only, like every local instance the project starts (neurolm.runtime).
-        init_local_ray(worker_env(), num_cpus=2, object_store_memory=int(5e8), include_dashboard=False,
+        init_local_ray(worker_env(), num_cpus=2, object_store_memory=args.object_store_mb * 2**20, include_dashboard=False,
                        log_to_driver=False)  # fmt: skip
         ray.data.DataContext.get_current().enable_progress_bars = False
         try:

@@ -465,6 +465,12 @@ class DataSection(IngestSection):
     train: str | list[str] = Field(description="Training shards: URI(s) of directories of part-*.parquet.")
     val: str | list[str] | None = Field(default=None, description="Validation shards.")
     max_tokens: int = Field(default=1024, ge=1, description="EEG tokens per sample after padding (official 1024).")
+    block_mb: int = Field(
+        default=64, ge=1,
+        description="Consecutive shard files are read into blocks of about this many MB (at least one "
+        "file each). Fewer, larger blocks cost less per sample (issue 11); each Train worker holds up to ~3 blocks "
+        "in its node's object store beside Ray Data's own half of it.",
+    )
 
 
 class RunSection(Section):

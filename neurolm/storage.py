@@ -284,6 +284,11 @@ def write_text(uri: str, text: str) -> None:
 
 def list_files(uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
     """Files below a directory/prefix as URIs of the same kind, sorted; [] when the prefix does not exist."""
+    return [f for f, _ in list_file_sizes(uri, suffix, recursive)]
+
+
+def list_file_sizes(uri: str, suffix: str = "", recursive: bool = True) -> list[tuple[str, int]]:
+    """(URI, size in bytes) of the files below a directory/prefix, sorted by URI; [] when it does not exist."""
     fs, path = resolve(uri)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
@@ -292,7 +297,7 @@ def list_files(uri: str, suffix: str = "", recursive: bool = True) -> list[str]:
     out = []
     for info in infos:
         if info.type == pafs.FileType.File and info.path.endswith(suffix):
-            out.append("s3://" + info.path if is_s3(uri) else info.path)
+            out.append(("s3://" + info.path if is_s3(uri) else info.path, int(info.size or 0)))
     return sorted(out)
 
 

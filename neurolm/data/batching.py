@@ -38,6 +38,26 @@ def _gather(blocks: list[Any], rows: list[tuple[int, int]]) -> dict[str, Any]:
     return batch
 
 
+def _detached(columns: dict[str, Any]) -> dict[str, Any]:
+    """``columns`` with every array copied out of the block it views, one array per row.
+
+    A row view keeps its whole block alive, and a block that came through Ray's object store stays pinned there
+    while any view of it lives. Rows drawn at random from a shuffle buffer leave each block's last rows behind for
+    many draws (a 38-row block of a 64-row buffer stays pinned ~4x longer than it takes to buffer it), so the
+    store holds several blocks per worker that Ray Data counts as consumed: with 30 MB blocks, a 2-worker run
+    on a 477 MB store spilled to disk and fell from ~500 to ~60 samples/s (docs/platform.md, "Ingest"). Copied
+    rows release the block as soon as it is buffered, and each row's memory goes when the row is drawn."""
+    out: dict[str, Any] = {}
+    for name, column in columns.items():
+        if isinstance(column, list):
+            out[name] = [np.array(v, copy=True) if isinstance(v, np.ndarray) else v for v in column]
+        elif isinstance(column, np.ndarray):
+            out[name] = column.copy()
+        else:
+            out[name] = column
+    return out
+
+
 def shuffled_row_batches(
     blocks: Iterable[Any],
     batch_size: int,
@@ -84,6 +104,8 @@ def shuffled_row_batches(
 
     for block in blocks:
         columns = shard_columns(block)
+        if rng is not None:  # rows outlive their block in the buffer: hold copies, not views (see _detached)
+            columns = _detached(columns)
         n = len(columns["signal"])
         if not n:
             continue

@@ -15,6 +15,9 @@ same micro-batches (tests/integration/test_ingest.py).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +27,28 @@ import torch
 from neurolm.data.batching import shuffled_row_batches
 
 __all__ = ["torch_batches"]
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Let glibc keep the memory this process frees for its next allocations (once per process; False where
+    there is no glibc).
+
+    By default glibc serves each allocation above a moving threshold with a fresh ``mmap`` and gives a freed heap
+    top back to the OS once it exceeds twice that threshold. A worker that copies MB-sized rows and lays out a
+    multi-MB batch every few milliseconds then faults every page in again: ~66,000 minor page faults per second
+    in each Train worker at ~1000 samples/s (docs/platform.md, "Ingest"). A fixed threshold of 32 MB (glibc's
+    maximum) and a 512 MB trim threshold keep those pages mapped."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 512 << 20))
 
 
 def torch_batches(
@@ -39,7 +64,8 @@ def torch_batches(
     """A worker's torch batches from its dataset shard (a Ray ``DataIterator``).
 
     With ``transform``, the shard holds shard rows: Ray Data hands over whole blocks (``batch_size=None``, no
-    copy; ``prefetch_batches`` blocks fetched ahead), :func:`neurolm.data.batching.shuffled_row_batches` draws
+    copy; one block fetched ahead unless ``prefetch_batches`` is 0: a block holds many micro-batches, and every
+    block a worker holds sits in its node's object store beside Ray Data's own budget, which does not count it), :func:`neurolm.data.batching.shuffled_row_batches` draws
     micro-batches of row views through the seeded local shuffle buffer, and ``transform`` lays each out into the
     arrays that become the batch's tensors (``torch.from_numpy``, no copy). Without, the rows are the inputs
     (Ray Data's own batching and shuffle)."""
@@ -52,8 +78,9 @@ def torch_batches(
             prefetch_batches=prefetch_batches,
         )
         return
+    keep_freed_memory()
     blocks = shard.iter_batches(
-        batch_size=None, batch_format="pyarrow", prefetch_batches=max(prefetch_batches, 1)
+        batch_size=None, batch_format="pyarrow", prefetch_batches=min(prefetch_batches, 1)
     )
     rows = shuffled_row_batches(
         blocks,

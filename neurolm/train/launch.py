@@ -127,6 +127,26 @@ def build_datasets(cfg: StageConfig, stage: Stage) -> tuple[dict[str, Any], dict
     return datasets, info
 
 
+def check_block_memory(cfg: StageConfig) -> None:
+    """Warn when the blocks the Train workers of a node hold (up to ~3 each: one fetched ahead, one being taken
+    apart, one arriving) would not fit beside Ray Data's share of that node's object store (half of it): the
+    store then spills to disk, and ingest slows down ~10x (docs/platform.md, "Ingest")."""
+    import ray
+
+    block = getattr(cfg.data, "block_mb", None)
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("object_store_memory")]
+    if not block or not nodes:
+        return
+    per_node = math.ceil(cfg.scaling.num_workers / len(nodes))
+    store_mb = min(n["Resources"]["object_store_memory"] for n in nodes) / 2**20
+    if store_mb / 2 < 3 * block * per_node:
+        log.warning(
+            "data.block_mb=%d: %d Train workers per node may hold ~%d MB of blocks beside Ray Data's %d MB in a "
+            "%d MB object store; lower data.block_mb or enlarge the object store to avoid spilling",
+            block, per_node, 3 * block * per_node, store_mb / 2, store_mb,
+        )
+
+
 def split_datasets(cfg: StageConfig, datasets: dict[str, Any]) -> list[str]:
     """The datasets each worker gets a split of (``streaming_split``). In an elastic run the epoch's ``train``
     stream and the ``text`` stream are read whole by every rank in one global order, each rank taking its slice
@@ -159,6 +179,7 @@ def fit_stage(cfg: StageConfig, callbacks: list[Any] | None = None) -> StageResu
         storage.ensure_bucket(storage.bucket_of(cfg.run.storage_path))
     stage = make_stage(cfg)  # validates model presets and loads nothing heavy on the driver
     ensure_ray(cfg.run.ray_address)
+    check_block_memory(cfg)
 
     datasets, info = build_datasets(cfg, stage)
     world = cfg.scaling.num_workers

@@ -119,7 +119,7 @@ class Stage(ABC):
         inputs."""
         return None
 
-    def datasets(self, read_shards: Callable[[list[str]], Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def datasets(self, read_shards: Callable[..., Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The Ray datasets every worker gets a share of, and facts for the workers (``info["rows"]``: the
         training samples, which size an epoch). Default: ``train`` and, when configured, ``val``, as shard rows:
         Ray Data moves the compact rows and each worker lays them out with :meth:`batch_transform` (issue 11:
@@ -127,9 +127,10 @@ class Stage(ABC):
         # From the Parquet footers of the files read_shards lists: no Ray Data execution (3-5 s per stage).
         train = self.cfg.data.train
         info = {"rows": sum(count_rows(uri) for uri in ([train] if isinstance(train, str) else train))}
-        datasets = {"train": read_shards(train)}
+        block = self.cfg.data.block_mb << 20  # fewer, larger blocks: less Ray work per sample (read_tasks)
+        datasets = {"train": read_shards(train, block_bytes=block)}
         if self.cfg.data.val:
-            datasets["val"] = read_shards(self.cfg.data.val)
+            datasets["val"] = read_shards(self.cfg.data.val, block_bytes=block)
         return datasets, info
 
     def torch_batches(self, shard: Any, **kwargs: Any) -> Iterable[dict[str, torch.Tensor]]:

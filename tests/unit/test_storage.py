@@ -11,6 +11,7 @@ def test_local_round_trip_and_listing(tmp_path) -> None:
     assert storage.read_bytes(uri) == b"xyz"
     assert storage.list_files(str(tmp_path), suffix=".bin") == [uri]
     assert storage.list_files(str(tmp_path / "missing")) == []
+    assert storage.list_file_sizes(str(tmp_path), suffix=".bin") == [(uri, 3)]
     with pytest.raises(storage.StorageError, match="no such object"):
         storage.read_bytes(str(tmp_path / "missing.bin"))
 

@@ -77,3 +77,25 @@ def test_rows_are_views_on_the_block_buffers() -> None:
     data = np.frombuffer(table.column("signal").chunk(0).buffers()[2], dtype=np.uint8)
     for row in batch["signal"]:
         assert np.shares_memory(row, data)
+
+
+def test_shuffled_rows_hold_copies_so_each_block_is_let_go_when_buffered() -> None:
+    # Rows drawn at random outlive their block; a view would keep the whole block (in Ray: pinned in the object
+    # store) alive. Shuffled batches hold copies with the same values; in-order batches stay views.
+    table = _table(12)
+    source = [np.frombuffer(buf, dtype=np.uint8) for buf in table.column("signal").chunk(0).buffers() if buf]
+
+    def shares(batch: dict) -> bool:
+        return any(np.shares_memory(row, src) for row in batch["signal"] for src in source)
+
+    shuffled = list(shuffled_row_batches([table], 4, shuffle_buffer=8, seed=0))
+    assert shuffled and not any(shares(b) for b in shuffled)
+    ordered = list(shuffled_row_batches([table], 4))
+    assert all(shares(b) for b in ordered)
+    layout = make_layout_fn(16, targets=False, keep=("label",))
+    for batch in shuffled:
+        rows = [int(x) for x in batch["label"]]
+        expected = layout(table.take(rows))
+        got = layout(batch)
+        for k in expected:
+            np.testing.assert_array_equal(expected[k], got[k], err_msg=k)
