@@ -127,6 +127,13 @@ class PreprocessConfig(Section):
     normalize_std: float = Field(
         default=0.1, gt=0, description="Within-trial std after normalize=dataset|recording, in model units (100 uV)."
     )
+    trial_scale: Literal["none", "rms"] = Field(
+        default="none",
+        description="`ts` reader, after normalize: rms = each channel of each trial divided by its own RMS over the "
+        "trial and set to normalize_std, so that amplitude differences between trials and recording sessions "
+        "(electrode contact, headset fit) do not reach the model; a trial's offset keeps its sign and its size "
+        "relative to the trial's variation (docs/recipe.md §10). none = off.",
+    )
 
     events: EventsOptions = Field(default_factory=EventsOptions, description="`events` corpus: labels, trials.")
     ts: TsOptions = Field(default_factory=TsOptions, description="`ts` corpus: channel names, sampling rate.")
@@ -650,6 +657,12 @@ class InstructJobConfig(StageConfig):
         default=1.0, ge=0,
         description="Weight of the text LM loss on data.text windows (official: always added, weight 1); "
         "0 = answers only.",
+    )
+    augment_channel_dropout: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Training only: each real channel of each sample is silenced (its patches set to 0) with this "
+        "probability, independently, keeping at least one channel per sample, so that answers do not hang on one "
+        "electrode whose contact changes between sessions. 0 = off (official).",
     )
 
 

@@ -32,15 +32,32 @@ from neurolm.models.collapse import balanced_accuracy_of
 from neurolm.models.generate import score_options
 from neurolm.models.io import load_neurolm
 from neurolm.task_spec import resolve_task
-from neurolm.train.stages.instruct import task_tokens
+from neurolm.train.stages.instruct import drop_channels, task_tokens
 
 EVAL_KEYS = ("x", "input_chans", "input_time", "input_mask", "prompt", "label")
 
 
-def load_split(shards: str, split: str, tokens, eeg_max_len: int, evaluation: bool) -> dict[str, np.ndarray]:
+def load_split(shards: str, split: str, tokens, eeg_max_len: int, evaluation: bool,
+               trial_scale: str = "none") -> dict[str, np.ndarray]:
     table = read_shards(f"{shards}/{split}")
     batch = {c: table.column(c).to_numpy(zero_copy_only=False) for c in table.column_names}
-    return instruction_layout(batch, tokens, eeg_max_len, 72, evaluation)
+    out = instruction_layout(batch, tokens, eeg_max_len, 72, evaluation)
+    if trial_scale != "none":
+        out["x"] = rescale_trials(out["x"], out["input_chans"], out["input_mask"], trial_scale == "center")
+    return out
+
+
+def rescale_trials(x: np.ndarray, chans: np.ndarray, mask: np.ndarray, center: bool) -> np.ndarray:
+    """A stand-in for a per-trial preprocessing: each channel of each trial (all its real patches) divided by its
+    RMS (after removing its mean with ``center``) and set to RMS 0.1, the recipe's unit."""
+    x = x.copy()
+    for i in range(len(x)):
+        real = mask[i].astype(bool)
+        for c in np.unique(chans[i][real]):
+            sel = real & (chans[i] == c)
+            v = x[i, sel] - (x[i, sel].mean() if center else 0.0)
+            x[i, sel] = v / (np.sqrt((v ** 2).mean()) + 1e-8) * 0.1
+    return x
 
 
 def features(args, model, tokens) -> None:
@@ -76,9 +93,9 @@ def features(args, model, tokens) -> None:
 
 def train(args, model, tokens) -> None:
     torch.manual_seed(args.seed)
-    data = load_split(args.shards, "train", tokens, args.eeg_max_len, False)
-    val = load_split(args.shards, "val", tokens, args.eeg_max_len, True)
-    test = load_split(args.shards, "test", tokens, args.eeg_max_len, True)
+    data = load_split(args.shards, "train", tokens, args.eeg_max_len, False, args.trial_scale)
+    val = load_split(args.shards, "val", tokens, args.eeg_max_len, True, args.trial_scale)
+    test = load_split(args.shards, "test", tokens, args.eeg_max_len, True, args.trial_scale)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
@@ -95,15 +112,17 @@ def train(args, model, tokens) -> None:
     def score(split):
         model.eval()
         k = len(tokens.options)
-        confusion = np.zeros((k, k))
+        confusion, nll = np.zeros((k, k)), []
         with torch.no_grad():
             for i in range(0, len(split["label"]), 64):
                 b = {key: torch.as_tensor(split[key][i : i + 64]) for key in EVAL_KEYS}
                 ll = score_options(model, b["x"], b["input_chans"], b["input_time"], b["input_mask"], b["prompt"],
                                    tokens.options)
                 np.add.at(confusion, (b["label"].numpy(), ll.argmax(-1).numpy()), 1)
+                nll.append(-ll.gather(1, b["label"].long()[:, None]).squeeze(1).numpy())
         model.train()
-        return round(balanced_accuracy_of(confusion), 3), round(float(confusion.sum(0).max() / confusion.sum()), 3)
+        return (round(balanced_accuracy_of(confusion), 3), round(float(confusion.sum(0).max() / confusion.sum()), 3),
+                round(float(np.concatenate(nll).mean()), 4))
 
     rng = np.random.default_rng(args.seed)
     n = len(data["label"])
@@ -114,6 +133,8 @@ def train(args, model, tokens) -> None:
         idx = order[pos : pos + args.batch_size]
         pos += args.batch_size
         b = {k: torch.as_tensor(v[idx]) for k, v in data.items()}
+        if args.channel_dropout > 0:
+            b["x"] = drop_channels(b["x"], b["input_chans"], b["input_mask"], args.channel_dropout)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         out = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
@@ -124,9 +145,9 @@ def train(args, model, tokens) -> None:
         opt.step()
         losses.append(float(out.loss.detach()))
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
-            (v, v_major), (t, t_major) = score(val), score(test)
+            (v, v_major, v_nll), (t, t_major, _) = score(val), score(test)
             print(json.dumps({"step": step + 1, "answer_loss": round(float(np.mean(losses[-args.eval_every:])), 4),
-                              "val_balanced_accuracy": v, "val_majority_share": v_major,
+                              "val_balanced_accuracy": v, "val_majority_share": v_major, "val_nll": v_nll,
                               "test_balanced_accuracy": t, "test_majority_share": t_major,
                               "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
 
@@ -147,6 +168,10 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trial-scale", choices=["none", "scale", "center"], default="none",
+                        help="every split's trials rescaled per trial and channel (a preprocessing stand-in)")
+    parser.add_argument("--channel-dropout", type=float, default=0.0,
+                        help="stage 3's augment_channel_dropout: each sample's channels silenced with this probability")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokens = task_tokens(resolve_task(args.task))

@@ -129,6 +129,15 @@ def fit_normalization(train: np.ndarray, target_std: float = 0.1) -> Normalizati
     )
 
 
+def scale_trials(signals: np.ndarray, target_rms: float = 0.1) -> np.ndarray:
+    """Trials ``(n, C, N)`` with each channel of each trial divided by its own RMS over the trial (not centred)
+    and set to ``target_rms``, keeping the dtype; a flat (all-zero) channel stays zero."""
+    x = signals.astype(np.float64)
+    rms = np.sqrt((x ** 2).mean(axis=2, keepdims=True))
+    out = np.divide(x * target_rms, rms, out=np.zeros_like(x), where=rms > 0)
+    return out.astype(signals.dtype)
+
+
 def apply_normalization(signals: np.ndarray, norm: Normalization) -> np.ndarray:
     """Apply ``norm`` to trials ``(n, C, N)``, keeping the dtype."""
     if signals.shape[1] != len(norm.offset):

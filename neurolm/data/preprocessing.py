@@ -85,6 +85,9 @@ def task_fingerprint(task: RecordingTask, cfg: PreprocessConfig) -> str:
     if cfg.ts == TsOptions():
         # Unset `ts` options add nothing: shards written before the section existed are still reused.
         del settings["ts"]
+    if cfg.trial_scale == "none":
+        # Likewise the per-trial scaling when off (docs/recipe.md §10).
+        del settings["trial_scale"]
     payload = {
         "version": PREPROCESSING_VERSION,
         "task": asdict(task),

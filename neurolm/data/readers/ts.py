@@ -48,6 +48,7 @@ from neurolm.data.conditioning import (
     fit_band_to_rate,
     fit_normalization,
     pad_to_whole_seconds,
+    scale_trials,
 )
 from neurolm.data.readers.base import RecordingSamples, RecordingTask, signal_params
 from neurolm.data.readers.splits import split_counts
@@ -328,6 +329,10 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         norm = fit_normalization(own, cfg.normalize_std)
         signals = apply_normalization(signals, norm)
         notes.append(norm.describe("recording", "train trials" if task.split is None else "trials of this recording"))
+    if cfg.trial_scale == "rms":
+        # Per trial and channel, labels unused: the same operation on every split and at prediction time.
+        signals = scale_trials(signals, cfg.normalize_std)
+        notes.append(f"trial_scale=rms: each channel of each trial set to RMS {cfg.normalize_std:g} (100 uV units)")
     return RecordingSamples(
         signals=signals,
         start_s=np.zeros(n),

@@ -146,6 +146,26 @@ class MixedTaskStream:
     __next__ = next
 
 
+def drop_channels(x: torch.Tensor, input_chans: torch.Tensor, input_mask: torch.Tensor, p: float) -> torch.Tensor:
+    """``x`` (B, N, patch) with each real channel of each sample silenced (its patches set to 0) with probability
+    ``p``, independently, drawn from torch's global generator (the trainer seeds it per micro-step, so resumes
+    replay it); every sample keeps at least one of its channels (a sample that would lose all keeps one chosen
+    at random). ``input_chans`` (B, N) gives each token's channel index, ``input_mask`` (B, N) its reality;
+    padding tokens are zero and stay zero. Channel dropout: an answer may not hang on one electrode, whose
+    contact and artefacts change between sessions (docs/recipe.md §10)."""
+    n_chan = int(input_chans.max()) + 1
+    # A channel is present if any of its tokens is real (padding tokens carry channel 0: not a plain scatter).
+    present = torch.zeros(x.shape[0], n_chan, dtype=torch.int64, device=x.device)
+    present = present.scatter_reduce(1, input_chans.long(), input_mask.long(), reduce="amax").bool()
+    keep = (torch.rand(x.shape[0], n_chan, device=x.device) >= p) & present
+    lost = ~keep.any(1) & present.any(1)
+    if lost.any():
+        # One present channel of each such sample, uniformly: the largest random score among its present channels.
+        score = torch.rand(int(lost.sum()), n_chan, device=x.device).masked_fill(~present[lost], -1.0)
+        keep[lost] = torch.nn.functional.one_hot(score.argmax(1), n_chan).bool()
+    return x * keep.gather(1, input_chans.long()).to(x.dtype)[..., None]
+
+
 class InstructStage(Stage):
     """Validation is per task (:meth:`evaluate`); :meth:`eval_step` is the base class's (the answer loss)."""
 
@@ -215,7 +235,10 @@ class InstructStage(Stage):
     def train_step(
         self, model: Any, batch: dict[str, torch.Tensor], text: torch.Tensor | None, progress: float
     ) -> StepOutput:
-        out = model(batch["x"], batch["input_chans"], batch["input_time"], batch["input_mask"],
+        x = batch["x"]
+        if self.cfg.augment_channel_dropout > 0:
+            x = drop_channels(x, batch["input_chans"], batch["input_mask"], self.cfg.augment_channel_dropout)
+        out = model(x, batch["input_chans"], batch["input_time"], batch["input_mask"],
                     text=batch["text"], text_targets=batch["text_targets"])
         loss = out.loss
         metrics = {"answer_loss": float(out.loss.detach()), "answer_accuracy": float(out.accuracy)}

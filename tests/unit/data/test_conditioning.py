@@ -12,6 +12,7 @@ from neurolm.data.conditioning import (
     fit_band_to_rate,
     fit_normalization,
     pad_to_whole_seconds,
+    scale_trials,
 )
 from neurolm.data.readers import ts
 from neurolm.data.samples import fetch_sample
@@ -108,3 +109,30 @@ def test_real_blink_recording_normalisation_measures_each_file_on_itself():
     assert abs(dataset["TEST"].signals.mean(axis=(0, 2))).max() > 0.05  # what the train statistics left there
     assert any(w.startswith("normalize=recording") and "trials of this recording" in w for w in test.warnings)
     assert list(test.labels) == list(dataset["TEST"].labels)
+
+
+def test_scale_trials_sets_each_trial_channel_rms_keeping_the_offset_sign_and_flat_channels():
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(5, 3, 200)) * rng.uniform(0.1, 5, size=(5, 3, 1)) + 2.0).astype(np.float32)
+    x[0, 1] = 0.0  # a flat channel stays zero (no division by zero)
+    out = scale_trials(x, 0.1)
+    assert out.dtype == np.float32
+    rms = np.sqrt((out.astype(np.float64) ** 2).mean(axis=2))
+    np.testing.assert_allclose(np.delete(rms.ravel(), 1), 0.1, rtol=1e-5)
+    assert not out[0, 1].any()
+    assert (np.sign(out.mean(axis=2)) == np.sign(x.mean(axis=2)))[x.mean(axis=2) != 0].all()
+    # a gain on one trial's channel (a session's electrode contact) no longer reaches the output
+    y = x.copy()
+    y[2, 0] *= 7.0
+    np.testing.assert_allclose(scale_trials(y, 0.1), out, rtol=1e-5, atol=1e-7)
+
+
+def test_real_blink_trial_scale_after_dataset_normalisation():
+    plain = read("Blink", normalize="dataset")
+    scaled = read("Blink", normalize="dataset", trial_scale="rms")
+    for part in ("TRAIN", "TEST"):
+        s = scaled[part].signals.astype(np.float64)
+        np.testing.assert_allclose(np.sqrt((s ** 2).mean(axis=2)), 0.1, rtol=1e-4)
+        np.testing.assert_allclose(s, scale_trials(plain[part].signals, 0.1), rtol=1e-5, atol=1e-7)
+        assert any(w.startswith("trial_scale=rms") for w in scaled[part].warnings)
+    assert PreprocessConfig(corpus="ts", input="x", output="y").trial_scale == "none"  # off by default
