@@ -6,7 +6,7 @@ row per 1024-token sample, which Ray Data stored, split and re-collated on the w
 concatenated and copied its buffer again. Now the pipeline is ``read_parquet`` → ``streaming_split`` (no task but
 the read; :func:`neurolm.runtime.read_shards`), the worker takes whole blocks without a copy, draws micro-batches
 of row views through its own seeded shuffle buffer (:mod:`neurolm.data.batching`) and lays each out straight into
-the arrays that become the batch's tensors (``torch.from_numpy``, no copy). Each sample is copied once.
+the arrays that become the batch's tensors (``torch.from_numpy``, no copy). Each sample is copied once (twice with a shuffle buffer, which holds copies: :mod:`neurolm.data.batching`).
 
 Every sample reaches the model bit for bit as before; the shuffled order is another permutation, still a pure
 function of the seed and the (ordered) block sequence, so the trainer's fast-forward after a resume skips the
@@ -39,13 +39,9 @@ def keep_freed_memory() -> bool:
     multi-MB batch every few milliseconds then faults every page in again: ~66,000 minor page faults per second
     in each Train worker at ~1000 samples/s (docs/platform.md, "Ingest"). A fixed threshold of 32 MB (glibc's
     maximum) and a 512 MB trim threshold keep those pages mapped."""
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
     except (OSError, AttributeError):
-        return False
-    if mallopt is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
     return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 512 << 20))
@@ -65,8 +61,9 @@ def torch_batches(
 
     With ``transform``, the shard holds shard rows: Ray Data hands over whole blocks (``batch_size=None``, no
     copy; one block fetched ahead unless ``prefetch_batches`` is 0: a block holds many micro-batches, and every
-    block a worker holds sits in its node's object store beside Ray Data's own budget, which does not count it), :func:`neurolm.data.batching.shuffled_row_batches` draws
-    micro-batches of row views through the seeded local shuffle buffer, and ``transform`` lays each out into the
+    block a worker holds sits in its node's object store beside Ray Data's own budget, which does not count it),
+    :func:`neurolm.data.batching.shuffled_row_batches` draws micro-batches of rows through the seeded local
+    shuffle buffer (which holds copies, so that each block is let go once buffered), and ``transform`` lays each out into the
     arrays that become the batch's tensors (``torch.from_numpy``, no copy). Without, the rows are the inputs
     (Ray Data's own batching and shuffle)."""
     if transform is None:

@@ -43,5 +43,5 @@ def test_a_sample_that_would_lose_every_channel_keeps_one() -> None:
 def test_off_by_default_and_validated() -> None:
     fields = InstructJobConfig.model_fields
     assert fields["augment_channel_dropout"].default == 0.0
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="augment_channel_dropout"):
         InstructJobConfig.model_validate({"augment_channel_dropout": 1.0})
