@@ -66,6 +66,7 @@ from neurolm.models.collapse import is_collapsed, majority_share
 from neurolm.models.generate import decode_answers, generate, option_probabilities, prefill, score_options
 from neurolm.models.neurolm import NeuroLM
 from neurolm.models.precision import precision_dtype
+from neurolm.runtime.memory import keep_freed_memory
 from neurolm.task_spec import parse_task
 
 __all__ = [
@@ -231,6 +232,7 @@ class TaskScorer:
 
         if not use_gpu:
             torch.set_num_threads(torch_threads)
+        keep_freed_memory()  # batches reuse the pages of the last batch's tensors (docs/platform.md, "Page faults")
         self.device, self.dtype = _device_and_dtype(use_gpu, precision)
         self.model = load_scoring_model(checkpoint, model_overrides, self.device, self.dtype)
         bpe = load_gpt2_tokenizer()

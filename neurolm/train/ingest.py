@@ -15,9 +15,6 @@ same micro-batches (tests/integration/test_ingest.py).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,26 +22,9 @@ import numpy as np
 import torch
 
 from neurolm.data.batching import shuffled_row_batches
+from neurolm.runtime.memory import keep_freed_memory
 
 __all__ = ["torch_batches"]
-
-
-@functools.cache
-def keep_freed_memory() -> bool:
-    """Let glibc keep the memory this process frees for its next allocations (once per process; False where
-    there is no glibc).
-
-    By default glibc serves each allocation above a moving threshold with a fresh ``mmap`` and gives a freed heap
-    top back to the OS once it exceeds twice that threshold. A worker that copies MB-sized rows and lays out a
-    multi-MB batch every few milliseconds then faults every page in again: ~66,000 minor page faults per second
-    in each Train worker at ~1000 samples/s (docs/platform.md, "Ingest"). A fixed threshold of 32 MB (glibc's
-    maximum) and a 512 MB trim threshold keep those pages mapped."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 512 << 20))
 
 
 def torch_batches(

@@ -27,6 +27,7 @@ import torch
 from neurolm import storage
 from neurolm.config import StageConfig, config_hash
 from neurolm.runtime import wandb_mode
+from neurolm.runtime.memory import keep_freed_memory
 from neurolm.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from neurolm.train.engine import build_engine
 from neurolm.train.metrics import MetricAccumulator, peak_flops_per_device
@@ -153,6 +154,7 @@ class Trainer:
         if ctx.device.type == "cpu":
             # Workers share this machine's cores; oversubscribed intra-op threads only slow them all down.
             torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
+        keep_freed_memory()  # steps reuse the pages of the last step's tensors (docs/platform.md, "Page faults")
         seed_everything(derived_seed(cfg.train.seed, ctx.rank))
 
         t = cfg.train

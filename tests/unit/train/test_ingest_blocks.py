@@ -1,5 +1,5 @@
 """How shard files become Ray Data blocks (neurolm.runtime.read_tasks) and the worker's allocator setting
-(neurolm.train.ingest.keep_freed_memory); the streams themselves: tests/integration/test_ingest.py."""
+(neurolm.runtime.memory.keep_freed_memory, called by the worker's batch stream); the streams themselves: tests/integration/test_ingest.py."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from neurolm.config import DataSection
 from neurolm.runtime import read_tasks
-from neurolm.train.ingest import keep_freed_memory
+from neurolm.runtime.memory import keep_freed_memory
 
 MB = 2**20
 
