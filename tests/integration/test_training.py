@@ -93,15 +93,17 @@ def test_killed_worker_restarts_from_last_checkpoint_and_finishes(eeg_shards, te
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(r=fit_stage(cfg)), daemon=True)
     thread.start()
-    # Once step 4's files exist, every rank has reported step 2's checkpoint (reports are synchronous), so
-    # the controller has a complete checkpoint to restart from. (A kill before that restarts from scratch:
-    # a checkpoint only some ranks wrote is never used.)
-    second_ckpt = storage.join(cfg.run.storage_path, cfg.run.name, "step_0000004", "state.json")
+    # Once step 8's files exist, every rank has reported the checkpoints of steps 2-6 (reports are synchronous).
+    # The controller registers a reported checkpoint a little later, asynchronously: under load (CI, 2 cores, a
+    # step every ~0.8 s) a kill right after step 4's files once restarted from scratch. Several reports and a
+    # pause later it has a complete checkpoint to restart from. (A kill before that restarts from scratch: a
+    # checkpoint only some ranks wrote is never used.)
+    later_ckpt = storage.join(cfg.run.storage_path, cfg.run.name, "step_0000008", "state.json")
     deadline = time.monotonic() + 300
-    while not storage.exists(second_ckpt):
+    while not storage.exists(later_ckpt):
         assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint appeared"
         time.sleep(0.2)
-    time.sleep(1.0)
+    time.sleep(2.0)
     pids = _train_worker_pids()
     assert len(pids) == 2, pids
     os.kill(pids[-1], signal.SIGKILL)  # a real worker process dies mid-run
