@@ -300,7 +300,8 @@ class NeuroLM(nn.Module):
         wanted = targets[supervised]
         n = supervised.sum()
         denom = n.clamp(min=1)
-        loss = F.cross_entropy(picked, wanted, reduction="sum") / denom
+        # In fp32 whatever the model's dtype, as autocast computes it (a no-op in fp32): a bf16 loss keeps 3 digits.
+        loss = F.cross_entropy(picked.float(), wanted, reduction="sum") / denom
         with torch.no_grad():
             accuracy = (picked.argmax(dim=-1) == wanted).sum() / denom
         return NeuroLMOutput(loss=loss, accuracy=accuracy, num_targets=n, logits=logits, targets=targets)

@@ -144,6 +144,7 @@ class NeuralTokenizer(nn.Module):
         return rec_freq, rec_raw
 
     def _reconstruction_loss(self, rec: torch.Tensor, target: torch.Tensor, input_mask: torch.Tensor) -> torch.Tensor:
+        rec, target = rec.float(), target.float()  # fp32 losses under bf16, as autocast computes them
         masked = rec * input_mask[..., None]
         if not self.config.exclude_padding:
             return F.mse_loss(masked, target)  # mean over the whole padded tensor (official)
@@ -151,8 +152,13 @@ class NeuralTokenizer(nn.Module):
         return (masked - target).pow(2).sum() / n
 
     def domain_logits_text(self, text_tokens: torch.Tensor) -> torch.Tensor:
-        """Domain-classifier logits (B, n, 2) of frozen text embeddings."""
-        return self.domain_classifier(F.embedding(text_tokens, self.text_embeddings).detach())
+        """Domain-classifier logits (B, n, 2) of frozen text embeddings.
+
+        The embeddings are a buffer, which DeepSpeed's bf16 cast leaves in fp32 (it casts parameters only): they
+        are cast to the classifier's dtype here, as the EEG features already are.
+        """
+        emb = F.embedding(text_tokens, self.text_embeddings).detach()
+        return self.domain_classifier(emb.to(self.domain_classifier[0].weight.dtype))
 
     def forward(
         self,
@@ -184,12 +190,12 @@ class NeuralTokenizer(nn.Module):
         losses["vq_total"] = losses["commit"] + losses["rec_freq"] + losses["rec_raw"]
         domain_eeg = self.domain_classifier(GradientReversal.apply(features, alpha))  # (B, L, 2)
         eeg_labels = torch.where(input_mask, 0, -1).long()
-        losses["domain_eeg"] = F.cross_entropy(domain_eeg.reshape(-1, 2), eeg_labels.reshape(-1), ignore_index=-1)
+        losses["domain_eeg"] = F.cross_entropy(domain_eeg.float().reshape(-1, 2), eeg_labels.reshape(-1), ignore_index=-1)
         loss = losses["vq_total"] + losses["domain_eeg"]
         if text_tokens is not None:
             domain_text = self.domain_logits_text(text_tokens)
             text_labels = torch.ones(domain_text.shape[:-1], dtype=torch.long, device=domain_text.device)
-            losses["domain_text"] = F.cross_entropy(domain_text.reshape(-1, 2), text_labels.reshape(-1))
+            losses["domain_text"] = F.cross_entropy(domain_text.float().reshape(-1, 2), text_labels.reshape(-1))
             loss = loss + losses["domain_text"]
         return TokenizerOutput(
             loss=loss, losses=losses, codes=q.indices, features=features, rec_freq=rec_freq, rec_raw=rec_raw
