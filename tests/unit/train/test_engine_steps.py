@@ -1,6 +1,9 @@
-"""Every stage's training step through a real DeepSpeed bf16 engine (ZeRO-0 and ZeRO-2, one gloo rank on loopback),
-as a GPU worker runs it by default and a CPU worker with ``deepspeed.precision: bf16``: the step runs, its losses
-are fp32 and finite and close to the fp32 engine's, the weights move, and the tokenizer's codebook stays fp32."""
+"""Training steps through real DeepSpeed engines (one gloo rank on loopback).
+
+- Every stage in bf16 (ZeRO-0 and ZeRO-2), as a GPU worker runs it by default and a CPU worker with
+  ``deepspeed.precision: bf16``: the step runs, its losses are fp32 and finite and close to the fp32 engine's, the
+  fp32 master weights move, and the tokenizer's codebook stays fp32.
+"""
 
 from __future__ import annotations
 
@@ -124,3 +127,4 @@ def test_each_stage_trains_in_bf16_through_deepspeed(process_group: None, kind: 
     assert moved and sum(d > 0 for d in moved) >= 0.9 * len(moved), "the optimizer step left weights unchanged"
     if kind == "tokenizer":  # EMA codebook updates need fp32 (after_engine)
         assert engine.module.quantizer.codebook.dtype == torch.float32
+
