@@ -31,7 +31,7 @@ from neurolm.model_config import NeuroLMConfig
 from neurolm.models.eeg_transformer import EEGTransformer
 from neurolm.models.gpt import GPT
 from neurolm.models.masks import key_padding_mask, stair_mask, time_causal_mask
-from neurolm.models.quantizer import fp32_code_projection, l2norm, nearest_code_indices
+from neurolm.models.quantizer import FP32CodeProjection, fp32_code_projection, l2norm, nearest_code_indices
 from neurolm.models.tokenizer import NeuralTokenizer
 from neurolm.vocab import GPT2_TEXT_VOCAB
 
@@ -59,7 +59,7 @@ class CodeHead(nn.Module):
 
     def __init__(self, width: int, code_dim: int, num_codes: int) -> None:
         super().__init__()
-        self.code_proj = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
+        self.code_proj = FP32CodeProjection(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
         self.register_buffer("codebook", torch.zeros(num_codes, code_dim))
 
     @torch.no_grad()

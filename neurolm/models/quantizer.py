@@ -26,20 +26,33 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["QuantizerOutput", "NormEMAQuantizer", "cosine_kmeans", "l2norm", "nearest_code_indices",
-           "fp32_code_projection"]
+           "fp32_code_projection", "FP32CodeProjection"]
 
 
 def l2norm(t: torch.Tensor) -> torch.Tensor:
     return F.normalize(t, p=2, dim=-1)
 
 
+class FP32CodeProjection(nn.Sequential):
+    """The Linear–Tanh–Linear code projection, computed in float32 whatever the parameter dtype or autocast
+    (official: autocast disabled); gradients still reach low-precision parameters through the casts.
+
+    Its own ``forward`` (rather than a function reading the weights) lets ZeRO-3 gather the partitioned weights
+    before it runs. The parameter names are those of the plain ``nn.Sequential`` (``0.weight``, ``2.bias``).
+    """
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        first, _, last = self
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            h = torch.tanh(F.linear(features.float(), first.weight.float(), first.bias.float()))
+            return F.linear(h, last.weight.float(), last.bias.float())
+
+
 def fp32_code_projection(code_proj: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
-    """Apply the Linear–Tanh–Linear code projection in float32 whatever the parameter dtype or autocast
-    (official: autocast disabled); gradients still reach low-precision parameters through the casts."""
-    first, _, last = code_proj
-    with torch.autocast(device_type=features.device.type, enabled=False):
-        h = torch.tanh(F.linear(features.float(), first.weight.float(), first.bias.float()))
-        return F.linear(h, last.weight.float(), last.bias.float())
+    """:class:`FP32CodeProjection` applied to ``features``; ``code_proj`` may also be a plain ``nn.Sequential``."""
+    if isinstance(code_proj, FP32CodeProjection):
+        return code_proj(features)
+    return FP32CodeProjection.forward(code_proj, features)  # type: ignore[arg-type]
 
 
 def _distributed() -> bool:

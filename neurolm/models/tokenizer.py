@@ -29,7 +29,12 @@ from torch.nn import functional as F
 from neurolm.model_config import TokenizerConfig
 from neurolm.models.eeg_transformer import EEGTransformer
 from neurolm.models.masks import key_padding_mask
-from neurolm.models.quantizer import NormEMAQuantizer, QuantizerOutput, fp32_code_projection
+from neurolm.models.quantizer import (
+    FP32CodeProjection,
+    NormEMAQuantizer,
+    QuantizerOutput,
+    fp32_code_projection,
+)
 
 __all__ = ["TokenizerConfig", "TokenizerOutput", "NeuralTokenizer", "GradientReversal", "dann_alpha"]
 
@@ -90,7 +95,7 @@ class NeuralTokenizer(nn.Module):
             c.num_codes, c.code_dim, decay=c.ema_decay, beta=c.commitment_weight, kmeans_init=c.kmeans_init,
             kmeans_iters=c.kmeans_iters, usage_ema_in_eval=c.usage_ema_in_eval,
         )
-        self.code_proj = _mlp_head(c.width, c.code_dim)
+        self.code_proj = FP32CodeProjection(*_mlp_head(c.width, c.code_dim))
         self.freq_head = _mlp_head(c.decoder_width, c.freq_bins)
         self.raw_head = _mlp_head(c.decoder_width, c.patch_size)
         self.domain_classifier = nn.Sequential(

@@ -1,6 +1,6 @@
 """Training steps through real DeepSpeed engines (one gloo rank on loopback).
 
-- Every stage in bf16 (ZeRO-0 and ZeRO-2), as a GPU worker runs it by default and a CPU worker with
+- Every stage in bf16 (ZeRO-0, 2 and 3), as a GPU worker runs it by default and a CPU worker with
   ``deepspeed.precision: bf16``: the step runs, its losses are fp32 and finite and close to the fp32 engine's, the
   fp32 master weights move, and the tokenizer's codebook stays fp32.
 """
@@ -98,6 +98,7 @@ def _steps(kind: str, precision: str, zero: int, n: int = 2) -> tuple[list[float
     stage.after_engine(engine)
     # The optimizer updates fp32 master weights (a bf16 weight near 1 cannot take a step of 1e-3 itself).
     masters = [p for g in getattr(engine.optimizer, "optimizer", engine.optimizer).param_groups for p in g["params"]]
+    masters = masters or list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", []))  # ZeRO-3
     before = [p.detach().clone() for p in masters]
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     # As WorkerContext.to_device: floating-point inputs in the engine's compute dtype.
@@ -115,7 +116,7 @@ def _steps(kind: str, precision: str, zero: int, n: int = 2) -> tuple[list[float
     return losses, moved, engine
 
 
-@pytest.mark.parametrize("zero", [0, 2])
+@pytest.mark.parametrize("zero", [0, 2, 3])
 @pytest.mark.parametrize("kind", ["tokenizer", "pretrain", "instruct"])
 def test_each_stage_trains_in_bf16_through_deepspeed(process_group: None, kind: str, zero: int) -> None:
     losses, moved, engine = _steps(kind, "bf16", zero)
