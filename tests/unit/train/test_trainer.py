@@ -4,15 +4,12 @@ stage, and a :class:`WorkerContext` whose report function keeps what the trainer
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 from torch import nn
 
@@ -52,32 +49,6 @@ class RegressionStage(Stage):
     def export(self, state_dict, out_dir, model_config) -> None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         Path(out_dir, "config.json").write_text(json.dumps(model_config))
-
-
-@pytest.fixture(scope="module")
-def process_group() -> Iterator[None]:
-    """A one-rank gloo group on loopback, as Ray Train would set it up (DeepSpeed reads the launcher's vars)."""
-    import torch.distributed as dist
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        import deepspeed.comm as ds_comm  # through DeepSpeed, which also drops its cached sub-groups
-
-        ds_comm.destroy_process_group() if ds_comm.is_initialized() else dist.destroy_process_group()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _run(tmp_path: Path, name: str, *overrides: str) -> tuple[list[dict[str, Any]], list[float], Path]:
