@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import socket
 import sys
 import time
 from pathlib import Path
@@ -36,12 +35,6 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 CHANNELS = 23  # the official 10-20 montage of the pre-training corpora
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _signals(n: int, seconds: int, seed: int):
@@ -149,11 +142,12 @@ def main() -> int:
     import deepspeed
     import torch
 
+    from neurolm.runtime.local_cluster import free_port
     from neurolm.runtime.memory import keep_freed_memory
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port("127.0.0.1")), RANK="0", LOCAL_RANK="0",
                       WORLD_SIZE="1")  # fmt: skip
     stdout = os.dup(1)
     os.dup2(2, 1)  # DeepSpeed prints build messages on stdout; the JSON object stays alone there

@@ -30,7 +30,6 @@ from neurolm.models.generate import generate, parse_answer
 from neurolm.models.masks import key_padding_mask, official_generation_mask, stair_mask
 from neurolm.models.neurolm import NeuroLM, next_code_targets, tokens_per_second
 from neurolm.models.official import import_official_lm, import_official_vq
-from neurolm.models.quantizer import fp32_code_projection
 from neurolm.models.tokenizer import NeuralTokenizer
 
 __all__ = ["compare_with_golden"]
@@ -142,7 +141,7 @@ def _compare_vq(rec: _Recorder, g: Mapping[str, Any], tok: NeuralTokenizer) -> N
     for h in handles:
         h.remove()
     q = seen.pop("quantizer")
-    seen["to_quantizer_features"] = fp32_code_projection(tok.code_proj, seen["encoder_features"]).detach()
+    seen["to_quantizer_features"] = tok.code_proj(seen["encoder_features"]).detach()
     for name in ("encoder_features", "to_quantizer_features", "decoder_freq_features", "decoder_raw_features"):
         rec(f"vq/outputs/{name}", seen[name], go[name])
     rec("vq/outputs/z_l2normalized", q.z, go["z_l2normalized"])

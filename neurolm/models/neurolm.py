@@ -31,7 +31,7 @@ from neurolm.model_config import NeuroLMConfig
 from neurolm.models.eeg_transformer import EEGTransformer
 from neurolm.models.gpt import GPT
 from neurolm.models.masks import key_padding_mask, stair_mask, time_causal_mask
-from neurolm.models.quantizer import FP32CodeProjection, fp32_code_projection, l2norm, nearest_code_indices
+from neurolm.models.quantizer import FP32CodeProjection, l2norm, nearest_code_indices
 from neurolm.models.tokenizer import NeuralTokenizer
 from neurolm.vocab import GPT2_TEXT_VOCAB
 
@@ -65,7 +65,7 @@ class CodeHead(nn.Module):
     @torch.no_grad()
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, L, E) encoder features → (B, L) nearest-code indices (fp32, as the official VQ)."""
-        return nearest_code_indices(l2norm(fp32_code_projection(self.code_proj, features)), self.codebook)
+        return nearest_code_indices(l2norm(self.code_proj(features)), self.codebook)
 
 
 def next_code_targets(

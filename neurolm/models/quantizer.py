@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = ["QuantizerOutput", "NormEMAQuantizer", "cosine_kmeans", "l2norm", "nearest_code_indices",
-           "fp32_code_projection", "FP32CodeProjection"]
+           "FP32CodeProjection"]
 
 
 def l2norm(t: torch.Tensor) -> torch.Tensor:
@@ -47,12 +47,6 @@ class FP32CodeProjection(nn.Sequential):
             h = torch.tanh(F.linear(features.float(), first.weight.float(), first.bias.float()))
             return F.linear(h, last.weight.float(), last.bias.float())
 
-
-def fp32_code_projection(code_proj: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
-    """:class:`FP32CodeProjection` applied to ``features``; ``code_proj`` may also be a plain ``nn.Sequential``."""
-    if isinstance(code_proj, FP32CodeProjection):
-        return code_proj(features)
-    return FP32CodeProjection.forward(code_proj, features)  # type: ignore[arg-type]
 
 
 def _distributed() -> bool:

@@ -29,12 +29,7 @@ from torch.nn import functional as F
 from neurolm.model_config import TokenizerConfig
 from neurolm.models.eeg_transformer import EEGTransformer
 from neurolm.models.masks import key_padding_mask
-from neurolm.models.quantizer import (
-    FP32CodeProjection,
-    NormEMAQuantizer,
-    QuantizerOutput,
-    fp32_code_projection,
-)
+from neurolm.models.quantizer import FP32CodeProjection, NormEMAQuantizer, QuantizerOutput
 
 __all__ = ["TokenizerConfig", "TokenizerOutput", "NeuralTokenizer", "GradientReversal", "dann_alpha"]
 
@@ -128,7 +123,7 @@ class NeuralTokenizer(nn.Module):
 
     def quantize(self, features: torch.Tensor, input_mask: torch.Tensor | None = None) -> QuantizerOutput:
         """Project features to the code space (fp32, autocast off, as officially) and quantize them."""
-        z = fp32_code_projection(self.code_proj, features)  # (B, L, code_dim)
+        z = self.code_proj(features)  # (B, L, code_dim)
         valid = input_mask if (self.config.exclude_padding and input_mask is not None) else None
         return self.quantizer(z, valid)
 
