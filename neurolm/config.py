@@ -117,15 +117,18 @@ class PreprocessConfig(Section):
         description="`ts` trials shorter than one 1-s patch: pad each channel with its own trial mean to 1 s "
         "(recorded in the manifest), or refuse.",
     )
-    normalize: Literal["none", "dataset", "recording"] = Field(
+    normalize: Literal["none", "dataset", "session", "recording"] = Field(
         default="none",
         description="`ts` reader: none = the 100 uV convention only; dataset = subtract each channel's mean and "
         "divide by one dataset-wide within-trial scale, both measured on the train split, to normalize_std; "
-        "recording = the same statistics measured on each recording (.ts file) itself, label-free: the TRAIN "
-        "file's from its train split, any other file's (TEST) from its own trials (docs/recipe.md).",
+        "session = the dataset's scale, but each recording (.ts file, a session) has its own channel means "
+        "subtracted, label-free (the DC a high-pass over the continuous session would have removed): the TRAIN "
+        "file's from its train split, any other file's (TEST) from its own trials; recording = both statistics "
+        "measured on each recording itself, the same way (docs/recipe.md).",
     )
     normalize_std: float = Field(
-        default=0.1, gt=0, description="Within-trial std after normalize=dataset|recording, in model units (100 uV)."
+        default=0.1, gt=0, description="Within-trial std after normalize=dataset|session|recording, in model units "
+        "(100 uV).",
     )
     trial_scale: Literal["none", "rms"] = Field(
         default="none",

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -308,7 +308,7 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
     problem, source_sfreq, names, signals, notes = _processed_trials(path, cfg)
     n = len(signals)
     splits = [task.split] * n if task.split is not None else _case_splits(n, cfg)
-    if cfg.normalize == "dataset":
+    if cfg.normalize in ("dataset", "session"):
         # Statistics of the TRAIN file's train split only, so val and test never inform them.
         train_path = path.parent / f"{path.parent.name}_TRAIN.ts"
         if task.split is None:
@@ -319,8 +319,14 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
         else:
             raise RecordingError(path, f"normalize=dataset needs {train_path.name} beside it")
         norm = fit_normalization(train, cfg.normalize_std)
+        if cfg.normalize == "session" and task.split is not None:
+            # Another recording session (TEST, or a new recording at prediction time): its own channel means,
+            # labels unused, with the train split's gain (docs/recipe.md §12).
+            norm = replace(norm, offset=signals.astype(np.float64).mean(axis=(0, 2)), train_cases=n)
+            notes.append(norm.describe("session", "trials of this recording (gain from the train split)"))
+        else:
+            notes.append(norm.describe(cfg.normalize))
         signals = apply_normalization(signals, norm)
-        notes.append(norm.describe())
     elif cfg.normalize == "recording":
         # Each recording by its own statistics, labels unused. The TRAIN file's come from its train split only
         # (its val split is carved from the same recording and must not inform them); any other file (TEST, a

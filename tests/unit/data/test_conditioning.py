@@ -111,6 +111,26 @@ def test_real_blink_recording_normalisation_measures_each_file_on_itself():
     assert list(test.labels) == list(dataset["TEST"].labels)
 
 
+def test_real_scp1_session_normalisation_removes_each_sessions_offset_keeping_the_dataset_scale():
+    dataset = read("SelfRegulationSCP1", normalize="dataset")
+    session = read("SelfRegulationSCP1", normalize="session")
+    # the TRAIN file: exactly normalize=dataset (offsets and gain of its train split; val never informs them)
+    np.testing.assert_array_equal(session["TRAIN"].signals, dataset["TRAIN"].signals)
+    test, before = session["TEST"].signals.astype(np.float64), dataset["TEST"].signals.astype(np.float64)
+    # SCP1's test session sits ~1.9 within-trial stds (0.19 units) below the train session on its cortical
+    # channels; its own channel means are removed ...
+    assert before.mean(axis=(0, 2)).min() < -0.15
+    assert abs(test.mean(axis=(0, 2))).max() < 1e-4
+    # ... by one shift per channel: the gain, every within-trial shape and the offsets between trials (SCP1's
+    # class) are those of normalize=dataset
+    shift = (test - before).reshape(test.shape[0], test.shape[1], -1)
+    assert np.ptp(shift, axis=(0, 2)).max() < 1e-5
+    np.testing.assert_allclose(test.std(axis=2), before.std(axis=2), rtol=1e-4, atol=1e-7)
+    assert any(w.startswith("normalize=session") and "trials of this recording" in w for w in session["TEST"].warnings)
+    assert any(w.startswith("normalize=session") for w in session["TRAIN"].warnings)
+    assert list(session["TEST"].labels) == list(dataset["TEST"].labels)
+
+
 def test_scale_trials_sets_each_trial_channel_rms_keeping_the_offset_sign_and_flat_channels():
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(5, 3, 200)) * rng.uniform(0.1, 5, size=(5, 3, 1)) + 2.0).astype(np.float32)
