@@ -317,7 +317,7 @@ def read_recording(task: RecordingTask, cfg: PreprocessConfig) -> RecordingSampl
             _, _, _, train_all, _ = _processed_trials(train_path, cfg)
             train = train_all[np.asarray(_case_splits(len(train_all), cfg)) == "train"]
         else:
-            raise RecordingError(path, f"normalize=dataset needs {train_path.name} beside it")
+            raise RecordingError(path, f"normalize={cfg.normalize} needs {train_path.name} beside it")
         norm = fit_normalization(train, cfg.normalize_std)
         if cfg.normalize == "session" and task.split is not None:
             # Another recording session (TEST, or a new recording at prediction time): its own channel means,
