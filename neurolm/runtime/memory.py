@@ -7,7 +7,7 @@ freed heap top to the OS; each such tensor's pages are then faulted in again on 
 on our machines: a fresh 460 MB logits tensor costs ~0.8 s before any arithmetic). Served from the heap, and with
 freed memory kept, the steps after the first few reuse the pages of the steps before. PyTorch allocates with
 ``posix_memalign``, which leaves gaps while the heap grows: the heap settles at a few times the largest tensor
-(a 64 MB tensor allocated in a loop: after 5-8 rounds, at 320 MB; tests/unit/test_memory.py).
+(a 64 MB tensor allocated in a loop: after 2-13 rounds; tests/unit/test_memory.py).
 """
 
 from __future__ import annotations
