@@ -108,7 +108,16 @@ def _step(engine, world: int, rank: int, seed: int) -> None:
 
 
 def _rank_main(rank: int, world: int, port: int, zero: int, work: str, mode: str) -> None:
+    """One gloo rank. It ends with ``os._exit(0)`` once its work is done: a normal interpreter exit runs the C++
+    destructors of whatever DeepSpeed still holds (its process groups, gloo's worker threads), and once in the
+    fresh-clone CI (2026-12-04) rank 0 aborted there ("terminate called without an active exception") after a
+    run that had nothing left to do. faulthandler prints every thread's Python stack should a rank die earlier."""
+    import faulthandler
+    import gc
+
     import torch.distributed as dist
+
+    faulthandler.enable(all_threads=True)
 
     from neurolm.config import DeepSpeedSection, OptimSection, TrainSection
     from neurolm.train.checkpoint import load_checkpoint, save_checkpoint
@@ -134,14 +143,19 @@ def _rank_main(rank: int, world: int, port: int, zero: int, work: str, mode: str
                 state = load_checkpoint(engine, ckpt, world, elastic=(mode == "elastic"))
             except CheckpointError as err:
                 Path(work, "error.txt").write_text(str(err))
-                return
-            Path(work, f"state_{world}.json").write_text(state.to_json())
-        _step(engine, world, rank, 99)
-        if rank == 0:
-            torch.save({k: v.detach().clone() for k, v in engine.module.state_dict().items()},
-                       os.path.join(work, f"{mode}_{world}.pt"))  # fmt: skip
+                state = None
+            if state is not None:
+                Path(work, f"state_{world}.json").write_text(state.to_json())
+        if state is not None:
+            _step(engine, world, rank, 99)
+            if rank == 0:
+                torch.save({k: v.detach().clone() for k, v in engine.module.state_dict().items()},
+                           os.path.join(work, f"{mode}_{world}.pt"))  # fmt: skip
     finally:
         dist.destroy_process_group()
+    del engine
+    gc.collect()
+    os._exit(0)  # see the docstring: the work is on disk, skip the teardown
 
 
 def _spawn(world: int, zero: int, work: Path, mode: str) -> None:
