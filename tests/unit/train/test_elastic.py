@@ -110,8 +110,9 @@ def _step(engine, world: int, rank: int, seed: int) -> None:
 def _rank_main(rank: int, world: int, port: int, zero: int, work: str, mode: str) -> None:
     """One gloo rank. It ends with ``os._exit(0)`` once its work is done: a normal interpreter exit runs the C++
     destructors of whatever DeepSpeed still holds (its process groups, gloo's worker threads), and once in the
-    fresh-clone CI (2026-12-04) rank 0 aborted there ("terminate called without an active exception") after a
-    run that had nothing left to do. faulthandler prints every thread's Python stack should a rank die earlier."""
+    fresh-clone CI (2026-12-04) rank 0 aborted with "terminate called without an active exception" (a joinable
+    C++ thread destroyed), most likely there; it did not recur in 8 runs here. faulthandler prints every thread's
+    Python stack should a rank die anywhere else."""
     import faulthandler
     import gc
 
