@@ -1,4 +1,4 @@
-"""Several seeds of the small-task recipe through the whole pipeline, and the issue-16 table (docs/recipe.md §12).
+"""Several seeds of the small-task recipe through the whole pipeline, and the issue-16 table (docs/recipe.md §12–13).
 
 Each (preset, seed) runs ``ray_jobs/pipeline.py --config configs/pipeline/<preset>.yaml`` with ``train.seed`` of
 all three stages set to the seed, its workdir on the preset's storage (``s3://neurolm/study-<preset>-s<seed>`` on
