@@ -39,13 +39,20 @@ REPO = Path(__file__).resolve().parent.parent
 STAGES = ("tokenizer", "pretrain", "instruct")
 
 
-def _stage_overrides(preset: dict, stage: str, seed: int, extra: list[str]) -> str:
-    items = [*((preset.get(stage) or {}).get("overrides") or []), *extra, f"train.seed={seed}"]
+def _stage_overrides(preset: dict, stage: str, seed: int | None, extra: list[str]) -> str:
+    """The stage's overrides of the preset, then ``extra``, then its seed (``None``: the preset's seed)."""
+    items = [*((preset.get(stage) or {}).get("overrides") or []), *extra]
+    items += [] if seed is None else [f"train.seed={seed}"]
     return f"{stage}.overrides=[{','.join(items)}]"
 
 
 def run_one(
-    preset_name: str, seed: int, out: Path, stage_extra: list[str], pipeline_extra: list[str]
+    preset_name: str,
+    seed: int,
+    out: Path,
+    stage_extra: list[str],
+    pipeline_extra: list[str],
+    seed_stages: tuple[str, ...] = STAGES,
 ) -> dict:
     """Run the pipeline once (unless its results are already in ``out``) and return its figures."""
     config = REPO / "configs" / "pipeline" / f"{preset_name}.yaml"
@@ -60,7 +67,7 @@ def run_one(
         )
         cmd = [sys.executable, str(REPO / "ray_jobs" / "pipeline.py"), "--config", str(config),
                f"workdir={workdir}", f"results_dir={results}",
-               *(_stage_overrides(preset, s, seed, stage_extra) for s in STAGES), *pipeline_extra]  # fmt: skip
+               *(_stage_overrides(preset, s, seed if s in seed_stages else None, stage_extra) for s in STAGES), *pipeline_extra]  # fmt: skip
         start = time.monotonic()
         with open(log, "w") as fh:
             code = subprocess.run(cmd, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, check=False).returncode
@@ -164,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stage-override", action="append", default=[], help="dotted override of all 3 stages"
     )
+    parser.add_argument("--seed-stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="the stages whose train.seed is the run's seed (the others keep the preset's): "
+                             "`--seed-stages instruct` varies stage 3 only (stages 1-2 then give the same export in every run)")  # fmt: skip
     parser.add_argument("--pipeline-override", action="append", default=[], help="dotted pipeline override")
     args = parser.parse_args(argv)
     for preset in args.presets:
@@ -172,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    study: dict = {"presets": {}, "stage_overrides": args.stage_override,
+    study: dict = {"presets": {}, "stage_overrides": args.stage_override, "seed_stages": args.seed_stages,
                    "pipeline_overrides": args.pipeline_override}  # fmt: skip
     # Seed-major order: a study cut short still has every task at its first seeds.
     runs: dict[str, list[dict]] = {p: [] for p in args.presets}
     for seed in args.seeds:
         for preset in args.presets:
-            fig = run_one(preset, seed, out, args.stage_override, args.pipeline_override)
+            fig = run_one(
+                preset, seed, out, args.stage_override, args.pipeline_override, tuple(args.seed_stages)
+            )
             runs[preset].append(fig)
             print(json.dumps({"preset": preset, **fig}), flush=True)
     for preset, rs in runs.items():

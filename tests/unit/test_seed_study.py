@@ -71,3 +71,12 @@ def test_the_ensemble_refuses_runs_of_different_test_rows(study, tmp_path: Path)
     two = _write_run(tmp_path / "s2", [(0.9, 0.1), (0.4, 0.6)], [0, 1], ["a", "z"], 0.5)
     with pytest.raises(SystemExit, match="not those of"):
         study.ensemble([study.figures(one, 1), study.figures(two, 2)])
+
+
+def test_seeds_go_to_the_chosen_stages_after_the_presets_overrides(study) -> None:
+    preset = {"instruct": {"overrides": ["train.max_steps=400"]}}
+    assert (
+        study._stage_overrides(preset, "instruct", 7, ["a=1"])
+        == "instruct.overrides=[train.max_steps=400,a=1,train.seed=7]"
+    )
+    assert study._stage_overrides(preset, "tokenizer", None, []) == "tokenizer.overrides=[]"
