@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from neurolm.eval.baselines import best_baseline
 from neurolm.eval.metrics import balanced_accuracy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,9 +86,7 @@ def figures(results: Path, seed: int) -> dict:
         raise SystemExit(f"{results}: expected one test task in metrics.json, found {[k for k, _ in test]}")
     key, entry = test[0]
     m = entry["metrics"]
-    baselines = {name: b["balanced_accuracy"] for name, b in (entry.get("baselines") or {}).items()}
-    best_name = max(baselines, key=baselines.get) if baselines else None
-    best = baselines.get(best_name) if best_name else None
+    best_name, best = best_baseline(entry.get("baselines") or {}) or (None, None)
     wall = float((results / "wall_s.txt").read_text()) if (results / "wall_s.txt").exists() else None
     return {
         "seed": seed, "task": entry["task"], "key": key, "results": str(results),
