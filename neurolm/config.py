@@ -708,6 +708,12 @@ class EvaluateJobConfig(Section):
     """
 
     checkpoint: str = Field(description="Instruction-tuned export dir (local or s3://) or an official NeuroLM-*.pt.")
+    ensemble: list[str] = Field(
+        default_factory=list,
+        description="Further instruction-tuned exports: with them, each row's answer probabilities are the mean of "
+        "the checkpoint's and theirs (a seed ensemble, docs/recipe.md §13), and each member's own metrics are "
+        "reported beside the ensemble's.",
+    )
     tasks: list[EvalTaskData] = Field(min_length=1, description="Tasks and the shards of the evaluated split.")
     output: str = Field(description="Report directory: local path or s3://bucket/prefix.")
     batch_size: int = Field(default=32, ge=1, description="Rows per scoring call on an actor.")

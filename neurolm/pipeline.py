@@ -121,6 +121,12 @@ class PipelineConfig(Section):
         "`dataset`) or a mapping task -> dataset whose train/val/test splits it uses (null: the task's own).",
     )
     evaluate: EvaluateStep = Field(default_factory=EvaluateStep)
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="Empty: stages 1-3 run once, each with its own train.seed. Seeds: stages 1-3 run once per seed "
+        "(train.seed of all three) and the evaluation scores the ensemble, the mean of the runs' answer "
+        "probabilities, beside each run's own metrics (docs/recipe.md §13).",
+    )
     results_dir: str | None = Field(
         default=".cache/demo/results",
         description="Local folder that receives a copy of the evaluation report, plots and predictions (null: none).",
@@ -135,6 +141,14 @@ class PipelineConfig(Section):
         twice = sorted({n for i, n in enumerate(names) if n in names[:i]})
         if twice:
             raise ValueError(f"task name(s) {twice} appear more than once")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        twice = sorted({s for i, s in enumerate(v) if s in v[:i]})
+        if twice:
+            raise ValueError(f"seed(s) {twice} appear more than once: their runs would be the same model")
         return v
 
     @model_validator(mode="after")
@@ -227,27 +241,6 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
             found = [u for n in names if (u := _split(out["shards"][n], "val"))]
             return found or None
 
-        common = [f"run.storage_path={runs}", f"data.text={storage.join(text_uri, 'train')}"]
-        tok_cfg = load_config(TokenizerJobConfig, cfg.tokenizer.config, [
-            *cfg.tokenizer.overrides, *common, f"run.name={cfg.name}-tokenizer",
-        ])
-        tok_cfg.data.train = train_splits(cfg.tokenizer.datasets)
-        tok_cfg.data.val = val_split(cfg.tokenizer.datasets)
-        with console.stage("tokenizer", _metrics_uri(tok_cfg), tok_cfg.train.max_steps) as rec:
-            tok = fit_stage(tok_cfg)
-            rec.metrics = dict(tok.metrics)
-        out["stages"]["tokenizer"] = tok.__dict__
-
-        pre_cfg = load_config(PretrainJobConfig, cfg.pretrain.config, [
-            *cfg.pretrain.overrides, *common, f"run.name={cfg.name}-pretrain", f"tokenizer={tok.export_dir}",
-        ])
-        pre_cfg.data.train = train_splits(cfg.pretrain.datasets)
-        pre_cfg.data.val = val_split(cfg.pretrain.datasets)
-        with console.stage("pretrain", _metrics_uri(pre_cfg), pre_cfg.train.max_steps) as rec:
-            lm = fit_stage(pre_cfg)
-            rec.metrics = dict(lm.metrics)
-        out["stages"]["pretrain"] = lm.__dict__
-
         tasks = []
         for t in cfg.tasks:  # each task's definition travels in the stage configs: workers read no task file
             uri = out["shards"].get(t.uses)
@@ -255,19 +248,54 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
                 raise ConfigError(f"tasks.{t.name}: dataset {t.uses!r} was not preprocessed")
             tasks.append({"name": t.name, "definition": t.definition.model_dump(mode="json"),
                           "train": _split(uri, "train"), "val": _split(uri, "val"), "test": _split(uri, "test")})
-        ins_cfg = load_config(InstructJobConfig, cfg.instruct.config, [
-            *cfg.instruct.overrides, f"run.storage_path={runs}", f"run.name={cfg.name}-instruct", f"init={lm.export_dir}",
-        ], base={"tasks": tasks})
-        with console.stage("instruct", _metrics_uri(ins_cfg), ins_cfg.train.max_steps) as rec:
-            ins = fit_stage(ins_cfg)
-            rec.metrics = dict(ins.metrics)
-        out["stages"]["instruct"] = ins.__dict__
+
+        def fit_stages(seed: int | None) -> dict[str, Any]:
+            """Stages 1-3, each with its preset's seed (``None``) or ``seed``; returns their results."""
+            prefix = cfg.name if seed is None else f"{cfg.name}-s{seed}"
+            label = "" if seed is None else f" (seed {seed})"
+            seeded = [] if seed is None else [f"train.seed={seed}"]
+            common = [f"run.storage_path={runs}", f"data.text={storage.join(text_uri, 'train')}", *seeded]
+            tok_cfg = load_config(TokenizerJobConfig, cfg.tokenizer.config, [
+                *cfg.tokenizer.overrides, *common, f"run.name={prefix}-tokenizer",
+            ])
+            tok_cfg.data.train = train_splits(cfg.tokenizer.datasets)
+            tok_cfg.data.val = val_split(cfg.tokenizer.datasets)
+            with console.stage("tokenizer" + label, _metrics_uri(tok_cfg), tok_cfg.train.max_steps) as rec:
+                tok = fit_stage(tok_cfg)
+                rec.metrics = dict(tok.metrics)
+
+            pre_cfg = load_config(PretrainJobConfig, cfg.pretrain.config, [
+                *cfg.pretrain.overrides, *common, f"run.name={prefix}-pretrain", f"tokenizer={tok.export_dir}",
+            ])
+            pre_cfg.data.train = train_splits(cfg.pretrain.datasets)
+            pre_cfg.data.val = val_split(cfg.pretrain.datasets)
+            with console.stage("pretrain" + label, _metrics_uri(pre_cfg), pre_cfg.train.max_steps) as rec:
+                lm = fit_stage(pre_cfg)
+                rec.metrics = dict(lm.metrics)
+
+            ins_cfg = load_config(InstructJobConfig, cfg.instruct.config, [
+                *cfg.instruct.overrides, f"run.storage_path={runs}", f"run.name={prefix}-instruct",
+                f"init={lm.export_dir}", *seeded,
+            ], base={"tasks": tasks})
+            with console.stage("instruct" + label, _metrics_uri(ins_cfg), ins_cfg.train.max_steps) as rec:
+                ins = fit_stage(ins_cfg)
+                rec.metrics = dict(ins.metrics)
+            return {"tokenizer": tok.__dict__, "pretrain": lm.__dict__, "instruct": ins.__dict__}
+
+        if cfg.seeds:  # one run of stages 1-3 per seed, one after the other (each run uses the whole cluster)
+            out["members"] = {str(seed): fit_stages(seed) for seed in cfg.seeds}
+            exports = [m["instruct"]["export_dir"] for m in out["members"].values()]
+            out["stages"] = out["members"][str(cfg.seeds[0])]
+        else:
+            out["stages"] = fit_stages(None)
+            exports = [out["stages"]["instruct"]["export_dir"]]
 
         if cfg.evaluate.enabled:
             from neurolm.eval.evaluate import evaluate_checkpoint, evaluation_config
 
             eval_cfg = evaluation_config(
-                checkpoint=ins.export_dir,
+                checkpoint=exports[0],
+                ensemble=exports[1:],
                 tasks=[{"name": t["name"], "definition": t["definition"], "test": t["test"], "baseline_train": t["train"],
                         "calibrate_on": t["val"]}
                        for t in tasks if t["test"]],

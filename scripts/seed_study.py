@@ -67,7 +67,7 @@ def run_one(
             f"s3://{bucket}/study-{out.name}-{preset_name}-s{seed}" if bucket else str(results / "workdir")
         )
         cmd = [sys.executable, str(REPO / "ray_jobs" / "pipeline.py"), "--config", str(config),
-               f"workdir={workdir}", f"results_dir={results}",
+               f"workdir={workdir}", f"results_dir={results}", "seeds=[]",
                *(_stage_overrides(preset, s, seed if s in seed_stages else None, stage_extra) for s in STAGES), *pipeline_extra]  # fmt: skip
         start = time.monotonic()
         with open(log, "w") as fh:

@@ -74,9 +74,11 @@ __all__ = [
     "TaskScorer",
     "cli",
     "evaluate_checkpoint",
+    "ensemble_rows",
     "evaluation_config",
     "eval_layout",
     "load_scoring_model",
+    "member_metrics",
     "resolve_eeg_max_len",
     "score_batch",
     "task_kind",
@@ -500,6 +502,50 @@ def task_metrics_entry(task: Task, rows: Mapping[str, np.ndarray]) -> dict[str, 
     return metrics
 
 
+MEMBER_METRICS = (
+    "balanced_accuracy", "roc_auc", "cohen_kappa", "calibrated/balanced_accuracy", "official/balanced_accuracy",
+    "parse_failures", "majority_share", "collapsed",
+)  # fmt: skip
+"""What the report keeps of each ensemble member's own metrics (``<split>/<task>/member<i>/<metric>``)."""
+
+
+def ensemble_rows(
+    members: Sequence[Sequence[Mapping[str, np.ndarray]]], names: Sequence[str]
+) -> list[dict[str, np.ndarray]]:
+    """Per (task, split) entry, the rows of an ensemble: the mean of the members' answer probabilities.
+
+    ``members[m][i]`` are member ``m``'s rows of entry ``i`` as :func:`score_all` returns them (sorted by
+    ``sample_id``). Every member must have scored the same rows with the same labels. The ensemble answers by
+    ``argmax`` of the mean; it has no generation of its own (``gen_pred``/``generated`` stay with each member).
+    """
+    out = []
+    for i, name in enumerate(names):
+        first = members[0][i]
+        for m, member in enumerate(members[1:], start=1):
+            rows = member[i]
+            same = len(rows["sample_id"]) == len(first["sample_id"]) and bool(
+                np.all(rows["sample_id"] == first["sample_id"]) and np.all(rows["label"] == first["label"])
+            )
+            if not same:
+                raise ValueError(f"{name}: ensemble member {m} scored other rows or labels than member 0")
+        probs = np.mean([np.asarray(rows["probs"], dtype=np.float64) for rows in (mem[i] for mem in members)], axis=0)
+        entry = {k: v for k, v in first.items() if k not in ("probs", "pred", "gen_pred", "generated", "loglik")}
+        entry["probs"] = probs
+        entry["pred"] = probs.argmax(axis=1).astype(np.int64)
+        out.append(entry)
+    return out
+
+
+def member_metrics(
+    task: Task, rows: Mapping[str, np.ndarray], val: Mapping[str, np.ndarray] | None
+) -> dict[str, Any]:
+    """One ensemble member's own metrics (:data:`MEMBER_METRICS`), calibrated on its own validation rows."""
+    metrics = task_metrics_entry(task, rows)
+    if val is not None:
+        metrics.update(calibrated_metrics(task, val, rows)[0])
+    return {k: metrics[k] for k in MEMBER_METRICS if k in metrics}
+
+
 def _json_value(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
@@ -527,6 +573,8 @@ def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
     calibrated = "calibrated_pred" in rows
     if calibrated:
         header += ["calibrated_pred"]
+    members = rows["member_preds"].shape[1] if "member_preds" in rows else 0
+    header += [f"pred_member{j}" for j in range(members)]
     writer.writerow(header)
     for i in range(len(rows["label"])):
         line = [
@@ -539,6 +587,7 @@ def _predictions_csv(task: Task, rows: Mapping[str, np.ndarray]) -> str:
             line += [int(rows["gen_pred"][i]), rows["generated"][i]]
         if calibrated:
             line += [int(rows["calibrated_pred"][i])]
+        line += [int(p) for p in rows["member_preds"][i]] if members else []
         writer.writerow(line)
     return buf.getvalue()
 
@@ -553,6 +602,7 @@ def write_evaluation_report(
     from neurolm.eval.report import (
         baseline_markdown,
         collapse_warnings,
+        ensemble_markdown,
         markdown_table,
         plot_baselines,
         plot_confusion_matrix,
@@ -587,6 +637,11 @@ def write_evaluation_report(
         entry["collapsed"] = bool(e["metrics"].get("collapsed", False))
         if e.get("baselines"):
             entry["baselines"] = {n: {m: _json_value(v) for m, v in b.items()} for n, b in e["baselines"].items()}
+        if e.get("members"):
+            entry["members"] = [
+                {"checkpoint": mem["checkpoint"], "metrics": {m: _json_value(v) for m, v in mem["metrics"].items()}}
+                for mem in e["members"]
+            ]
         images = [
             plot_confusion_matrix(
                 labels,
@@ -621,7 +676,7 @@ def write_evaluation_report(
     json_path = out / "metrics.json"
     json_path.write_text(json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n")
     summary = plot_summary(report, out / "summary.png")
-    extra_md = collapse_warnings(report) + baseline_markdown(report)
+    extra_md = collapse_warnings(report) + baseline_markdown(report) + ensemble_markdown(report)
     if any(t.get("baselines") for t in report["tasks"].values()):
         baseline_png = plot_baselines(report, out / "baselines.png")
         written.append(baseline_png)
@@ -642,7 +697,10 @@ def write_evaluation_report(
     }
     header = [
         f"# {title}\n\n",
-        f"Checkpoint `{metadata.get('checkpoint')}`; EEG tokens per sample {metadata.get('eeg_max_len')}; "
+        f"Checkpoint `{metadata.get('checkpoint')}`"
+        + (f" and {len(metadata['ensemble'])} more (an ensemble: the mean of their answer probabilities)"
+           if metadata.get("ensemble") else "")
+        + f"; EEG tokens per sample {metadata.get('eeg_max_len')}; "
         f"official generation {'on' if metadata.get('official_generation') else 'off'}; "
         f"{metadata.get('rows')} rows scored in {metadata.get('scoring_seconds')} s "
         f"({metadata.get('rows_per_s')} rows/s "
@@ -678,6 +736,10 @@ def _publish(files: Sequence[Path], local_dir: Path, output: str) -> list[str]:
 
 def _check_config(cfg: EvaluateJobConfig) -> None:
     problems = []
+    members = [cfg.checkpoint, *cfg.ensemble]
+    twice = sorted({m for i, m in enumerate(members) if m in members[:i]})
+    if twice:
+        problems.append(f"ensemble: {twice} listed more than once (checkpoint included)")
     seen = set()
     for i, t in enumerate(cfg.tasks):
         if (t.name, t.split) in seen:
@@ -724,7 +786,18 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     calib = [i for i, t in enumerate(cfg.tasks) if t.calibrate_on]
     extra = [cfg.tasks[i].model_copy(update={"test": cfg.tasks[i].calibrate_on, "split": "val",
                                               "baseline_train": None, "calibrate_on": None}) for i in calib]
-    scored = score_all(cfg.model_copy(update={"tasks": [*cfg.tasks, *extra]}) if extra else cfg, eeg_max_len)
+    members = [cfg.checkpoint, *cfg.ensemble]
+    all_tasks = [*cfg.tasks, *extra]
+    member_scored = []
+    for m, checkpoint in enumerate(members):  # one member at a time: an actor holds one model, whatever its size
+        member_len = eeg_max_len if m == 0 else resolve_eeg_max_len(checkpoint, cfg.eeg_max_len)
+        if member_len != eeg_max_len:
+            raise ConfigError(f"ensemble.{m - 1} ({checkpoint}): tuned with {member_len} EEG tokens per sample, "
+                              f"the checkpoint with {eeg_max_len}; set eeg_max_len to score them alike")
+        member_scored.append(score_all(cfg.model_copy(update={"checkpoint": checkpoint, "tasks": all_tasks}), eeg_max_len))
+        if len(members) > 1:
+            log.info("ensemble member %d/%d (%s) scored", m + 1, len(members), checkpoint)
+    scored = member_scored[0] if len(members) == 1 else ensemble_rows(member_scored, [t.name for t in all_tasks])
     val_rows = dict(zip(calib, scored[len(cfg.tasks):], strict=True))
     scored = scored[: len(cfg.tasks)]
     seconds = time.perf_counter() - start
@@ -746,6 +819,14 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
         if i in val_rows:
             calibrated, e["rows"]["calibrated_pred"] = calibrated_metrics(e["task"], val_rows[i], e["rows"])
             e["metrics"].update(calibrated)
+    if len(members) > 1:
+        for i, e in enumerate(entries):
+            e["members"] = [
+                {"checkpoint": checkpoint,
+                 "metrics": member_metrics(e["task"], rows[i], rows[len(cfg.tasks) + calib.index(i)] if i in calib else None)}
+                for checkpoint, rows in zip(members, member_scored, strict=True)
+            ]  # fmt: skip
+            e["rows"]["member_preds"] = np.stack([rows[i]["pred"] for rows in member_scored], axis=1)
     for t, e in zip(cfg.tasks, entries, strict=True):
         if e["metrics"]["collapsed"]:
             log.warning(
@@ -759,6 +840,7 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
             log.info("%s: linear baselines in %.1f s, best %s", e["key"], time.perf_counter() - b0, best)
     metadata = {
         "checkpoint": cfg.checkpoint,
+        "ensemble": list(cfg.ensemble),
         "eeg_max_len": eeg_max_len,
         "official_generation": cfg.official_generation,
         "max_new_tokens": cfg.max_new_tokens,
@@ -777,6 +859,10 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
         files = write_evaluation_report(entries, local, title=cfg.title, metadata=metadata)
         uris = _publish(files, local, cfg.output)
     metrics = {f"{e['key']}/{m}": v for e in entries for m, v in e["metrics"].items()}
+    metrics.update({
+        f"{e['key']}/member{j}/{m}": v
+        for e in entries for j, member in enumerate(e.get("members") or []) for m, v in member["metrics"].items()
+    })  # fmt: skip
     metrics.update({
         f"{e['key']}/baseline/{name}/{m}": v
         for e in entries for name, b in (e.get("baselines") or {}).items() for m, v in b.items()

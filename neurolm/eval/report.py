@@ -453,6 +453,27 @@ def collapse_warnings(report: Mapping[str, Any]) -> str:
     return ("\n" + ">\n".join(lines)) if lines else ""
 
 
+def ensemble_markdown(report: Mapping[str, Any]) -> str:
+    """Markdown table per task of an ensemble evaluation: each member's own metrics beside the ensemble's
+    (``tasks[key]["members"]``); empty when no task has members."""
+    keyed = {k: t for k, t in report["tasks"].items() if t.get("members")}
+    if not keyed:
+        return ""
+    cols = [("balanced_accuracy", "BAcc"), ("calibrated/balanced_accuracy", "BAcc calibrated"), ("roc_auc", "AUROC")]
+    lines = [
+        "\n### Ensemble: each member beside the mean of their answer probabilities\n\n",
+        "| task | model | " + " | ".join(t for _, t in cols) + " | collapsed |\n",
+        "|---|---|" + "---:|" * len(cols) + "---|\n",
+    ]
+    for key, t in keyed.items():
+        rows = [(f"member {j} (`{m['checkpoint']}`)", m["metrics"]) for j, m in enumerate(t["members"])]
+        rows.append((f"**ensemble of {len(t['members'])}**", {**t["metrics"], "collapsed": t.get("collapsed")}))
+        for name, metrics in rows:
+            cells = [_cell(metrics, c) for c, _ in cols]
+            lines.append(f"| {key} | {name} | " + " | ".join(cells) + f" | {'yes' if metrics.get('collapsed') else 'no'} |\n")
+    return "".join(lines)
+
+
 def plot_baselines(report: Mapping[str, Any], out_png: str | Path, *, metric: str = "balanced_accuracy") -> Path:
     """One bar group per task: the model and each linear baseline."""
     keyed = {k: t for k, t in report["tasks"].items() if t.get("baselines")}

@@ -189,3 +189,46 @@ def test_predict_reads_checkpoint_and_writes_answers_on_s3(instruct_export, s3_u
     )
     doc = json.loads(storage.read_text(out))
     assert len(doc["rows"]) == 20 and doc["classes"] == ["negativity", "positivity"]
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_answer_probabilities(eeg_shards, instruct_export, s3_uri) -> None:
+    """``ensemble`` (the pipeline's ``seeds``, docs/recipe.md §13): each row's answer probabilities are the mean of
+    the members' own, every member's metrics are those of evaluating it alone, and the report says so."""
+    from neurolm.eval.evaluate import evaluate_checkpoint, evaluation_config
+    from neurolm.eval.metrics import balanced_accuracy
+    from neurolm.models.io import save_pretrained
+    from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+
+    torch.manual_seed(7)
+    other = save_pretrained(
+        NeuroLM(NeuroLMConfig.preset("debug", per_sample_text_positions=True)),
+        storage.join(s3_uri, "eval-test", "export-seed7"),
+    )
+    fields = dict(
+        tasks=[{"name": TASK, "test": eeg_shards["scp1_test"], "calibrate_on": eeg_shards["scp1_val"]}],
+        eeg_max_len=64, text_max_len=40, batch_size=64, concurrency=0, official_generation=False,
+    )  # fmt: skip
+    out = {}
+    for name, checkpoint, ensemble in (("a", instruct_export, []), ("b", other, []), ("ab", instruct_export, [other])):
+        output = storage.join(s3_uri, "eval-test", f"ensemble-{name}")
+        summary = evaluate_checkpoint(evaluation_config(checkpoint=checkpoint, ensemble=ensemble, output=output, **fields))
+        out[name] = (summary["metrics"], _csv(storage.join(output, f"predictions_test_{TASK}.csv")), output)
+
+    key = f"test/{TASK}"
+    (ma, rows_a, _), (mb, rows_b, _), (mab, rows_ab, output) = out["a"], out["b"], out["ab"]
+    assert [r["sample_id"] for r in rows_a] == [r["sample_id"] for r in rows_b] == [r["sample_id"] for r in rows_ab]
+    cols = ["p_negativity", "p_positivity"]
+    pa, pb, pab = (np.array([[float(r[c]) for c in cols] for r in rows]) for rows in (rows_a, rows_b, rows_ab))
+    assert not np.allclose(pa, pb, atol=1e-3)  # two different models: the mean is not either of them
+    np.testing.assert_allclose(pab, (pa + pb) / 2, atol=1e-5)
+    labels = np.array([int(r["label"]) for r in rows_ab])
+    assert mab[f"{key}/balanced_accuracy"] == pytest.approx(balanced_accuracy(labels, pab.argmax(axis=1), 2), abs=1e-9)
+    for j, single in enumerate((ma, mb)):  # each member's own figures, as when it is evaluated alone
+        for metric in ("balanced_accuracy", "roc_auc", "calibrated/balanced_accuracy", "majority_share"):
+            assert mab[f"{key}/member{j}/{metric}"] == pytest.approx(single[f"{key}/{metric}"], abs=1e-9)
+        assert [int(r[f"pred_member{j}"]) for r in rows_ab] == [int(r["pred"]) for r in (rows_a, rows_b)[j]]
+    report = json.loads(storage.read_text(storage.join(output, "metrics.json")))
+    assert [m["checkpoint"] for m in report["tasks"][key]["members"]] == [instruct_export, other]
+    assert report["metadata"]["ensemble"] == [other]
+    md = storage.read_text(storage.join(output, "report.md"))
+    assert "**ensemble of 2**" in md and f"member 1 (`{other}`)" in md and "and 1 more (an ensemble" in md
