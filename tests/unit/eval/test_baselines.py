@@ -14,6 +14,7 @@ from neurolm.eval.baselines import (
     best_baseline,
     mean_features,
     run_baselines,
+    waveform_features,
 )
 
 
@@ -24,6 +25,27 @@ def test_band_power_finds_alpha_and_means_find_offsets():
     feats = band_power_features(np.concatenate([alpha, beta])).reshape(2, 2, 5)
     assert feats[0, 0].argmax() == 2 and feats[1, 0].argmax() == 3  # alpha, beta
     assert mean_features(np.ones((3, 4, 50)) * 2).tolist() == [[2.0] * 4] * 3
+
+
+def test_waveform_features_are_bin_means_of_each_channel():
+    x = np.arange(2 * 3 * 50, dtype=float).reshape(2, 3, 50)
+    feats = waveform_features(x, sfreq=100.0, bin_s=0.2)  # bins of 20 samples: 2 whole bins, 10 samples dropped
+    assert feats.shape == (2, 6)
+    np.testing.assert_allclose(feats.reshape(2, 3, 2), np.stack([x[:, :, :20].mean(2), x[:, :, 20:40].mean(2)], 2))
+    assert waveform_features(np.ones((1, 2, 5)), bin_s=0.1).shape == (1, 2)  # shorter than a bin: one bin
+
+
+def test_a_time_course_is_read_by_the_waveform_baseline_and_not_by_channel_means():
+    """A class in the shape of the trial (a rise across it, the trial mean unchanged): the bin means see it, the
+    channel means do not."""
+    rng = np.random.default_rng(1)
+    y = np.arange(160) % 2
+    x = rng.normal(scale=0.3, size=(160, 2, 200))
+    x[y == 1, 0] += np.linspace(-1, 1, 200)  # zero mean
+    res = run_baselines(x[:120], y[:120], x[120:], y[120:], num_classes=2)
+    assert res["lda/waveform"]["balanced_accuracy"] > 0.9 and res["logreg/waveform"]["balanced_accuracy"] > 0.9
+    assert res["lda/means"]["balanced_accuracy"] < 0.75
+    assert res["lda/waveform"]["features"] == 2 * 10
 
 
 def test_baselines_learn_a_separable_problem_and_report_chance_on_noise():
