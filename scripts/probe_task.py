@@ -172,10 +172,12 @@ def main() -> None:
                         help="every split's trials rescaled per trial and channel (a preprocessing stand-in)")
     parser.add_argument("--channel-dropout", type=float, default=0.0,
                         help="stage 3's augment_channel_dropout: each sample's channels silenced with this probability")
+    parser.add_argument("--dropout", type=float, default=0.0,
+                        help="the GPT's dropout (blocks and embeddings) while training; the export's is 0")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokens = task_tokens(resolve_task(args.task))
-    model = load_neurolm(args.init)
+    model = load_neurolm(args.init, **({"gpt": {"dropout": args.dropout}} if args.dropout else {}))
     (features if args.what == "features" else train)(args, model, tokens)
 
 
