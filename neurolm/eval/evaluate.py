@@ -775,6 +775,10 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     if storage.is_s3(cfg.output):
         storage.ensure_bucket(storage.bucket_of(cfg.output))
     eeg_max_len = resolve_eeg_max_len(cfg.checkpoint, cfg.eeg_max_len)
+    for m, checkpoint in enumerate(cfg.ensemble):  # before any scoring: members must see the same layout
+        if (member_len := resolve_eeg_max_len(checkpoint, cfg.eeg_max_len)) != eeg_max_len:
+            raise ConfigError(f"ensemble.{m} ({checkpoint}): tuned with {member_len} EEG tokens per sample, "
+                              f"the checkpoint with {eeg_max_len}; set eeg_max_len to score them alike")
     if cfg.concurrency > 0:
         ensure_ray(cfg.ray_address)
         import ray.data
@@ -790,10 +794,6 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     all_tasks = [*cfg.tasks, *extra]
     member_scored = []
     for m, checkpoint in enumerate(members):  # one member at a time: an actor holds one model, whatever its size
-        member_len = eeg_max_len if m == 0 else resolve_eeg_max_len(checkpoint, cfg.eeg_max_len)
-        if member_len != eeg_max_len:
-            raise ConfigError(f"ensemble.{m - 1} ({checkpoint}): tuned with {member_len} EEG tokens per sample, "
-                              f"the checkpoint with {eeg_max_len}; set eeg_max_len to score them alike")
         member_scored.append(score_all(cfg.model_copy(update={"checkpoint": checkpoint, "tasks": all_tasks}), eeg_max_len))
         if len(members) > 1:
             log.info("ensemble member %d/%d (%s) scored", m + 1, len(members), checkpoint)

@@ -75,3 +75,19 @@ def test_the_pipeline_refuses_a_seed_given_twice() -> None:
     with pytest.raises(ConfigError, match=r"seeds.*seed\(s\) \[2\] appear more than once"):
         load_config(PipelineConfig, SCP1, ["seeds=[2,3,2]"])
     assert load_config(PipelineConfig, SCP1, ["seeds=[1234,2,3]"]).seeds == [1234, 2, 3]
+
+
+def test_members_tuned_with_other_eeg_lengths_are_refused_before_scoring(tmp_path) -> None:
+    import json
+
+    from neurolm.eval.evaluate import evaluate_checkpoint, evaluation_config
+
+    for name, length in (("a", 48), ("b", 64)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"extra": {"eeg_max_len": length}}))
+    (tmp_path / "test").mkdir()  # no shards: scoring would fail, so the error must come first
+    cfg = evaluation_config(checkpoint=str(tmp_path / "a"), ensemble=[str(tmp_path / "b")], concurrency=0,
+                            output=str(tmp_path / "out"),
+                            tasks=[{"name": "SelfRegulationSCP1", "test": str(tmp_path / "test")}])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"ensemble.0 \(.*/b\): tuned with 64 EEG tokens per sample, the checkpoint with 48"):
+        evaluate_checkpoint(cfg)
