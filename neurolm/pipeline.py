@@ -252,34 +252,29 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
         def fit_stages(seed: int | None) -> dict[str, Any]:
             """Stages 1-3, each with its preset's seed (``None``) or ``seed``; returns their results."""
             prefix = cfg.name if seed is None else f"{cfg.name}-s{seed}"
-            label = "" if seed is None else f" (seed {seed})"
             seeded = [] if seed is None else [f"train.seed={seed}"]
+
+            def fit(name: str, stage_cfg: Any, datasets: list[str] | None = None) -> Any:
+                if datasets is not None:  # stages 1-2 read the datasets' train (and val) splits
+                    stage_cfg.data.train = train_splits(datasets)
+                    stage_cfg.data.val = val_split(datasets)
+                label = name if seed is None else f"{name} (seed {seed})"
+                with console.stage(label, _metrics_uri(stage_cfg), stage_cfg.train.max_steps) as rec:
+                    result = fit_stage(stage_cfg)
+                    rec.metrics = dict(result.metrics)
+                return result
+
             common = [f"run.storage_path={runs}", f"data.text={storage.join(text_uri, 'train')}", *seeded]
-            tok_cfg = load_config(TokenizerJobConfig, cfg.tokenizer.config, [
+            tok = fit("tokenizer", load_config(TokenizerJobConfig, cfg.tokenizer.config, [
                 *cfg.tokenizer.overrides, *common, f"run.name={prefix}-tokenizer",
-            ])
-            tok_cfg.data.train = train_splits(cfg.tokenizer.datasets)
-            tok_cfg.data.val = val_split(cfg.tokenizer.datasets)
-            with console.stage("tokenizer" + label, _metrics_uri(tok_cfg), tok_cfg.train.max_steps) as rec:
-                tok = fit_stage(tok_cfg)
-                rec.metrics = dict(tok.metrics)
-
-            pre_cfg = load_config(PretrainJobConfig, cfg.pretrain.config, [
+            ]), cfg.tokenizer.datasets)
+            lm = fit("pretrain", load_config(PretrainJobConfig, cfg.pretrain.config, [
                 *cfg.pretrain.overrides, *common, f"run.name={prefix}-pretrain", f"tokenizer={tok.export_dir}",
-            ])
-            pre_cfg.data.train = train_splits(cfg.pretrain.datasets)
-            pre_cfg.data.val = val_split(cfg.pretrain.datasets)
-            with console.stage("pretrain" + label, _metrics_uri(pre_cfg), pre_cfg.train.max_steps) as rec:
-                lm = fit_stage(pre_cfg)
-                rec.metrics = dict(lm.metrics)
-
-            ins_cfg = load_config(InstructJobConfig, cfg.instruct.config, [
+            ]), cfg.pretrain.datasets)
+            ins = fit("instruct", load_config(InstructJobConfig, cfg.instruct.config, [
                 *cfg.instruct.overrides, f"run.storage_path={runs}", f"run.name={prefix}-instruct",
                 f"init={lm.export_dir}", *seeded,
-            ], base={"tasks": tasks})
-            with console.stage("instruct" + label, _metrics_uri(ins_cfg), ins_cfg.train.max_steps) as rec:
-                ins = fit_stage(ins_cfg)
-                rec.metrics = dict(ins.metrics)
+            ], base={"tasks": tasks}))
             return {"tokenizer": tok.__dict__, "pretrain": lm.__dict__, "instruct": ins.__dict__}
 
         if cfg.seeds:  # one run of stages 1-3 per seed, one after the other (each run uses the whole cluster)
