@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from neurolm.eval.baselines import best_baseline
+from neurolm.eval.evaluate import ensemble_rows
 from neurolm.eval.metrics import balanced_accuracy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,21 +121,21 @@ def _read_predictions(results: Path, key: str) -> tuple[list[str], np.ndarray, n
 
 
 def ensemble(runs: list[dict]) -> float | None:
-    """Balanced accuracy of the argmax of the seeds' mean answer probabilities (rows matched by sample id)."""
+    """Balanced accuracy of the argmax of the seeds' mean answer probabilities (rows matched by sample id), the
+    same combination as the pipeline's ``seeds`` (:func:`neurolm.eval.evaluate.ensemble_rows`)."""
     if len(runs) < 2:
         return None
-    ids0, labels, probs = _read_predictions(Path(runs[0]["results"]), runs[0]["key"])
-    total = probs.copy()
-    for run in runs[1:]:
-        ids, lab, p = _read_predictions(Path(run["results"]), run["key"])
-        order = {sid: i for i, sid in enumerate(ids)}
-        if set(order) != set(ids0):
-            raise SystemExit(f"{run['results']}: its test rows are not those of {runs[0]['results']}")
-        idx = [order[sid] for sid in ids0]
-        if not np.array_equal(lab[idx], labels):
-            raise SystemExit(f"{run['results']}: labels differ from {runs[0]['results']}")
-        total += p[idx]
-    return float(balanced_accuracy(labels, total.argmax(axis=1), probs.shape[1]))
+    members = []
+    for run in runs:
+        ids, labels, probs = _read_predictions(Path(run["results"]), run["key"])
+        order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+        members.append([{"sample_id": np.asarray(ids, dtype=object)[order], "label": labels[order],
+                         "probs": probs[order]}])  # fmt: skip
+    try:
+        (rows,) = ensemble_rows(members, [runs[0]["key"]])
+    except ValueError as err:
+        raise SystemExit(f"{err}: the test rows of {[r['results'] for r in runs]} are not those of one split") from None
+    return float(balanced_accuracy(rows["label"], rows["pred"], rows["probs"].shape[1]))
 
 
 def _fmt(x: float | None) -> str:
