@@ -98,6 +98,10 @@ def metrics_table(metrics: dict[str, Any]) -> str:
                 and isinstance(v, (int, float))
             ]
             rows.append([task, m, float(value), ", ".join(baselines) or "-"])
+        diff, low, high = (metrics.get(f"{task}/vs_best_baseline/{k}") for k in ("diff", "low", "high"))
+        if all(isinstance(v, (int, float)) for v in (diff, low, high)):
+            rows.append([task, "model - best baseline", float(diff), f"95% interval [{low:+.3f}, {high:+.3f}] "
+                         "(paired bootstrap of the test rows)"])  # fmt: skip
     if not rows:
         return ""
     return format_table(["test set", "metric", "model", "baseline"], rows)

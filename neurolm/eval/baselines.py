@@ -121,6 +121,7 @@ def run_baselines(
     test_y: Sequence[int] | np.ndarray,
     num_classes: int,
     sfreq: float = 200.0,
+    predictions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fit every baseline of :data:`BASELINES` on the train trials and score it on the test trials.
 
@@ -129,6 +130,8 @@ def run_baselines(
     dict
         ``"<model>/<features>"`` → ``{"balanced_accuracy", "accuracy", "roc_auc" (binary), "n_train", "n_test",
         "features"}``; a baseline that cannot be fitted (one class in train, ...) → ``{"error": reason}``.
+        With ``predictions`` (a dict), each fitted baseline's test predictions are put in it under the same key
+        (what :mod:`neurolm.eval.compare` pairs with the model's answers).
     """
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
@@ -149,6 +152,8 @@ def run_baselines(
                 continue
             model.fit(f_train, y_train)
             pred = model.predict(f_test)
+            if predictions is not None:
+                predictions[key] = np.asarray(pred, dtype=np.int64)
             result: dict[str, Any] = {
                 "balanced_accuracy": float(balanced_accuracy_score(y_test, pred)),
                 "accuracy": float(accuracy_score(y_test, pred)),
@@ -170,27 +175,39 @@ def best_baseline(
     return max(scored, key=lambda kv: kv[1]) if scored else None
 
 
-def _shard_trials(uris: str | Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+def _shard_trials(uris: str | Sequence[str]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     from neurolm.data.shards import read_shards, table_to_signals
 
     signals: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    ids: list[np.ndarray] = []
     for uri in [uris] if isinstance(uris, str) else list(uris):
         table = read_shards(uri)
         signals += table_to_signals(table)
         labels.append(table.column("label").to_numpy())
-    return signals, np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        ids.append(np.asarray(table.column("sample_id").to_pylist(), dtype=object))
+    if not labels:
+        return signals, np.zeros(0, np.int64), np.zeros(0, object)
+    return signals, np.concatenate(labels), np.concatenate(ids)
 
 
 def baselines_from_shards(
-    train: str | Sequence[str], test: str | Sequence[str], num_classes: int
+    train: str | Sequence[str],
+    test: str | Sequence[str],
+    num_classes: int,
+    predictions: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """:func:`run_baselines` on the trials of shard directories (local or ``s3://``); a baseline that cannot run
-    on these shards (trials of different shapes, ...) gives ``{"error": reason}`` for every entry instead."""
-    train_x, train_y = _shard_trials(train)
-    test_x, test_y = _shard_trials(test)
+    on these shards (trials of different shapes, ...) gives ``{"error": reason}`` for every entry instead.
+    With ``predictions``, it also receives each baseline's test predictions and, under ``"sample_id"``, the test
+    trials' ids in the same order."""
+    train_x, train_y, _ = _shard_trials(train)
+    test_x, test_y, test_ids = _shard_trials(test)
     try:
-        return run_baselines(train_x, train_y, test_x, test_y, num_classes)
+        results = run_baselines(train_x, train_y, test_x, test_y, num_classes, predictions=predictions)
     except ValueError as err:
         log.warning("baselines skipped: %s", err)
         return {key: {"error": str(err)} for key in BASELINES}
+    if predictions is not None:
+        predictions["sample_id"] = test_ids
+    return results

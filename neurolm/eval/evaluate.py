@@ -55,6 +55,7 @@ from neurolm.config import ConfigError, EvaluateJobConfig, load_config
 from neurolm.data.layout import instruction_layout, prompt_batch
 from neurolm.data.tasks import Task, TaskTokens, get_task, tokenize_task
 from neurolm.eval.baselines import baselines_from_shards, best_baseline
+from neurolm.eval.compare import align_by_id, paired_difference
 from neurolm.eval.metrics import (
     OURS_HARD_METRICS,
     PARSE_FAILURE,
@@ -637,6 +638,8 @@ def write_evaluation_report(
         entry["collapsed"] = bool(e["metrics"].get("collapsed", False))
         if e.get("baselines"):
             entry["baselines"] = {n: {m: _json_value(v) for m, v in b.items()} for n, b in e["baselines"].items()}
+        if e.get("vs_best_baseline"):
+            entry["vs_best_baseline"] = {m: _json_value(v) for m, v in e["vs_best_baseline"].items()}
         if e.get("members"):
             entry["members"] = [
                 {"checkpoint": mem["checkpoint"], "metrics": {m: _json_value(v) for m, v in mem["metrics"].items()}}
@@ -755,6 +758,23 @@ def _check_config(cfg: EvaluateJobConfig) -> None:
         raise ConfigError("invalid evaluate config:\n  " + "\n  ".join(problems))
 
 
+def versus_baseline(entry: dict[str, Any], baseline: str, predictions: dict[str, np.ndarray]) -> dict[str, Any] | None:
+    """The model's balanced accuracy minus ``baseline``'s on the same test rows, with its 95 % paired bootstrap
+    interval (:func:`neurolm.eval.compare.paired_difference`): the model's raw answers (``pred``) against the
+    baseline's predictions of the same trials, matched by ``sample_id``. ``None`` (and a warning) when the rows
+    cannot be matched."""
+    rows = entry["rows"]
+    try:
+        theirs = align_by_id(predictions["sample_id"], predictions[baseline], rows["sample_id"])
+        result = paired_difference(rows["label"], rows["pred"], theirs, entry["task"].num_classes)
+    except (KeyError, ValueError) as err:
+        log.warning("%s: model vs %s not compared: %s", entry["key"], baseline, err)
+        return None
+    log.info("%s: model - %s = %+.3f, 95%% interval [%+.3f, %+.3f] (paired bootstrap of %d rows)",
+             entry["key"], baseline, result["diff"], result["low"], result["high"], result["n"])  # fmt: skip
+    return {"baseline": baseline, **result}
+
+
 def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     """Evaluate ``cfg.checkpoint`` on every task's shards with Ray Data actors and write the report.
 
@@ -835,9 +855,12 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
             )
         if t.baseline_train:
             b0 = time.perf_counter()
-            e["baselines"] = baselines_from_shards(t.baseline_train, t.test, e["task"].num_classes)
+            predictions: dict[str, np.ndarray] = {}
+            e["baselines"] = baselines_from_shards(t.baseline_train, t.test, e["task"].num_classes, predictions)
             best = best_baseline(e["baselines"])
             log.info("%s: linear baselines in %.1f s, best %s", e["key"], time.perf_counter() - b0, best)
+            if best is not None and best[0] in predictions:
+                e["vs_best_baseline"] = versus_baseline(e, best[0], predictions)
     metadata = {
         "checkpoint": cfg.checkpoint,
         "ensemble": list(cfg.ensemble),
@@ -862,6 +885,10 @@ def evaluate_checkpoint(cfg: EvaluateJobConfig) -> dict[str, Any]:
     metrics.update({
         f"{e['key']}/member{j}/{m}": v
         for e in entries for j, member in enumerate(e.get("members") or []) for m, v in member["metrics"].items()
+    })  # fmt: skip
+    metrics.update({
+        f"{e['key']}/vs_best_baseline/{m}": e["vs_best_baseline"][m]
+        for e in entries if e.get("vs_best_baseline") for m in ("diff", "low", "high")
     })  # fmt: skip
     metrics.update({
         f"{e['key']}/baseline/{name}/{m}": v

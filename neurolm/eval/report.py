@@ -428,8 +428,8 @@ def baseline_markdown(report: Mapping[str, Any], metric: str = "balanced_accurac
     title = dict(REPORT_METRICS).get(metric, metric)
     lines = [
         f"\n### {title}: model vs linear baselines (same train/test split)\n\n",
-        "| task | model | " + " | ".join(names) + " | model − best baseline |\n",
-        "|---|---|" + "---|" * len(names) + "---|\n",
+        "| task | model | " + " | ".join(names) + " | model − best baseline | 95 % interval |\n",
+        "|---|---|" + "---|" * len(names) + "---|---|\n",
     ]
     for key, t in keyed.items():
         model = t["metrics"].get(metric)
@@ -438,7 +438,16 @@ def baseline_markdown(report: Mapping[str, Any], metric: str = "balanced_accurac
         margin = "–" if not finite or model is None else f"{model - max(finite):+.3f}"
         cells = ["–" if v is None else f"{v:.3f}" for v in values]
         model_cell = "–" if model is None else f"{model:.3f}"
-        lines.append(f"| {key} | {model_cell} | " + " | ".join(cells) + f" | {margin} |\n")
+        vs = t.get("vs_best_baseline") if metric == "balanced_accuracy" else None
+        interval = f"[{vs['low']:+.3f}, {vs['high']:+.3f}]" if vs else "–"
+        lines.append(f"| {key} | {model_cell} | " + " | ".join(cells) + f" | {margin} | {interval} |\n")
+    if any(t.get("vs_best_baseline") for t in keyed.values()) and metric == "balanced_accuracy":
+        lines.append(
+            "\nThe interval: model − best baseline on the same test rows, from a paired, class-stratified bootstrap "
+            f"({next(t['vs_best_baseline']['resamples'] for t in keyed.values() if t.get('vs_best_baseline'))} "
+            "resamples of the rows; an interval that holds 0 is a difference this test split cannot tell from "
+            "noise).\n"
+        )
     return "".join(lines)
 
 

@@ -80,6 +80,9 @@ def test_tables() -> None:
     rows = metrics_table(metrics).splitlines()
     assert rows[2].split() == ["test/T", "balanced_accuracy", "0.9", "-"]
     assert rows[3].split() == ["test/T", "roc_auc", "0.95", "-"]
+    metrics.update({"test/T/vs_best_baseline/diff": -0.05, "test/T/vs_best_baseline/low": -0.1,
+                    "test/T/vs_best_baseline/high": 0.01})  # fmt: skip
+    assert "model - best baseline  -0.05  95% interval [-0.100, +0.010]" in metrics_table(metrics)
     assert Console(verbose=True).summary().splitlines()[0].split()[0] == "stage"
 
 
