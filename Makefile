@@ -25,6 +25,7 @@ import transformers, wandb
 import neurolm.eval.evaluate, neurolm.pipeline, neurolm.train.launch, neurolm.train.stages
 from deepspeed.accelerator import get_accelerator
 get_accelerator().create_op_builder("ShareMemCommBuilder").load()
+import torch._dynamo, deepspeed.runtime.zero.muon.muon_optimizer
 endef
 export WARM_UP
 
@@ -43,7 +44,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	  $(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	@# Warm-up: DeepSpeed JIT-builds its shared-memory op on first use (~40 s), built once now; the imports write
 	@# the .pyc files of what the pipeline's Ray processes import, once, instead of in the ~8 processes that start
-	@# at once in a stage.
+	@# at once in a stage (torch._dynamo and DeepSpeed's Muon module: imported by every Train worker's engine,
+	@# ~1,400 modules, 4-5 s of compiling per process without their .pyc files).
 	$(PY) -c "$$WARM_UP" >/dev/null
 	touch $@
 

@@ -96,6 +96,15 @@ def test_pipeline_submitted_to_a_local_head_leaves_exports_and_metrics_on_s3(tmp
             assert len(losses) >= 2 and losses[-1] < losses[0], (stage, losses)
         summary = json.loads(storage.read_text("s3://neurolm/submitted/pipeline.json"))
         assert set(summary["stages"]) == {"tokenizer", "pretrain", "instruct"}
+        # The evaluation: the model beside the linear baselines, and its margin over the best of them with the
+        # paired bootstrap interval (issue 16).
+        scp1 = json.loads(storage.read_text("s3://neurolm/submitted/eval/metrics.json"))["tasks"][
+            "test/SelfRegulationSCP1"]
+        best = max(scp1["baselines"], key=lambda k: scp1["baselines"][k].get("balanced_accuracy", -1))
+        vs = scp1["vs_best_baseline"]
+        assert vs["baseline"] == best and vs["low"] <= vs["diff"] <= vs["high"] and vs["n"] == scp1["metrics"]["n"]
+        margin = scp1["metrics"]["balanced_accuracy"] - scp1["baselines"][best]["balanced_accuracy"]
+        assert abs(vs["diff"] - margin) < 1e-9
     finally:
         subprocess.run([env["PYTHON"], "-m", "neurolm.runtime.s3server", "stop", "--dir", env["NEUROLM_S3_DIR"]],
                        cwd=REPO, env=env, timeout=60)
