@@ -127,6 +127,13 @@ class PipelineConfig(Section):
         "(train.seed of all three) and the evaluation scores the ensemble, the mean of the runs' answer "
         "probabilities, beside each run's own metrics (docs/recipe.md §13).",
     )
+    members_at_once: int = Field(
+        default=1,
+        ge=1,
+        description="With seeds: how many of the seeds' stage 1-3 runs train side by side (1: one after the "
+        "other). A local Ray instance then gets this many times the machine's CPUs as logical CPUs, so that each "
+        "run's stages are scheduled as they are alone; on a cluster, each run asks for its own workers.",
+    )
     results_dir: str | None = Field(
         default=".cache/demo/results",
         description="Local folder that receives a copy of the evaluation report, plots and predictions (null: none).",
@@ -150,6 +157,12 @@ class PipelineConfig(Section):
         if twice:
             raise ValueError(f"seed(s) {twice} appear more than once: their runs would be the same model")
         return v
+
+    @model_validator(mode="after")
+    def _members_need_seeds(self) -> PipelineConfig:
+        if self.members_at_once > 1 and len(self.seeds) < 2:
+            raise ValueError(f"members_at_once={self.members_at_once} needs two or more seeds (seeds: {self.seeds})")
+        return self
 
     @model_validator(mode="after")
     def _tasks_use_preprocessed_datasets(self) -> PipelineConfig:
@@ -210,8 +223,21 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
         shards_root = storage.join(cfg.workdir, "shards")
         runs = storage.join(cfg.workdir, "runs")
         out: dict[str, Any] = {"workdir": cfg.workdir, "shards": {}, "stages": {}}
-        ensure_ray(cfg.ray_address)
+        local = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+        at_once = min(cfg.members_at_once, len(cfg.seeds)) if cfg.seeds else 1
+        ensure_ray(cfg.ray_address, **({"num_cpus": (os.cpu_count() or 1) * at_once} if local and at_once > 1 else {}))
         console.say(f"Ray dashboard: {_dashboard_url()}")
+        if at_once > 1:
+            import ray
+
+            cpus = ray.cluster_resources().get("CPU", 0)
+            console.say(f"{len(cfg.seeds)} seeds, {at_once} runs of stages 1-3 side by side ({cpus:g} Ray CPUs)")
+            if cpus < 2 * at_once:
+                log.warning(
+                    "members_at_once=%d on %g CPUs: each run's Train workers and its Ray Data reads need CPUs at "
+                    "the same time; on a cluster that cannot grow, runs then wait for one another or stall "
+                    "(docs/recipe.md §16)", at_once, cpus,
+                )
 
         for step in cfg.preprocess:
             pre = load_config(PreprocessConfig, None, [*step.overrides], base={
@@ -277,8 +303,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
             ], base={"tasks": tasks}))
             return {"tokenizer": tok.__dict__, "pretrain": lm.__dict__, "instruct": ins.__dict__}
 
-        if cfg.seeds:  # one run of stages 1-3 per seed, one after the other (each run uses the whole cluster)
-            out["members"] = {str(seed): fit_stages(seed) for seed in cfg.seeds}
+        if cfg.seeds:  # one run of stages 1-3 per seed: one after the other, or members_at_once side by side
+            out["members"] = dict(zip(map(str, cfg.seeds), _side_by_side(fit_stages, cfg.seeds, at_once), strict=True))
             exports = [m["instruct"]["export_dir"] for m in out["members"].values()]
             out["stages"] = out["members"][str(cfg.seeds[0])]
         else:
@@ -312,6 +338,24 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
 
             ray.shutdown()  # workers hold S3 connections; stop them before the server
             server.stop()
+
+
+def _side_by_side(fn: Any, seeds: list[int], at_once: int) -> list[Any]:
+    """``fn(seed)`` for every seed, in order, ``at_once`` at a time (threads of this driver: each call drives its
+    own Ray Train runs). The first failure is raised once the calls already running have ended; seeds not yet
+    started are not started."""
+    if at_once <= 1:
+        return [fn(seed) for seed in seeds]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="member") as pool:
+        futures = [pool.submit(fn, seed) for seed in seeds]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def _dashboard_url() -> str:

@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -363,6 +364,9 @@ def storage_env() -> dict[str, str]:
 _PREFLIGHT_BUDGET_S = 2.0
 
 
+_BOTO3 = threading.local()
+
+
 def boto3_client(budget_s: float | None = None):
     """A boto3 S3 client with the same settings as the pyarrow file system; retries for ``budget_s`` seconds
     (default: :func:`retry_budget_s`)."""
@@ -371,7 +375,13 @@ def boto3_client(budget_s: float | None = None):
 
     s = S3Settings.from_env()
     budget = retry_budget_s() if budget_s is None else budget_s
-    return boto3.client(
+    # One session per thread: boto3's sessions (the default one too) are not thread-safe, and a pipeline's
+    # side-by-side runs (members_at_once) make clients from several threads; a new session per client would
+    # cost ~0.1 s of loading botocore's models each time.
+    session = getattr(_BOTO3, "session", None)
+    if session is None:
+        session = _BOTO3.session = boto3.session.Session()
+    return session.client(
         "s3",
         endpoint_url=s.endpoint_url,
         aws_access_key_id=s.access_key,

@@ -9,6 +9,7 @@ network can submit work to it.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from neurolm import storage
@@ -174,6 +175,9 @@ def read_tasks(sizes: list[int], block_bytes: int | None) -> int:
     return -(-len(sizes) // per_task)
 
 
+_DATASOURCE_SWITCH = threading.Lock()
+
+
 def read_shards(uris: str | list[str], *, block_bytes: int | None = None):
     """A streaming Ray Dataset over the Parquet shards of one or more directories (local or s3://), in file
     order: one read task and one block per shard file, or per group of consecutive files of about
@@ -191,10 +195,11 @@ def read_shards(uris: str | list[str], *, block_bytes: int | None = None):
 
     fs, paths, sizes = shard_files(uris)
     ctx = ray.data.DataContext.get_current()
-    v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # read_parquet picks the datasource when called
-    try:
-        return ray.data.read_parquet(
-            paths, filesystem=fs, shuffle=None, override_num_blocks=read_tasks(sizes, block_bytes)
-        )
-    finally:
-        ctx.use_datasource_v2 = v2
+    with _DATASOURCE_SWITCH:  # the context is the process's: a pipeline's side-by-side runs read from threads
+        v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # read_parquet picks the datasource when called
+        try:
+            return ray.data.read_parquet(
+                paths, filesystem=fs, shuffle=None, override_num_blocks=read_tasks(sizes, block_bytes)
+            )
+        finally:
+            ctx.use_datasource_v2 = v2

@@ -91,3 +91,43 @@ def test_members_tuned_with_other_eeg_lengths_are_refused_before_scoring(tmp_pat
                             tasks=[{"name": "SelfRegulationSCP1", "test": str(tmp_path / "test")}])  # fmt: skip
     with pytest.raises(ConfigError, match=r"ensemble.0 \(.*/b\): tuned with 64 EEG tokens per sample, the checkpoint with 48"):
         evaluate_checkpoint(cfg)
+
+
+def test_members_at_once_needs_seeds() -> None:
+    from neurolm.config import load_config
+    from neurolm.pipeline import PipelineConfig
+
+    with pytest.raises(ConfigError, match=r"members_at_once=2 needs two or more seeds \(seeds: \[\]\)"):
+        load_config(PipelineConfig, SCP1, ["seeds=[]", "members_at_once=2"])
+    with pytest.raises(ConfigError, match="members_at_once"):
+        load_config(PipelineConfig, SCP1, ["members_at_once=0"])
+    assert load_config(PipelineConfig, SCP1, ["members_at_once=3"]).members_at_once == 3
+
+
+def test_side_by_side_members_overlap_keep_their_order_and_stop_at_a_failure() -> None:
+    import threading
+    import time
+
+    from neurolm.pipeline import _side_by_side
+
+    both_running = threading.Barrier(2, timeout=10)  # one after the other, the first call would wait forever
+
+    def fit(seed: int) -> str:
+        both_running.wait()
+        time.sleep(0.05 * seed)  # the second seed ends first
+        return f"member {seed}"
+
+    assert _side_by_side(fit, [2, 1], at_once=2) == ["member 2", "member 1"]
+    started = []
+
+    def failing(seed: int) -> int:
+        started.append(seed)
+        if seed == 1:
+            raise RuntimeError("stage 3 of seed 1 failed")
+        time.sleep(0.2)
+        return seed
+
+    with pytest.raises(RuntimeError, match="seed 1 failed"):
+        _side_by_side(failing, [1, 2, 3, 4, 5], at_once=2)
+    assert 1 in started and len(started) < 5  # seeds not yet started when it failed are not started
+    assert _side_by_side(lambda s: s * 10, [1, 2], at_once=1) == [10, 20]
