@@ -5,7 +5,9 @@ EEG shards served by the local S3 server and reports, from the run's own metrics
 tokens/s, samples/s, step time, MFU and the share of step time spent waiting on data. Then it streams the same
 datasets, laid out on the workers as in training, into 2 Train workers that do nothing but iterate, and reports the
 samples/s that ingest alone sustains: ``ingest_headroom`` = ingest samples/s ÷ trainer samples/s (> 1: the trainer
-is never starved).
+is never starved). ``stage_wall_s`` is the whole ``fit_stage`` call (Ray Train's actors, the engine, the steps, the
+checkpoints, the export) and ``outside_steps_s`` what of it is not ``steps x step_s``: a stage's fixed cost
+(docs/platform.md §8).
 
     python benchmarks/train.py [--steps 30]
 """
@@ -154,13 +156,21 @@ def main() -> None:
             REPO / "configs/tokenizer/debug.yaml",
             [*common, eeg, text, "run.name=bench-tok"],
         )
-        tok = fit_stage(tok_cfg)
+        walls: dict[str, float] = {}
+
+        def timed(name: str, cfg):
+            t0 = time.perf_counter()
+            result = fit_stage(cfg)
+            walls[name] = time.perf_counter() - t0
+            return result
+
+        tok = timed("tokenizer", tok_cfg)
         pre_cfg = load_config(
             PretrainJobConfig,
             REPO / "configs/pretrain/debug.yaml",
             [*common, eeg, text, "run.name=bench-pre", f"tokenizer={tok.export_dir}"],
         )
-        pre = fit_stage(pre_cfg)
+        pre = timed("pretrain", pre_cfg)
         ins_cfg = load_config(
             InstructJobConfig,
             REPO / "configs/instruct/debug.yaml",
@@ -172,7 +182,7 @@ def main() -> None:
             ],
             base={"tasks": [{"name": "SelfRegulationSCP1", "train": f"{shards}/SelfRegulationSCP1/train"}]},
         )
-        fit_stage(ins_cfg)
+        timed("instruct", ins_cfg)
 
         for name, cfg in (("tokenizer", tok_cfg), ("pretrain", pre_cfg), ("instruct", ins_cfg)):
             rows = [
@@ -204,6 +214,8 @@ def main() -> None:
                 "mfu_vs_measured_cpu_matmul": round(mean["perf/mfu"], 4),
                 "ingest_only_samples_per_s": round(ingest, 1),
                 "ingest_headroom": round(ingest / mean["perf/samples_per_s"], 2),
+                "stage_wall_s": round(walls[name], 1),
+                "outside_steps_s": round(walls[name] - args.steps * mean["perf/step_s"], 1),
             }
         ray.shutdown()
     print(json.dumps(out, indent=1))
