@@ -24,6 +24,7 @@ import numpy as np
 __all__ = ["BOOTSTRAP_RESAMPLES", "align_by_id", "paired_difference"]
 
 BOOTSTRAP_RESAMPLES = 2000
+_DRAWS_PER_CHUNK = 4_000_000
 
 
 def _balanced_accuracy(correct_by_class: list[np.ndarray]) -> np.ndarray:
@@ -61,13 +62,19 @@ def paired_difference(
     diff = float(_balanced_accuracy([right_a[labels == c] for c in present])
                  - _balanced_accuracy([right_b[labels == c] for c in present]))  # fmt: skip
     rng = np.random.default_rng(seed)
-    draws_a, draws_b = [], []
-    for c in present:
-        rows = np.flatnonzero(labels == c)
-        pick = rows[rng.integers(0, len(rows), size=(resamples, len(rows)))]
-        draws_a.append(right_a[pick])
-        draws_b.append(right_b[pick])
-    diffs = _balanced_accuracy(draws_a) - _balanced_accuracy(draws_b)
+    # Resamples in chunks of ~4M drawn rows: a test split of 100k rows (TUAB) would otherwise need 2000 x 100k
+    # indices at once (1.6 GB).
+    chunk = max(1, min(resamples, _DRAWS_PER_CHUNK // len(labels)))
+    rows_of = [np.flatnonzero(labels == c) for c in present]
+    diffs = np.empty(resamples)
+    for start in range(0, resamples, chunk):
+        k = min(chunk, resamples - start)
+        draws_a, draws_b = [], []
+        for rows in rows_of:
+            pick = rows[rng.integers(0, len(rows), size=(k, len(rows)))]
+            draws_a.append(right_a[pick])
+            draws_b.append(right_b[pick])
+        diffs[start : start + k] = _balanced_accuracy(draws_a) - _balanced_accuracy(draws_b)
     tail = (1 - level) / 2
     low, high = np.quantile(diffs, [tail, 1 - tail])
     return {

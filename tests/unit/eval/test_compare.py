@@ -130,3 +130,18 @@ def test_the_evaluation_compares_the_model_with_the_best_baseline_of_real_scp1_t
         bad = dict(predictions, sample_id=np.array([f"other/{i}" for i in range(len(ids))], dtype=object))
         assert versus_baseline(entry, "lda/means", bad) is None
     assert "not compared" in caplog.text
+
+
+def test_a_large_test_split_is_resampled_in_bounded_chunks(monkeypatch):
+    """Resamples drawn in chunks (a 100k-row split needs no more than ~4M drawn rows at a time) give the same
+    difference and, up to resampling noise, the same interval as drawn at once."""
+    import neurolm.eval.compare as compare
+
+    rng = np.random.default_rng(4)
+    labels = np.arange(3000) % 2
+    a, b = _predictions(labels, 0.8, rng), _predictions(labels, 0.75, rng)
+    whole = paired_difference(labels, a, b, num_classes=2, resamples=300)
+    monkeypatch.setattr(compare, "_DRAWS_PER_CHUNK", 3000 * 7)  # chunks of 7 resamples
+    chunked = paired_difference(labels, a, b, num_classes=2, resamples=300)
+    assert chunked["diff"] == whole["diff"] and chunked["low"] > 0
+    assert abs(chunked["low"] - whole["low"]) < 0.01 and abs(chunked["high"] - whole["high"]) < 0.01
