@@ -223,9 +223,9 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
         shards_root = storage.join(cfg.workdir, "shards")
         runs = storage.join(cfg.workdir, "runs")
         out: dict[str, Any] = {"workdir": cfg.workdir, "shards": {}, "stages": {}}
-        local = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
         at_once = min(cfg.members_at_once, len(cfg.seeds)) if cfg.seeds else 1
-        ensure_ray(cfg.ray_address, **({"num_cpus": (os.cpu_count() or 1) * at_once} if local and at_once > 1 else {}))
+        # A local instance gets at_once x this machine's CPUs as logical CPUs (docs/recipe.md §16).
+        ensure_ray(cfg.ray_address, local_num_cpus=(os.cpu_count() or 1) * at_once if at_once > 1 else None)
         console.say(f"Ray dashboard: {_dashboard_url()}")
         if at_once > 1:
             import ray

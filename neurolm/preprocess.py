@@ -265,12 +265,9 @@ def run_preprocess(
         fresh = _run_inline(todo, cfg)
     elif todo:
         # One task per recording: no dashboard needed, and worker logs stay out of the progress bar.
-        local = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
         started = runtime.ensure_ray(
-            cfg.ray_address,
-            include_dashboard=False,
-            log_to_driver=False,
-            **({"object_store_memory": LOCAL_OBJECT_STORE_BYTES, "num_cpus": num_cpus} if local else {}),
+            cfg.ray_address, include_dashboard=False, log_to_driver=False, local_num_cpus=num_cpus,
+            local_object_store_bytes=LOCAL_OBJECT_STORE_BYTES,
         )
         try:
             fresh = _run_tasks(todo, cfg, progress)

@@ -52,9 +52,18 @@ def wandb_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
 
 
-def ensure_ray(address: str | None = None, *, include_dashboard: bool = True, **kwargs: Any) -> bool:
+def ensure_ray(
+    address: str | None = None,
+    *,
+    include_dashboard: bool = True,
+    local_num_cpus: int | None = None,
+    local_object_store_bytes: int = LOCAL_OBJECT_STORE_BYTES,
+    **kwargs: Any,
+) -> bool:
     """Connect to ``address`` / ``RAY_ADDRESS``, or start a local instance sized for this machine.
 
+    ``local_num_cpus`` (None = this machine's CPUs) and ``local_object_store_bytes`` size a local instance only; a
+    cluster's size is the cluster's.
     Returns True when this call started or connected Ray (the caller may then ``ray.shutdown()``), False when
     Ray was already initialised in this process. ``kwargs`` go to ``ray.init`` (e.g. ``log_to_driver``).
     """
@@ -67,7 +76,10 @@ def ensure_ray(address: str | None = None, *, include_dashboard: bool = True, **
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, **kwargs)
     else:
-        init_local_ray(env, include_dashboard=include_dashboard, **kwargs)
+        init_local_ray(
+            env, local_num_cpus, include_dashboard=include_dashboard, object_store_memory=local_object_store_bytes,
+            **kwargs,
+        )
     return True
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 import sys
@@ -66,3 +67,35 @@ def test_local_ray_listens_on_loopback_only_and_requires_a_token(ray_cluster) ->
     )  # fmt: skip
     assert status.returncode != 0
     assert "token" in (status.stdout + status.stderr).lower()
+
+
+_SIZED = """
+import json, ray
+from neurolm.runtime import ensure_ray
+assert ensure_ray(local_num_cpus=3, local_object_store_bytes=150 * 2**20, include_dashboard=False)
+res = ray.cluster_resources()
+print(json.dumps({"cpu": res["CPU"], "store": res["object_store_memory"], "gcs": ray.get_runtime_context().gcs_address}))
+ray.shutdown()
+"""
+
+
+def test_ensure_ray_sizes_a_local_instance_and_leaves_a_cluster_alone(ray_cluster) -> None:
+    """``local_num_cpus`` / ``local_object_store_bytes`` size a local instance; joining a running one they are
+    ignored (``ray.init(address=..., num_cpus=...)`` is an error: the cluster's size is the cluster's)."""
+    import ray
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    local = subprocess.run([sys.executable, "-c", _SIZED], capture_output=True, text=True, timeout=300, env=env)
+    assert local.returncode == 0, local.stderr[-3000:]
+    sized = json.loads(local.stdout.strip().splitlines()[-1])
+    assert sized["cpu"] == 3
+    assert sized["store"] == pytest.approx(150 * 2**20, rel=0.05)
+    assert sized["gcs"].startswith("127.0.0.1:")
+
+    joined = subprocess.run(
+        [sys.executable, "-c", _SIZED.replace("include_dashboard=False", "include_dashboard=False, log_to_driver=False")],
+        capture_output=True, text=True, timeout=300,
+        env={**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+    )  # fmt: skip
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert json.loads(joined.stdout.strip().splitlines()[-1])["cpu"] == ray.cluster_resources()["CPU"]
