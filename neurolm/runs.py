@@ -1,4 +1,5 @@
-"""Look at runs and fetch artefacts: ``neurolm runs list|show`` and ``neurolm s3 get``.
+"""Look at runs, fetch artefacts and remove what is no longer needed: ``neurolm runs list|show|rm`` and
+``neurolm s3 get``.
 
 A run is a directory ``<storage_path>/<run name>/`` written by a training stage (:mod:`neurolm.train`):
 ``metrics.jsonl`` (one JSON object per report, rank 0), ``step_<n>/state.json`` (the step and config of each
@@ -7,6 +8,10 @@ read through :mod:`neurolm.storage`, so a local directory and an ``s3://`` prefi
 
 For ``s3://`` URIs without ``AWS_ENDPOINT_URL`` in the environment, the local S3 server of ``--s3-dir``
 (default ``.cache/s3``, the demo's) is used: the running one if there is one, else one started for the command.
+
+``neurolm runs rm TARGET --yes`` removes every object below a run, a pipeline workdir or any prefix (without
+``--yes`` it only says what it would remove); on the local server the disk space is reclaimed at once (its
+volumes are vacuumed), since every pipeline run adds a few GB that nothing else removes (docs/platform.md §4).
 """
 
 from __future__ import annotations
@@ -72,13 +77,16 @@ def _last_values(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return last
 
 
-def describe_run(run_uri: str, files: list[str] | None = None) -> dict[str, Any]:
-    """Stage, step, last metrics, checkpoints and export of one run directory.
+def describe_run(
+    run_uri: str, files: list[str] | None = None, sizes: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Stage, step, last metrics, checkpoints, export and size of one run directory.
 
-    ``files`` (every file below the run, from one listing of its parent) saves a listing per run.
+    ``files`` (every file below the run, from one listing of its parent) and their ``sizes`` save a listing per run.
     """
     if files is None:
-        files = storage.list_files(run_uri)
+        listed = storage.list_file_sizes(run_uri)
+        files, sizes = [f for f, _ in listed], dict(listed)
     rel = [_rel(run_uri, f) for f in files]
     rows = read_metrics(run_uri) if "metrics.jsonl" in rel else []
     checkpoints = []
@@ -123,6 +131,7 @@ def describe_run(run_uri: str, files: list[str] | None = None) -> dict[str, Any]
         "checkpoints": checkpoints,
         "export": export,
         "final_metrics": final,
+        "bytes": sum((sizes or {}).get(f, 0) for f in files),
     }
 
 
@@ -135,7 +144,8 @@ def _runs_root(uri: str, files: list[str]) -> str:
 
 def list_runs(uri: str) -> list[dict[str, Any]]:
     """Every run below ``uri`` (a run storage path, or a pipeline workdir and its ``runs/``), by name."""
-    files = storage.list_files(uri)
+    listed = storage.list_file_sizes(uri)
+    files, sizes = [f for f, _ in listed], dict(listed)
     root = _runs_root(uri, files)
     by_run: dict[str, list[str]] = {}
     for f in files:
@@ -150,7 +160,7 @@ def list_runs(uri: str) -> list[dict[str, Any]]:
             or "export/config.json" in names
             or any(n.count("/") == 1 and n.endswith("/state.json") for n in names)
         ):
-            runs.append(describe_run(storage.join(root, name), run_files))
+            runs.append(describe_run(storage.join(root, name), run_files, sizes))
     return runs
 
 
@@ -168,11 +178,41 @@ def format_runs(runs: list[dict[str, Any]]) -> str:
             r["step"],
             len(r["checkpoints"]),
             "yes" if r["export"] else "no",
+            _size(r.get("bytes", 0)),
             _metric_summary(r["last_metrics"]),
         ]
         for r in runs
     ]
-    return format_table(["run", "stage", "step", "ckpts", "export", "last metrics"], rows)
+    return format_table(["run", "stage", "step", "ckpts", "export", "size", "last metrics"], rows)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def remove(target: str, yes: bool, s3_dir: str | None = None) -> tuple[int, int, bool]:
+    """Remove every file below ``target`` (``yes``), or only count them. Returns (files, bytes, vacuumed): with
+    ``s3_dir`` the local server running there, when it is the endpoint in use, is vacuumed afterwards, so its disk
+    space comes back at once.
+
+    A whole bucket (``s3://name``) or a filesystem root is refused: one typo away from every run."""
+    bare = target.rstrip("/")
+    if (storage.is_s3(bare) and "/" not in bare[5:]) or (not storage.is_s3(bare) and Path(bare or "/").resolve() in (
+        Path("/"), Path.home().resolve(), Path.cwd().resolve())):
+        raise storage.StorageError(f"{target}: refusing to remove a whole bucket, /, ~ or the current directory")
+    listed = storage.list_file_sizes(target)
+    total = sum(n for _, n in listed)
+    vacuumed = False
+    if yes and listed:
+        storage.delete_tree(target)
+        if s3_dir is not None and storage.is_s3(target):
+            from neurolm.runtime.s3server import S3ServerError, vacuum_running
+
+            try:
+                vacuumed = vacuum_running(s3_dir, total, endpoint=os.environ.get("AWS_ENDPOINT_URL"))
+            except S3ServerError as err:
+                raise storage.StorageError(f"removed {len(listed)} files below {target}, but {err}") from err
+    return len(listed), total, vacuumed
 
 
 def format_run(run: dict[str, Any]) -> str:
@@ -196,6 +236,8 @@ def format_run(run: dict[str, Any]) -> str:
         out += ["", "checkpoints: none"]
     if run["export"]:
         out += ["", f"export  {run['export']['uri']}: {', '.join(run['export']['files'])}"]
+    if run.get("bytes"):
+        out += [f"size    {_size(run['bytes'])}"]
     return "\n".join(out)
 
 
@@ -277,24 +319,40 @@ def runs_cli(argv: list[str] | None = None) -> int:
     p_list.add_argument("root", nargs="?", default="s3://neurolm/demo")
     p_show = sub.add_parser("show", help="one run: stage, step, last metrics, checkpoints, export")
     p_show.add_argument("run", help="the run directory, e.g. s3://neurolm/demo/runs/demo-instruct")
-    for p in (p_list, p_show):
+    p_rm = sub.add_parser("rm", help="remove every file below a run, a pipeline workdir or a prefix")
+    p_rm.add_argument("target", help="e.g. s3://neurolm/demo (a workdir) or s3://neurolm/demo/runs/demo-instruct")
+    p_rm.add_argument("--yes", action="store_true", help="remove (without it: only say what would be removed)")
+    for p in (p_list, p_show, p_rm):
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.add_argument(
             "--s3-dir", default=".cache/s3", help="local S3 server data dir when AWS_ENDPOINT_URL is unset"
         )
     args = parser.parse_args(argv)
-    target = args.root if args.action == "list" else args.run
+    target = {"list": getattr(args, "root", None), "show": getattr(args, "run", None)}.get(args.action) or args.target
+    result: Any
     try:
         with s3_access(target, args.s3_dir):
-            if args.action == "list":
-                result: Any = list_runs(target)
+            if args.action == "rm":
+                n_files, size, vacuumed = remove(target, args.yes, args.s3_dir)
+                result = {"target": target, "files": n_files, "bytes": size, "removed": args.yes and n_files > 0,
+                          "vacuumed": vacuumed}  # fmt: skip
+                if not n_files:
+                    text = f"{target}: nothing there"
+                elif args.yes:
+                    text = f"removed {n_files} files ({_size(size)}) below {target}" + (
+                        "; the local S3 server's disk space reclaimed" if vacuumed else ""
+                    )
+                else:
+                    text = f"would remove {n_files} files ({_size(size)}) below {target}; pass --yes to remove them"
+            elif args.action == "list":
+                result = list_runs(target)
                 text = format_runs(result)
             else:
-                files = storage.list_files(target)
-                if not files:
+                listed = storage.list_file_sizes(target)
+                if not listed:
                     print(f"neurolm runs show: run={target!r}: no files there", file=sys.stderr)
                     return 2
-                result = describe_run(target, files)
+                result = describe_run(target, [f for f, _ in listed], dict(listed))
                 text = format_run(result)
     except storage.StorageError as err:
         print(f"neurolm runs: {err}", file=sys.stderr)

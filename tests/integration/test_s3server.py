@@ -28,3 +28,47 @@ def test_unreachable_endpoint_fails_fast(monkeypatch) -> None:
     with pytest.raises(storage.StorageError, match="127.0.0.1:9"):
         storage.check_reachable("s3://neurolm/x")
     assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9"
+
+
+@pytest.mark.slow
+def test_rm_on_the_local_server_gives_the_disk_space_back(tmp_path) -> None:
+    """SeaweedFS keeps a deleted object's bytes until a volume is vacuumed; ``neurolm runs rm --yes`` vacuums the
+    local server it used, so the data directory shrinks at once."""
+    from neurolm.cli import main as neurolm_main
+    from neurolm.runtime.s3server import LocalS3Server, disk_report
+
+    data = tmp_path / "s3"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    for k in saved:
+        os.environ.pop(k, None)
+    try:
+        with LocalS3Server(str(data), bucket="neurolm") as server:
+            os.environ.update(server.env())
+            blob = os.urandom(8 << 20)
+            for i in range(6):
+                storage.write_bytes(f"s3://neurolm/old-run/part-{i}.bin", blob)
+            storage.write_bytes("s3://neurolm/kept/part.bin", b"kept")
+            before = disk_report(data)["data_dir_gb"]
+            assert before >= 0.048
+            for k in saved:  # the CLI finds the running server through its state file, as a user's shell would
+                os.environ.pop(k, None)
+            assert neurolm_main(["runs", "rm", "s3://neurolm/old-run", "--yes", "--s3-dir", str(data)]) == 0
+            after = disk_report(data)["data_dir_gb"]
+            assert after < before - 0.04, (before, after)
+            os.environ.update(server.env())
+            assert storage.list_files("s3://neurolm/old-run") == []
+            assert storage.read_bytes("s3://neurolm/kept/part.bin") == b"kept"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_the_local_server_refuses_to_start_on_a_nearly_full_disk(tmp_path) -> None:
+    from neurolm.runtime.s3server import LocalS3Server, S3ServerError
+
+    with pytest.raises(S3ServerError, match=r"only .* GB free .*neurolm runs rm") as err:
+        LocalS3Server(str(tmp_path / "s3"), min_free_bytes=1 << 60).start()
+    assert "\n" not in str(err.value) and str(tmp_path / "s3") in str(err.value)

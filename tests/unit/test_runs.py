@@ -121,3 +121,33 @@ def test_runs_and_s3_get_against_the_local_s3_server(s3_uri: str, tmp_path: Path
     assert neurolm_main(["s3", "get", storage.join(run, "metrics.jsonl"), str(tmp_path)]) == 0
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") == 3
     assert neurolm_main(["s3", "get", storage.join(run, "nothing-here"), str(tmp_path)]) == 2
+
+
+def test_runs_rm_says_what_it_would_remove_then_removes_only_that(tmp_path: Path, capsys) -> None:
+    root = storage.join(str(tmp_path / "work"), "runs")
+    keep = write_run(root, "demo-tokenizer", [5])
+    gone = write_run(root, "demo-pretrain", [5, 10], stage="pretrain")
+    n = len(storage.list_files(gone))
+    size = sum(b for _, b in storage.list_file_sizes(gone))
+
+    assert neurolm_main(["runs", "list", str(tmp_path / "work"), "--json"]) == 0
+    assert {r["name"]: r["bytes"] for r in json.loads(capsys.readouterr().out)}["demo-pretrain"] == size
+
+    assert neurolm_main(["runs", "rm", gone, "--json"]) == 0  # no --yes: nothing removed
+    said = json.loads(capsys.readouterr().out)
+    assert (said["files"], said["bytes"], said["removed"]) == (n, size, False)
+    assert len(storage.list_files(gone)) == n
+
+    assert neurolm_main(["runs", "rm", gone, "--yes"]) == 0
+    assert capsys.readouterr().out.startswith(f"removed {n} files")
+    assert storage.list_files(gone) == [] and storage.list_files(keep)
+    assert neurolm_main(["runs", "rm", gone, "--yes"]) == 0
+    assert "nothing there" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("target", ["s3://neurolm", "s3://neurolm/", "/", "~", "."])
+def test_runs_rm_refuses_a_bucket_or_a_root_in_one_line(target: str, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # never reached: refused before any listing
+    assert neurolm_main(["runs", "rm", str(Path(target).expanduser()) if target == "~" else target, "--yes"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refusing to remove" in err[0]
