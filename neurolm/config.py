@@ -766,9 +766,24 @@ class PredictConfig(Section):
         description="all = every 10-20 vocabulary channel of the file; task = the task's training channels "
         "(all required); or a comma-separated list of channel names.",
     )
-    l_freq: float = Field(default=0.1, gt=0, description="Band-pass lower edge in Hz.")
-    h_freq: float = Field(default=75.0, gt=0, description="Band-pass upper edge in Hz.")
-    notch: float | None = Field(default=None, ge=0, description="Notch in Hz; None = the task's default, 0 = off.")
+    l_freq: float | None = Field(
+        default=None, gt=0, description="Band-pass lower edge in Hz; None = the training data's (recorded in the "
+        "export), else 0.1.",
+    )
+    h_freq: float | None = Field(
+        default=None, gt=0, description="Band-pass upper edge in Hz; None = the training data's (recorded in the "
+        "export), else 75.",
+    )
+    notch: float | None = Field(
+        default=None, ge=0, description="Notch in Hz; None = the training data's where it set one, else the task's "
+        "default; 0 = off.",
+    )
+    allow_preprocessing_mismatch: bool = Field(
+        default=False,
+        description="Answer even when the model's training data were normalised in a way a raw recording cannot be "
+        "(normalize=dataset|session|recording, trial_scale; refused by default: the answers would be out of "
+        "distribution).",
+    )
     batch_size: int = Field(default=16, ge=1, description="Windows per forward pass.")
     eeg_max_len: int | None = Field(
         default=None, ge=1, description="EEG tokens per window after padding; None = as evaluation (276)."

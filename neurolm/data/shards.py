@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -497,3 +498,19 @@ def write_json(uri: str, payload: Mapping[str, Any]) -> None:
 def read_manifest(dataset_uri: str) -> dict[str, Any]:
     """The ``_manifest.json`` of a dataset directory."""
     return json.loads(storage.read_text(manifest_uri(dataset_uri)))
+
+
+# The preprocessing a model's inputs went through, as far as a raw recording at prediction time must match it.
+PREPROCESSING_KEYS = ("corpus", "dataset", "l_freq", "h_freq", "notch", "sfreq", "normalize", "trial_scale")
+
+
+def split_preprocessing(split_uri: str) -> dict[str, Any] | None:
+    """The preprocessing settings of the dataset a split directory (``<dataset>/train``) belongs to, from its
+    manifest: :data:`PREPROCESSING_KEYS` and the config hash. None when the dataset has no readable manifest."""
+    dataset_uri = posixpath.dirname(split_uri.rstrip("/"))
+    try:
+        manifest = read_manifest(dataset_uri)
+    except (OSError, ValueError):
+        return None
+    cfg = manifest.get("config") or {}
+    return {**{k: cfg.get(k) for k in PREPROCESSING_KEYS}, "config_hash": manifest.get("config_hash")}

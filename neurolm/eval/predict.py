@@ -20,6 +20,12 @@ Output (CSV on stdout, or ``--output`` ``.csv`` / ``.json``, local or ``s3://``)
 ``recording, window, start_s, answer, p_<class>...``. A file that cannot be read or processed fails with a message
 naming the file and the reason, and the exit code is 1 (the other recordings are still answered).
 
+The band-pass and notch default to the ones the task's training data went through, which an instruction-tuned
+export records (``extra.preprocessing``, from the shards' manifest; e.g. the small-task presets' 40-Hz edge), else
+to the official 0.1–75 Hz. Training data normalised with their own dataset's statistics or trial by trial
+(``normalize``, ``trial_scale``) cannot be matched on a raw recording: that is refused with exit code 2, unless
+``--allow-preprocessing-mismatch`` (docs/recipe.md §17).
+
 A recording with channels the task was never trained on (the channels of the task's training shards,
 :data:`TASK_RULES`) is refused with both channel sets named and exit code 2, unless ``--allow-channel-mismatch``:
 the model's answers on unseen channels are out of distribution. ``--channels task`` keeps only the task's channels.
@@ -50,6 +56,8 @@ from neurolm.data.tasks import TASKS, Task, TaskTokens, get_task, tokenize_task
 
 __all__ = [
     "TaskRules",
+    "match_training_preprocessing",
+    "trained_preprocessing",
     "TASK_RULES",
     "GENERIC_RULES",
     "RecordingWindows",
@@ -63,6 +71,7 @@ __all__ = [
 ]
 
 SFREQ = 200.0  # one patch = one second at 200 Hz (docs/reference.md §1.2)
+DEFAULT_L_FREQ, DEFAULT_H_FREQ = 0.1, 75.0  # the official band-pass (docs/reference.md §1.1)
 
 
 @dataclass(frozen=True)
@@ -145,8 +154,10 @@ def window_recording(path: str | Path, cfg: PredictConfig) -> RecordingWindows:
     """
     rules = task_rules(cfg.definition)
     notch = rules.notch_hz if cfg.notch is None else (cfg.notch or None)
+    l_freq = DEFAULT_L_FREQ if cfg.l_freq is None else cfg.l_freq
+    h_freq = DEFAULT_H_FREQ if cfg.h_freq is None else cfg.h_freq
     try:
-        params = SignalParams(l_freq=cfg.l_freq, h_freq=cfg.h_freq, notch=notch, sfreq=SFREQ)
+        params = SignalParams(l_freq=l_freq, h_freq=h_freq, notch=notch, sfreq=SFREQ)
     except ValueError as err:
         raise ConfigError(f"invalid filter settings: {err}") from None
     required = _required_channels(cfg.channels, rules)
@@ -287,6 +298,48 @@ def calibration_bias(metrics_uri: str, task: Task) -> np.ndarray:
     return np.asarray(bias, dtype=np.float64)
 
 
+def trained_preprocessing(checkpoint: str, task: str) -> dict[str, Any] | None:
+    """What ``task``'s training data went through, as the export recorded it (``extra.preprocessing``; exports
+    of stage 3 since 2026-12-04), or None (an official checkpoint, an older export, or a task without it)."""
+    if checkpoint.endswith(".pt"):
+        return None
+    try:
+        meta = json.loads(storage.read_text(storage.join(checkpoint, "config.json")))
+    except (OSError, ValueError):
+        return None
+    return ((meta.get("extra") or {}).get("preprocessing") or {}).get(task)
+
+
+def match_training_preprocessing(cfg: PredictConfig, trained: Mapping[str, Any] | None) -> PredictConfig:
+    """``cfg`` with the band-pass and notch it leaves unset taken from the training data's preprocessing
+    (``trained``, see :func:`trained_preprocessing`); the rest of the filters from the defaults.
+
+    Raises
+    ------
+    ConfigError
+        The training data were normalised with statistics of their own dataset or trial by trial
+        (``normalize``, ``trial_scale``), which a raw recording here does not get, and
+        ``allow_preprocessing_mismatch`` is off: the answers would be out of distribution.
+    """
+    if not trained:
+        return cfg
+    update: dict[str, Any] = {}
+    for key in ("l_freq", "h_freq"):
+        if getattr(cfg, key) is None and isinstance(trained.get(key), int | float):
+            update[key] = float(trained[key])
+    if cfg.notch is None and isinstance(trained.get("notch"), int | float):
+        update["notch"] = float(trained["notch"])
+    unmatched = [f"{k}={trained[k]}" for k in ("normalize", "trial_scale") if trained.get(k) not in (None, "none")]
+    if unmatched and not cfg.allow_preprocessing_mismatch:
+        raise ConfigError(
+            f"checkpoint {cfg.checkpoint}: task {cfg.definition.name} was trained on {trained.get('dataset')} "
+            f"preprocessed with {', '.join(unmatched)}, which a raw recording here does not get (its statistics "
+            "belong to that dataset); the answers would be out of distribution. Preprocess the recordings with "
+            "the same settings and evaluate the shards with `neurolm eval`, or pass --allow-preprocessing-mismatch"
+        )
+    return cfg.model_copy(update=update)
+
+
 def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> list[dict[str, Any]]:
     """Answer ``cfg.task`` on every recording of ``cfg``; one row per window with a ``recording`` column.
 
@@ -297,6 +350,7 @@ def predict(cfg: PredictConfig, errors: list[RecordingError] | None = None) -> l
     from neurolm.eval.evaluate import load_scoring_model, resolve_eeg_max_len
 
     task = cfg.definition
+    cfg = match_training_preprocessing(cfg, trained_preprocessing(cfg.checkpoint, task.name))
     bias = calibration_bias(cfg.calibration, task) if cfg.calibration else None  # before the model is loaded
     bpe = load_gpt2_tokenizer()
     tokens = tokenize_task(task, bpe.encode)
@@ -382,9 +436,21 @@ def _parser() -> argparse.ArgumentParser:
         help="all (every 10-20 channel of the file), task (the task's training channels, all required) "
         "or a comma-separated list",
     )
-    p.add_argument("--l-freq", type=float, default=0.1, help="band-pass lower edge in Hz (default 0.1)")
-    p.add_argument("--h-freq", type=float, default=75.0, help="band-pass upper edge in Hz (default 75)")
-    p.add_argument("--notch", type=float, help="notch in Hz, 0 = off (default: the task's, 50 or 60)")
+    p.add_argument(
+        "--l-freq", type=float, help="band-pass lower edge in Hz (default: the training data's, else 0.1)"
+    )
+    p.add_argument(
+        "--h-freq", type=float, help="band-pass upper edge in Hz (default: the training data's, else 75)"
+    )
+    p.add_argument(
+        "--notch", type=float, help="notch in Hz, 0 = off (default: the training data's, else the task's, 50 or 60)"
+    )
+    p.add_argument(
+        "--allow-preprocessing-mismatch",
+        action="store_true",
+        help="answer even when the training data were normalised in a way raw recordings cannot be (refused by "
+        "default)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="windows per forward pass")
     p.add_argument(
         "--eeg-max-len", type=int, help="EEG tokens per window after padding (default: as evaluation)"
@@ -430,6 +496,7 @@ def build_config(argv: Sequence[str]) -> PredictConfig:
         "eeg_max_len": args.eeg_max_len,
         "generate": args.generate,
         "allow_channel_mismatch": args.allow_channel_mismatch,
+        "allow_preprocessing_mismatch": args.allow_preprocessing_mismatch,
         "calibration": args.calibration,
         "model_overrides": apply_overrides({}, args.model_override),
     }

@@ -81,6 +81,12 @@ def test_pipeline_submitted_to_a_local_head_leaves_exports_and_metrics_on_s3(tmp
             assert storage.exists(storage.join(export, "model.safetensors")), export
             assert storage.exists(storage.join(export, "config.json"))
 
+        # The instruction export records what its task's training data went through (for `neurolm predict`).
+        meta = json.loads(storage.read_text(storage.join(runs, "demo-instruct", "export", "config.json")))
+        trained = meta["extra"]["preprocessing"]["SelfRegulationSCP1"]
+        assert (trained["corpus"], trained["dataset"], trained["h_freq"], trained["normalize"]) == (
+            "ts", "SelfRegulationSCP1", 75.0, "none")
+
         def history(stage: str) -> str:
             return storage.join(runs, f"demo-{stage}", "metrics.jsonl")
 

@@ -326,6 +326,7 @@ class InstructStage(Stage):
         return neurolm_flops_per_token(model, seq, supervised_frac=4.0 / seq)  # ~4 answer tokens per sample
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
+        from neurolm.data.shards import split_preprocessing
         from neurolm.models.io import save_pretrained
         from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 
@@ -333,7 +334,11 @@ class InstructStage(Stage):
             model = NeuroLM(NeuroLMConfig.from_dict(model_config))
         model.load_state_dict(state_dict, strict=True, assign=True)
         # The sequence lengths it was tuned with: without patch_norm_over_real_tokens features depend on padding.
+        # And what each task's training data went through, so `neurolm predict` filters raw recordings the same
+        # way and refuses what it cannot reproduce (docs/recipe.md §17).
+        preprocessing = {t.definition.name: pre for t in self.cfg.tasks if t.train and (pre := split_preprocessing(t.train))}
         save_pretrained(model, out_dir, extra={"stage": "instruct", "run": self.cfg.run.name,
                                                "tasks": [t.name for t in self.cfg.tasks],
                                                "eeg_max_len": self.cfg.eeg_max_len,
-                                               "text_max_len": self.cfg.text_max_len})
+                                               "text_max_len": self.cfg.text_max_len,
+                                               "preprocessing": preprocessing})

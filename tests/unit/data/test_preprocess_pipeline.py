@@ -187,3 +187,18 @@ def test_small_jobs_run_in_process_without_starting_ray(tmp_path, capsys, monkey
     assert shard_bytes(out) == shard_bytes(tmp_path / "a")
     assert cli(["--corpus", "edf", "--input", str(edf), "--output", str(out), "--workers", "-1"]) == 2
     assert "--workers = -1" in capsys.readouterr().err
+
+
+def test_a_splits_preprocessing_is_read_back_from_its_manifest(tmp_path):
+    """What stage 3 records in its export for ``neurolm predict``: the settings of the dataset a split belongs to."""
+    from neurolm.data.shards import split_preprocessing
+
+    cfg = PreprocessConfig(corpus="ts", input=str(fetch_sample("Blink")), output=str(tmp_path / "out"),
+                           dataset="Blink", normalize="dataset", h_freq=40.0)  # fmt: skip
+    run_preprocess(cfg, executor="inline")
+    got = split_preprocessing(str(tmp_path / "out" / "Blink" / "train") + "/")
+    assert {k: got[k] for k in ("corpus", "dataset", "l_freq", "h_freq", "normalize", "trial_scale")} == {
+        "corpus": "ts", "dataset": "Blink", "l_freq": 0.1, "h_freq": 40.0, "normalize": "dataset",
+        "trial_scale": "none"}  # fmt: skip
+    assert got["config_hash"]
+    assert split_preprocessing(str(tmp_path / "nowhere" / "train")) is None

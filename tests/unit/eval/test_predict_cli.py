@@ -275,3 +275,52 @@ def test_a_calibration_file_without_the_tasks_bias_is_refused(
     missing = ["--calibration", str(tmp_path / "absent.json")]
     assert cli([*args[:-2], *missing, "--allow-channel-mismatch"]) == 2
     assert "cannot read a metrics.json" in capsys.readouterr().err
+
+
+def _export_with_preprocessing(root: Path, checkpoint: str, **trained) -> str:
+    """A copy of ``checkpoint`` whose config.json records SCP1's training preprocessing as stage 3 writes it."""
+    import shutil
+
+    out = root / "export"
+    shutil.copytree(checkpoint, out)
+    meta = json.loads((out / "config.json").read_text())
+    base = {"corpus": "ts", "dataset": "SelfRegulationSCP1", "l_freq": 0.1, "h_freq": 75.0, "notch": None,
+            "sfreq": 200.0, "normalize": "none", "trial_scale": "none"}  # fmt: skip
+    meta["extra"]["preprocessing"] = {"SelfRegulationSCP1": {**base, **trained}}
+    (out / "config.json").write_text(json.dumps(meta))
+    return str(out)
+
+
+def _probabilities(path: Path) -> np.ndarray:
+    return np.array([[float(r["p_negativity"]), float(r["p_positivity"])] for r in _rows(path)])
+
+
+def test_the_band_pass_of_the_training_data_is_the_default(tmp_path, recording, checkpoint) -> None:
+    """An export that says its task's data were band-passed at 0.5-20 Hz is answered on recordings filtered the
+    same way unless the command line says otherwise."""
+    trained = _export_with_preprocessing(tmp_path, checkpoint, l_freq=0.5, h_freq=20.0)
+    common = ["--task", "SelfRegulationSCP1", recording, "--allow-channel-mismatch"]
+    runs = {
+        "recorded": ["--checkpoint", trained],
+        "explicit": ["--checkpoint", checkpoint, "--l-freq", "0.5", "--h-freq", "20"],
+        "official": ["--checkpoint", checkpoint],
+        "overridden": ["--checkpoint", trained, "--l-freq", "0.1", "--h-freq", "75"],
+    }
+    probs = {}
+    for name, args in runs.items():
+        assert cli([*args, *common, "-o", str(tmp_path / f"{name}.csv")]) == 0
+        probs[name] = _probabilities(tmp_path / f"{name}.csv")
+    np.testing.assert_array_equal(probs["recorded"], probs["explicit"])
+    np.testing.assert_array_equal(probs["overridden"], probs["official"])
+    assert np.abs(probs["recorded"] - probs["official"]).max() > 1e-6  # a random tiny model: small, not zero
+
+
+def test_training_data_normalised_per_dataset_is_refused_in_one_line(tmp_path, capsys, recording, checkpoint) -> None:
+    trained = _export_with_preprocessing(tmp_path, checkpoint, normalize="dataset")
+    args = ["--checkpoint", trained, "--task", "SelfRegulationSCP1", recording, "--allow-channel-mismatch"]
+    assert cli([*args, "-o", str(tmp_path / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "normalize=dataset" in err[0] and "--allow-preprocessing-mismatch" in err[0], err
+    assert not (tmp_path / "x.csv").exists()
+    assert cli([*args, "-o", str(tmp_path / "y.csv"), "--allow-preprocessing-mismatch"]) == 0
+    assert len(_rows(tmp_path / "y.csv")) == 20
