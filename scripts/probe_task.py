@@ -97,9 +97,14 @@ def train(args, model, tokens) -> None:
     val = load_split(args.shards, "val", tokens, args.eeg_max_len, True, args.trial_scale)
     test = load_split(args.shards, "test", tokens, args.eeg_max_len, True, args.trial_scale)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay, "scale": 1.0},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "scale": 1.0}]
+    if args.train_encoder > 0:
+        enc = list(model.encoder.parameters())
+        model.encoder.requires_grad_(True)
+        groups.append({"params": enc, "weight_decay": args.weight_decay, "scale": args.train_encoder})
+        params = params + enc
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95))
     warm = max(1, int(args.warmup_ratio * args.steps))
 
     def lr_at(step: int) -> float:
@@ -136,7 +141,7 @@ def train(args, model, tokens) -> None:
         if args.channel_dropout > 0:
             b["x"] = drop_channels(b["x"], b["input_chans"], b["input_mask"], args.channel_dropout)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = lr_at(step) * group["scale"]
         out = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
                     text_targets=b["text_targets"])
         opt.zero_grad()
@@ -172,6 +177,8 @@ def main() -> None:
                         help="every split's trials rescaled per trial and channel (a preprocessing stand-in)")
     parser.add_argument("--channel-dropout", type=float, default=0.0,
                         help="stage 3's augment_channel_dropout: each sample's channels silenced with this probability")
+    parser.add_argument("--train-encoder", type=float, default=0.0, metavar="LR_SCALE",
+                        help="also train the (official: frozen) encoder, at LR_SCALE x the lr; 0 = frozen")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="the GPT's dropout (blocks and embeddings) while training; the export's is 0")
     args = parser.parse_args()

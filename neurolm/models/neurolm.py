@@ -167,8 +167,12 @@ class NeuroLM(nn.Module):
             mask = key_padding_mask(input_mask)
             if self.config.patch_norm_over_real_tokens:
                 norm_mask = mask[:, 0].expand(-1, input_mask.shape[1], -1)
-        with torch.no_grad():
+        # Frozen (official): no graph. An encoder made trainable (requires_grad on its weights) gets gradients.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.encoder_trainable()):
             return self.encoder(x_eeg, input_chans, input_time, mask, norm_mask, keep=keep)
+
+    def encoder_trainable(self) -> bool:
+        return any(p.requires_grad for p in self.encoder.parameters())
 
     def eeg_embeddings(
         self, features: torch.Tensor, input_chans: torch.Tensor, input_time: torch.Tensor

@@ -117,3 +117,21 @@ def test_training_losses_and_gradients_do_not_depend_on_skipping_the_padded_tail
     assert grads.keys() == full_grads.keys()
     for name, grad in grads.items():
         assert torch.allclose(grad, full_grads[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_the_encoder_is_frozen_by_default_and_trains_only_when_made_trainable(make_batch) -> None:
+    """Official: the encoder is frozen and its features carry no graph. ``scripts/probe_task.py --train-encoder``
+    (docs/recipe.md §18) sets requires_grad on it: then it gets gradients from the answer loss."""
+    torch.manual_seed(0)
+    model = NeuroLM(NeuroLMConfig.preset("debug")).train()
+    b = make_batch([(3, 4), (2, 5)], 16)
+    args = (b["x"], b["input_chans"], b["input_time"], b["input_mask"])
+    assert not model.encoder_trainable() and not model.encode_eeg(*args).requires_grad
+    model.encoder.requires_grad_(True)
+    features = model.encode_eeg(*args)
+    assert features.requires_grad
+    features.square().mean().backward()
+    grads = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    with torch.no_grad():
+        assert not model.encode_eeg(*args).requires_grad
