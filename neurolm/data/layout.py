@@ -41,6 +41,7 @@ __all__ = [
     "PATCH_SIZE",
     "FREQ_BINS",
     "patchify",
+    "patchify_into",
     "fourier_amplitude_target",
     "raw_signal_target",
     "layout_batch",
@@ -66,6 +67,17 @@ def patchify(signal: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
         raise ValueError(f"signal length {n} is not a whole number of {patch_size}-sample patches")
     T = n // patch_size
     return signal.reshape(C, T, patch_size).transpose(1, 0, 2).reshape(T * C, patch_size)  # (T*C, P)
+
+
+def patchify_into(out: np.ndarray, signal: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
+    """:func:`patchify` written straight into ``out`` (``(T·C, P)``, C-contiguous): one strided copy, where
+    ``patchify`` then a copy into the batch make two. Returns ``out``."""
+    C, n = signal.shape
+    if n % patch_size:
+        raise ValueError(f"signal length {n} is not a whole number of {patch_size}-sample patches")
+    T = n // patch_size
+    out.reshape(T, C, patch_size)[...] = signal.reshape(C, T, patch_size).transpose(1, 0, 2)
+    return out
 
 
 def _zscore(values: np.ndarray) -> np.ndarray:
@@ -128,7 +140,7 @@ def layout_batch(
     """
     samples = _as_samples(signal, channels, n_channels, n_seconds, patch_size)
     N, L = len(samples), max_tokens
-    x = np.zeros((N, L, patch_size), dtype=np.float32)
+    x = np.empty((N, L, patch_size), dtype=np.float32)  # every row written below: real patches, then zeros
     input_chans = np.full((N, L), PAD_INDEX, dtype=np.int64)
     input_time = np.zeros((N, L), dtype=np.int64)
     input_mask = np.zeros((N, L), dtype=bool)
@@ -154,8 +166,8 @@ def layout_batch(
                 "(raise max_seconds in the model config)"
             )
         n = C * T
-        patches = patchify(sig, patch_size)  # (n, P)
-        x[i, :n] = patches
+        patches = patchify_into(x[i, :n], sig, patch_size)  # (n, P), a view of x
+        x[i, n:] = 0.0
         input_chans[i, :n] = np.tile(chans, T)
         input_time[i, :n] = np.repeat(np.arange(T), C)
         input_mask[i, :n] = True

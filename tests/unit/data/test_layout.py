@@ -141,3 +141,23 @@ def test_instruction_layout_carries_sample_keys_only_when_asked() -> None:
     assert "sample_key" not in plain and sorted(keyed) == sorted([*plain, "sample_key"])
     np.testing.assert_array_equal(keyed["sample_key"], sample_keys([f"ts/r/{i:06d}" for i in range(4)]))
     assert len(set(keyed["sample_key"].tolist())) == 4
+
+
+def test_patchify_into_writes_patchify_into_the_batch_and_padding_is_zero() -> None:
+    from neurolm.data.layout import layout_batch, patchify, patchify_into
+
+    rng = np.random.default_rng(0)
+    sig = rng.standard_normal((3, 4 * 200)).astype(np.float32)
+    out = np.full((12, 200), np.nan, dtype=np.float32)
+    assert patchify_into(out, sig) is out
+    np.testing.assert_array_equal(out, patchify(sig))
+    with pytest.raises(ValueError, match="whole number"):
+        patchify_into(out, sig[:, :-1])
+    # x is allocated uninitialised: every padded row must still be exactly 0, whatever the allocator hands out
+    for _ in range(3):
+        garbage = np.full((2, 40, 200), 7.0, dtype=np.float32)  # leave non-zero memory behind
+        del garbage
+        b = layout_batch([sig, sig[:2, :400]], [np.arange(3), np.arange(2)], 40, targets=False)
+        np.testing.assert_array_equal(b["x"][0, :12], patchify(sig))
+        np.testing.assert_array_equal(b["x"][1, :4], patchify(sig[:2, :400]))
+        assert not b["x"][0, 12:].any() and not b["x"][1, 4:].any()
