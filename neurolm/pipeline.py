@@ -331,6 +331,8 @@ def run_pipeline(cfg: PipelineConfig, console: Console | None = None) -> dict[st
         storage.write_text(storage.join(cfg.workdir, "pipeline.json"), json.dumps(out, indent=1, default=str))
         if cfg.results_dir:
             out["results_dir"] = str(fetch_results(cfg.workdir, cfg.results_dir, console))
+        # Nothing removes a finished run's checkpoints and exports: say how much this workdir now holds.
+        out["workdir_bytes"] = sum(n for _, n in storage.list_file_sizes(cfg.workdir))
         return out
     finally:
         if server is not None:
@@ -416,6 +418,10 @@ def cli(argv: list[str] | None = None) -> int:
         console.say(console.summary())
         console.say("")
         console.say(f"whole pipeline: {result['wall_s']} s; every artefact under {cfg.workdir}")
+        console.say(
+            f"  {result['workdir_bytes'] / 1e9:.2f} GB there now (checkpoints included); "
+            f"`neurolm runs rm {cfg.workdir} --yes` removes them"
+        )
         if result.get("results_dir"):
             console.say(f"report, plots and predictions (local copy): {result['results_dir']}")
             console.say(f"  open {result['results_dir']}/report.md; list the runs: neurolm runs list {cfg.workdir}")

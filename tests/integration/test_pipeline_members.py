@@ -47,6 +47,8 @@ def test_two_members_train_side_by_side_and_are_evaluated_as_an_ensemble(ray_clu
     out = run_pipeline(cfg, Console(verbose=True))
 
     assert list(out["members"]) == ["1", "2"]
+    # What the workdir holds at the end (the console says it beside `neurolm runs rm`).
+    assert out["workdir_bytes"] == sum(n for _, n in storage.list_file_sizes("s3://neurolm/members")) > 0
     for seed in ("1", "2"):
         for stage in ("tokenizer", "pretrain", "instruct"):
             export = out["members"][seed][stage]["export_dir"]
