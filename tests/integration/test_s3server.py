@@ -31,39 +31,29 @@ def test_unreachable_endpoint_fails_fast(monkeypatch) -> None:
 
 
 @pytest.mark.slow
-def test_rm_on_the_local_server_gives_the_disk_space_back(tmp_path) -> None:
+def test_rm_on_the_local_server_gives_the_disk_space_back(tmp_path, monkeypatch) -> None:
     """SeaweedFS keeps a deleted object's bytes until a volume is vacuumed; ``neurolm runs rm --yes`` vacuums the
     local server it used, so the data directory shrinks at once."""
     from neurolm.cli import main as neurolm_main
     from neurolm.runtime.s3server import LocalS3Server, disk_report
 
     data = tmp_path / "s3"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    for k in saved:
-        os.environ.pop(k, None)
-    try:
-        with LocalS3Server(str(data), bucket="neurolm") as server:
-            os.environ.update(server.env())
-            blob = os.urandom(8 << 20)
-            for i in range(6):
-                storage.write_bytes(f"s3://neurolm/old-run/part-{i}.bin", blob)
-            storage.write_bytes("s3://neurolm/kept/part.bin", b"kept")
-            before = disk_report(data)["data_dir_gb"]
-            assert before >= 0.048
-            for k in saved:  # the CLI finds the running server through its state file, as a user's shell would
-                os.environ.pop(k, None)
+    with LocalS3Server(str(data), bucket="neurolm") as server:
+        for key, value in server.env().items():
+            monkeypatch.setenv(key, value)
+        blob = os.urandom(8 << 20)
+        for i in range(6):
+            storage.write_bytes(f"s3://neurolm/old-run/part-{i}.bin", blob)
+        storage.write_bytes("s3://neurolm/kept/part.bin", b"kept")
+        before = disk_report(data)["data_dir_gb"]
+        assert before >= 0.048
+        with monkeypatch.context() as shell:  # the CLI finds the running server through its state file, as a
+            shell.delenv("AWS_ENDPOINT_URL")  # user's shell without the AWS_* variables would
             assert neurolm_main(["runs", "rm", "s3://neurolm/old-run", "--yes", "--s3-dir", str(data)]) == 0
-            after = disk_report(data)["data_dir_gb"]
-            assert after < before - 0.04, (before, after)
-            os.environ.update(server.env())
-            assert storage.list_files("s3://neurolm/old-run") == []
-            assert storage.read_bytes("s3://neurolm/kept/part.bin") == b"kept"
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        after = disk_report(data)["data_dir_gb"]
+        assert after < before - 0.04, (before, after)
+        assert storage.list_files("s3://neurolm/old-run") == []
+        assert storage.read_bytes("s3://neurolm/kept/part.bin") == b"kept"
 
 
 def test_the_local_server_refuses_to_start_on_a_nearly_full_disk(tmp_path) -> None:
