@@ -153,7 +153,6 @@ class LocalS3Server:
         )
         return self
 
-
     def _wait_healthy(self, proc: subprocess.Popen) -> None:
         import boto3
         from botocore.config import Config
