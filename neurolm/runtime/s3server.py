@@ -321,13 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None, help="S3 port (default: a free one)")
     args = parser.parse_args(argv)
     state = Path(args.dir) / _STATE_FILE
-    running = json.loads(state.read_text()) if state.exists() else None
-    if running is not None:
-        try:
-            os.kill(running["pid"], 0)
-        except ProcessLookupError:
-            state.unlink()
-            running = None
+    running = _running_state(Path(args.dir))
+    if running is None:
+        state.unlink(missing_ok=True)  # a server that is gone (or an unreadable state file) is not running
     if args.action == "status":
         print(json.dumps({**(running or {"running": False}), **disk_report(args.dir)}))
         return 0 if running else 1

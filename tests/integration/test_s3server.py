@@ -62,3 +62,15 @@ def test_the_local_server_refuses_to_start_on_a_nearly_full_disk(tmp_path) -> No
     with pytest.raises(S3ServerError, match=r"only .* GB free .*neurolm runs rm") as err:
         LocalS3Server(str(tmp_path / "s3"), min_free_bytes=1 << 60).start()
     assert "\n" not in str(err.value) and str(tmp_path / "s3") in str(err.value)
+
+
+@pytest.mark.parametrize("content", ['{"pid": 999999999, "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}', "{not json"])
+def test_status_of_a_gone_server_clears_its_state(tmp_path, capsys, content: str) -> None:
+    """`neurolm s3 status` on a state file whose server is gone, or that cannot be read: not running, state removed."""
+    from neurolm.runtime import s3server
+
+    state = tmp_path / s3server._STATE_FILE
+    state.write_text(content)
+    assert s3server.main(["status", "--dir", str(tmp_path)]) == 1
+    assert '"running": false' in capsys.readouterr().out
+    assert not state.exists()
