@@ -18,7 +18,7 @@ optional (nested configs too), unknown keys rejected; the job configs use it for
 from __future__ import annotations
 
 import sys
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -165,6 +165,11 @@ class EEGTransformerConfig(ModelConfig):
         gt=0,
         description="Initial std of the channel and time embeddings; None = official N(0, 1). See TokenizerConfig.",
     )
+    patch_norm: Literal["sample", "dataset"] = Field(
+        default="sample",
+        description="GroupNorm statistics of the temporal convolution: 'sample' (official: each sample's own) or "
+        "'dataset' (measured on the training data, then fixed). See TokenizerConfig.",
+    )
 
 
 class TokenizerConfig(ModelConfig):
@@ -215,6 +220,14 @@ class TokenizerConfig(ModelConfig):
         "briefly trained tokenizer's features differ between samples by ~3 % of their norm and a GPT cannot tell "
         "trials apart (docs/recipe.md, issue 16). 0.02 (LaBraM's init of its position/time embeddings) keeps "
         "the signal in the features from the first step.",
+    )
+    patch_norm: Literal["sample", "dataset"] = Field(
+        default="sample",
+        description="Statistics of the encoder's temporal-convolution GroupNorms. 'sample' (official): each sample's "
+        "own, so every trial is divided by its own amplitude. 'dataset': the pooled statistics of the real "
+        "patches the encoder saw while training (buffers, then fixed; the frozen encoder of stages 2-3 reads "
+        "them): a trial keeps its amplitude relative to the data, which is what sets Blink's long/short threshold "
+        "across recording sessions (docs/recipe.md §19).",
     )
     exclude_padding: bool = Field(
         default=False,
@@ -268,6 +281,7 @@ class TokenizerConfig(ModelConfig):
             time_rows=self.max_seconds,
             dropout=self.dropout,
             embedding_init_std=self.embedding_init_std,
+            patch_norm=self.patch_norm,
         )
 
     def decoder_config(self) -> EEGTransformerConfig:

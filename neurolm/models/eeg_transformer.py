@@ -16,6 +16,7 @@ from torch import nn
 
 from neurolm.model_config import EEGTransformerConfig
 from neurolm.models.layers import Block, run_blocks
+from neurolm.models.quantizer import all_reduce_sum
 
 __all__ = ["EEGTransformerConfig", "TemporalConv", "EEGTransformer", "masked_group_norm"]
 
@@ -45,10 +46,20 @@ class TemporalConv(nn.Module):
     Officially the GroupNorm statistics pool *all* patches of the sample, padding included, so a token's
     embedding depends on the padded length and on later seconds. ``stats_mask`` (B, N, N) restricts them
     (see :func:`masked_group_norm`); None keeps the official ``nn.GroupNorm``.
+
+    ``norm_stats="dataset"`` (not official; docs/recipe.md §19) normalises with statistics of the training data
+    instead of each sample's own: per GroupNorm group, the pooled mean and variance of every real patch the
+    encoder has seen in training mode (buffers ``running_mean``/``running_var`` (3, G) and ``running_count`` (3,),
+    updated with each batch — all-reduced under ``torch.distributed``, as the codebook statistics — before it is
+    normalised, so stage 1's last steps and the frozen encoder of stages 2-3 compute the same function). In eval
+    mode, and always inside NeuroLM (``track_stats`` off), they are only read. Each sample keeps its own amplitude and offset relative to the data: the official per-sample
+    statistics divide every trial by its own scale.
     """
 
-    def __init__(self, n_embd: int, patch_size: int = 200, channels: int = 16) -> None:
+    def __init__(self, n_embd: int, patch_size: int = 200, channels: int = 16, norm_stats: str = "sample") -> None:
         super().__init__()
+        if norm_stats not in ("sample", "dataset"):
+            raise ValueError(f"norm_stats must be 'sample' or 'dataset', got {norm_stats!r}")
         self.conv1 = nn.Conv2d(1, channels, kernel_size=(1, 15), stride=(1, 8), padding=(0, 7))
         self.norm1 = nn.GroupNorm(4, channels)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=(1, 3), padding=(0, 1))
@@ -58,15 +69,60 @@ class TemporalConv(nn.Module):
         self.gelu = nn.GELU()
         steps = (patch_size + 2 * 7 - 15) // 8 + 1  # conv1 output length: 25 for 200-sample patches
         self.proj = nn.Linear(steps * channels, n_embd)
+        self.norm_stats = norm_stats
+        if norm_stats == "dataset":
+            groups = self.norm1.num_groups
+            self.register_buffer("running_mean", torch.zeros(3, groups))
+            self.register_buffer("running_var", torch.ones(3, groups))
+            self.register_buffer("running_count", torch.zeros(3))
+        # Off in NeuroLM: its encoder is frozen (a fixed function of the tokenizer's statistics).
+        self.track_stats = True
 
     def forward(self, x: torch.Tensor, stats_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         x = x.unsqueeze(1)  # (B, 1, N, P)
-        for conv, norm in ((self.conv1, self.norm1), (self.conv2, self.norm2), (self.conv3, self.norm3)):
+        stages = ((self.conv1, self.norm1), (self.conv2, self.norm2), (self.conv3, self.norm3))
+        for k, (conv, norm) in enumerate(stages):
             h = conv(x)  # (B, 16, N, P/8)
-            x = self.gelu(norm(h) if stats_mask is None else masked_group_norm(h, norm, stats_mask))
+            if self.norm_stats == "dataset":
+                h = self._dataset_norm(k, h, norm, stats_mask)
+            else:
+                h = norm(h) if stats_mask is None else masked_group_norm(h, norm, stats_mask)
+            x = self.gelu(h)
         x = x.permute(0, 2, 3, 1).reshape(B, N, -1)  # (B, N, steps * 16), index = t * 16 + c
         return self.gelu(self.proj(x))  # (B, N, n_embd)
+
+    def _dataset_norm(
+        self, k: int, h: torch.Tensor, norm: nn.GroupNorm, stats_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        B, C, N, T = h.shape
+        G = norm.num_groups
+        hg = h.float().reshape(B, G, C // G, N, T)
+        if self.training and self.track_stats:
+            with torch.no_grad():
+                # Real patches: those some patch pools over (padding excluded when the caller says so).
+                w = stats_mask.any(dim=1) if stats_mask is not None else h.new_ones(B, N, dtype=torch.bool)
+                w = w.to(torch.float64)[:, None, None, :, None]
+                h64 = hg.detach().to(torch.float64) * w
+                sums = torch.cat([(w.sum() * (C // G) * T).reshape(1), h64.sum(dim=(0, 2, 3, 4)),
+                                  (h64 * hg.detach()).sum(dim=(0, 2, 3, 4))])  # fmt: skip
+                n_b, s1, s2 = all_reduce_sum(sums).split([1, G, G])  # the global batch: every rank the same
+                if n_b.item() > 0:
+                    mean_b, var_b = s1 / n_b, (s2 / n_b - (s1 / n_b).pow(2)).clamp(min=0)
+                    n_a = self.running_count[k].to(torch.float64)
+                    mean_a = self.running_mean[k].to(torch.float64)
+                    var_a = self.running_var[k].to(torch.float64)
+                    total = n_a + n_b
+                    delta = mean_b - mean_a  # pooled mean and variance of everything seen (Chan et al.)
+                    self.running_mean[k] = (mean_a + delta * n_b / total).to(self.running_mean.dtype)
+                    self.running_var[k] = (
+                        (var_a * n_a + var_b * n_b + delta.pow(2) * n_a * n_b / total) / total
+                    ).to(self.running_var.dtype)
+                    self.running_count[k] = total.to(self.running_count.dtype)
+        mean = self.running_mean[k].float()[None, :, None, None, None]
+        inv = torch.rsqrt(self.running_var[k].float() + norm.eps)[None, :, None, None, None]
+        out = ((hg - mean) * inv).reshape(B, C, N, T).to(h.dtype)
+        return out * norm.weight[None, :, None, None] + norm.bias[None, :, None, None]
 
 
 class EEGTransformer(nn.Module):
@@ -77,7 +133,7 @@ class EEGTransformer(nn.Module):
         self.config = config
         d = config.n_embd
         if config.in_dim is None:
-            self.patch_embed: nn.Module = TemporalConv(d, config.patch_size, config.conv_channels)
+            self.patch_embed: nn.Module = TemporalConv(d, config.patch_size, config.conv_channels, config.patch_norm)
         else:
             self.patch_embed = nn.Linear(config.in_dim, d)
         self.channel_embed = nn.Embedding(config.channel_rows, d)

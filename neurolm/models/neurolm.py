@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from neurolm.model_config import NeuroLMConfig
-from neurolm.models.eeg_transformer import EEGTransformer
+from neurolm.models.eeg_transformer import EEGTransformer, TemporalConv
 from neurolm.models.gpt import GPT
 from neurolm.models.masks import key_padding_mask, stair_mask, time_causal_mask
 from neurolm.models.quantizer import FP32CodeProjection, l2norm, nearest_code_indices
@@ -121,6 +121,8 @@ class NeuroLM(nn.Module):
         self.gpt.activation_checkpointing = config.activation_checkpointing
         self.encoder = EEGTransformer(config.encoder)
         self.encoder.requires_grad_(False)
+        if isinstance(self.encoder.patch_embed, TemporalConv):
+            self.encoder.patch_embed.track_stats = False  # patch_norm=dataset: the tokenizer's statistics, fixed
         self.channel_embed = nn.Embedding(config.channel_rows, d)
         nn.init.normal_(self.channel_embed.weight, std=0.02 if config.scaled_new_embedding_init else 1.0)
         if e != d:

@@ -53,7 +53,8 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks in place under ``torch.distributed``; ``t`` itself otherwise."""
     if _distributed():
         dist.all_reduce(t)
     return t
@@ -152,12 +153,12 @@ class NormEMAQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, idx: torch.Tensor) -> None:
-        counts = _all_reduce(torch.bincount(idx, minlength=self.num_codes).to(flat.dtype))
+        counts = all_reduce_sum(torch.bincount(idx, minlength=self.num_codes).to(flat.dtype))
         self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         empty = counts == 0
         flat = flat.float()
         sums = torch.zeros(self.num_codes, self.code_dim, dtype=flat.dtype, device=flat.device)
-        sums = _all_reduce(sums.index_add_(0, idx, flat))
+        sums = all_reduce_sum(sums.index_add_(0, idx, flat))
         means = l2norm(sums / counts.masked_fill(empty, 1.0)[:, None])
         codebook = self.codebook.float()
         means = torch.where(empty[:, None], codebook, means)
@@ -179,7 +180,7 @@ class NormEMAQuantizer(nn.Module):
             self._ema_update(stats_flat.detach(), stats_idx)
         elif self.usage_ema_in_eval:
             with torch.no_grad():
-                counts = _all_reduce(torch.bincount(stats_idx, minlength=self.num_codes).to(flat.dtype))
+                counts = all_reduce_sum(torch.bincount(stats_idx, minlength=self.num_codes).to(flat.dtype))
                 self.usage.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if keep is None:
             loss = self.beta * F.mse_loss(z_q.detach(), z)
