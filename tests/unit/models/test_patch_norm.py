@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -106,3 +107,15 @@ def test_statistics_are_all_reduced_across_ranks() -> None:
     for k in ("running_mean", "running_var", "running_count"):
         assert torch.equal(out[0][k], out[1][k]), k
         assert torch.allclose(out[0][k], getattr(single, k), rtol=1e-5, atol=1e-6), k
+
+
+def test_no_official_export_of_dataset_statistics() -> None:
+    """The official layout has no place for the statistics, and the official encoder would compute other features."""
+    from neurolm.models.official import export_official_lm, export_official_vq
+
+    tok = NeuralTokenizer(TokenizerConfig.preset("debug", patch_norm="dataset"))
+    with pytest.raises(ValueError, match="patch_norm='dataset' has no official equivalent"):
+        export_official_vq(tok)
+    with pytest.raises(ValueError, match="no official equivalent"):
+        export_official_lm(neurolm_from_tokenizer(NeuroLMConfig.preset("debug"), tok))
+    export_official_vq(NeuralTokenizer(TokenizerConfig.preset("debug")))  # the official default exports
