@@ -33,11 +33,14 @@ def _stage_and_batch(kind: str):
     run = {"name": "bf16", "storage_path": "/tmp/neurolm-bf16-test"}
     chans = [np.arange(4, dtype=np.int16)] * 2
     text = torch.randint(0, 50257, (2, 33), generator=torch.Generator().manual_seed(1))
-    if kind == "tokenizer":
+    if kind.startswith("tokenizer"):
         from neurolm.train.stages.tokenizer import TokenizerStage
 
         stage = TokenizerStage(TokenizerJobConfig.model_validate({"data": {"train": "/none"}, "run": run}))
-        model = NeuralTokenizer(TokenizerConfig.preset("debug"))
+        # tokenizer-small-task: the small-task recipe's options (masked and dataset GroupNorm statistics, whose
+        # affine weights are read outside GroupNorm.forward: ZeRO-3 must still gather them).
+        options = dict(exclude_padding=True, embedding_init_std=0.02, patch_norm="dataset")
+        model = NeuralTokenizer(TokenizerConfig.preset("debug", **(options if kind == "tokenizer-small-task" else {})))
         batch = layout_batch(_signals(2, 4, 4), chans, 16, targets=True)
         return stage, model, batch, text
     tokenizer = NeuralTokenizer(TokenizerConfig.preset("debug"))
@@ -88,7 +91,7 @@ def _steps(kind: str, precision: str, zero: int, n: int = 2) -> tuple[list[float
 
 
 @pytest.mark.parametrize("zero", [0, 2, 3])
-@pytest.mark.parametrize("kind", ["tokenizer", "pretrain", "instruct"])
+@pytest.mark.parametrize("kind", ["tokenizer", "tokenizer-small-task", "pretrain", "instruct"])
 def test_each_stage_trains_in_bf16_through_deepspeed(process_group: None, kind: str, zero: int) -> None:
     losses, moved, engine = _steps(kind, "bf16", zero)
     ref, _, _ = _steps(kind, "fp32", zero)
@@ -97,6 +100,9 @@ def test_each_stage_trains_in_bf16_through_deepspeed(process_group: None, kind: 
     assert losses[0] == pytest.approx(ref[0], rel=0.05), (losses, ref)
     assert next(engine.module.parameters()).dtype == torch.bfloat16
     assert moved and sum(d > 0 for d in moved) >= 0.9 * len(moved), "the optimizer step left weights unchanged"
-    if kind == "tokenizer":  # EMA codebook updates need fp32 (after_engine)
+    if kind.startswith("tokenizer"):  # EMA codebook updates need fp32 (after_engine)
         assert engine.module.quantizer.codebook.dtype == torch.float32
+    if kind == "tokenizer-small-task":  # the dataset statistics were measured, and stay fp32
+        conv = engine.module.encoder.patch_embed
+        assert conv.running_count.min() > 0 and conv.running_var.dtype == torch.float32
 
