@@ -52,8 +52,9 @@ class TemporalConv(nn.Module):
     encoder has seen in training mode (buffers ``running_mean``/``running_var`` (3, G) and ``running_count`` (3,),
     updated with each batch — all-reduced under ``torch.distributed``, as the codebook statistics — before it is
     normalised, so stage 1's last steps and the frozen encoder of stages 2-3 compute the same function). In eval
-    mode, and always inside NeuroLM (``track_stats`` off), they are only read. Each sample keeps its own amplitude and offset relative to the data: the official per-sample
-    statistics divide every trial by its own scale.
+    mode, and always inside NeuroLM (``track_stats`` off), they are only read. Each sample keeps its own
+    amplitude and offset relative to the data: the official per-sample statistics divide every trial by its own
+    scale.
     """
 
     def __init__(self, n_embd: int, patch_size: int = 200, channels: int = 16, norm_stats: str = "sample") -> None:

@@ -168,11 +168,10 @@ def from_official_state_dict(
 def to_official_state_dict(model: nn.Module, kind: str, prefix: str = "_orig_mod.") -> OrderedDict[str, torch.Tensor]:
     """Our weights under official key names (``kind`` "vq" or "lm"), in official order, with ``prefix``."""
     rules = _VQ_RULES if kind == "vq" else _LM_RULES
-    if getattr(getattr(model, "encoder", None), "config", None) is not None and (
-        model.encoder.config.patch_norm != "sample"
-    ):
+    patch_norm = model.encoder.config.patch_norm  # the tokenizer's and NeuroLM's encoder
+    if patch_norm != "sample":
         raise ValueError(
-            f"patch_norm={model.encoder.config.patch_norm!r} has no official equivalent: the official encoder "
+            f"patch_norm={patch_norm!r} has no official equivalent: the official encoder "
             "normalises each sample by its own statistics, so its features would differ from this model's"
         )
     named = []
