@@ -63,10 +63,7 @@ TEXT_PAD_ID = EOT_ID
 def patchify(signal: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
     """``(C, T·P)`` → ``(T·C, P)``, time-major: row ``t·C + c`` is second ``t`` of channel ``c``."""
     C, n = signal.shape
-    if n % patch_size:
-        raise ValueError(f"signal length {n} is not a whole number of {patch_size}-sample patches")
-    T = n // patch_size
-    return signal.reshape(C, T, patch_size).transpose(1, 0, 2).reshape(T * C, patch_size)  # (T*C, P)
+    return patchify_into(np.empty((C * (n // patch_size), patch_size), dtype=signal.dtype), signal, patch_size)
 
 
 def patchify_into(out: np.ndarray, signal: np.ndarray, patch_size: int = PATCH_SIZE) -> np.ndarray:
