@@ -140,6 +140,8 @@ def train(args, model, tokens) -> None:
         b = {k: torch.as_tensor(v[idx]) for k, v in data.items()}
         if args.channel_dropout > 0:
             b["x"] = drop_channels(b["x"], b["input_chans"], b["input_mask"], args.channel_dropout)
+        if args.noise_std > 0:  # white noise on every real patch, a fresh draw per step
+            b["x"] = b["x"] + args.noise_std * torch.randn_like(b["x"]) * b["input_mask"][..., None].to(b["x"].dtype)
         for group in opt.param_groups:
             group["lr"] = lr_at(step) * group["scale"]
         out = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
@@ -177,6 +179,9 @@ def main() -> None:
                         help="every split's trials rescaled per trial and channel (a preprocessing stand-in)")
     parser.add_argument("--channel-dropout", type=float, default=0.0,
                         help="stage 3's augment_channel_dropout: each sample's channels silenced with this probability")
+    parser.add_argument("--noise-std", type=float, default=0.0,
+                        help="white noise of this std (signal units: 0.1 = a median trial's std after normalize=dataset) "
+                             "added to the training trials at every step")
     parser.add_argument("--train-encoder", type=float, default=0.0, metavar="LR_SCALE",
                         help="also train the (official: frozen) encoder, at LR_SCALE x the lr; 0 = frozen")
     parser.add_argument("--dropout", type=float, default=0.0,

@@ -23,8 +23,9 @@ from torch.utils.checkpoint import checkpoint
 
 __all__ = ["LayerNorm", "SelfAttention", "MLP", "Block", "KVCache", "KeyExtents", "key_extents", "run_blocks"]
 
-# Query rows per attention call of a block-sparse mask: fastest of 128-512 here at 1012 and 2048 positions (fp32,
-# 2 threads; forward + backward 162 -> 121 ms and 690 -> 471 ms per GPT-2 layer against the dense mask).
+# Query rows per attention call of a block-sparse mask: among the fastest of 128-512 at 1012 and 2048 positions
+# (fp32, 2 threads; forward + backward 162 -> 121-129 ms and 690-775 -> 453-471 ms per GPT-2 layer against the
+# dense mask; docs/architecture.md, "Block-sparse attention").
 SPARSE_ROWS = 256
 
 
