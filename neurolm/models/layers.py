@@ -54,10 +54,9 @@ def key_extents(attn_mask: torch.Tensor | None, rows: int | None = None) -> KeyE
     open_cols = attn_mask.flatten(0, 1).any(dim=0)  # (S, S): may any sample/head's row i see key j
     idx = torch.arange(1, S + 1, device=attn_mask.device)
     last_open = torch.where(open_cols, idx, torch.zeros_like(idx)).amax(dim=1)  # (S,) keys row i needs
-    blocks = []
-    for start in range(0, S, rows):
-        end = min(S, start + rows)
-        blocks.append((start, end, max(int(last_open[start:end].max()), 1)))
+    starts = list(range(0, S, rows))
+    keys = F.pad(last_open, (0, len(starts) * rows - S)).view(len(starts), rows).amax(dim=1).tolist()  # one sync
+    blocks = [(start, min(S, start + rows), max(int(k), 1)) for start, k in zip(starts, keys)]
     if sum((end - start) * keys for start, end, keys in blocks) > 0.9 * S * S:
         return None
     return KeyExtents(attn_mask, tuple(blocks))
