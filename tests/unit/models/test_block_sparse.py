@@ -136,3 +136,19 @@ def test_run_blocks_with_a_cache_keeps_the_dense_mask() -> None:
     with torch.no_grad():
         assert torch.allclose(run_blocks(blocks, x, mask, cache=cache), run_blocks(blocks, x, mask), atol=1e-5)
     assert cache.length == mask.shape[-1]
+
+
+def test_activation_checkpointing_recomputes_the_same_block_sparse_attention() -> None:
+    """Checkpointed blocks receive the block-sparse mask as an argument and recompute with it in the backward."""
+    time, real = _stair_layout()
+    mask = stair_mask(time, real, text_len=20)
+    blocks = torch.nn.ModuleList([layers.Block(32, 4, bias=True) for _ in range(2)]).train()
+    x = torch.randn(2, mask.shape[-1], 32)
+    results = []
+    for checkpointing in (False, True):
+        xi = x.clone().requires_grad_(True)
+        run_blocks(blocks, xi, mask, activation_checkpointing=checkpointing).square().sum().backward()
+        results.append([xi.grad] + [p.grad.clone() for p in blocks.parameters()])
+        blocks.zero_grad()
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
