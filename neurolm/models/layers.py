@@ -56,8 +56,8 @@ def key_extents(attn_mask: torch.Tensor | None, rows: int | None = None) -> KeyE
     last_open = torch.where(open_cols, idx, torch.zeros_like(idx)).amax(dim=1)  # (S,) keys row i needs
     starts = list(range(0, S, rows))
     keys = F.pad(last_open, (0, len(starts) * rows - S)).view(len(starts), rows).amax(dim=1).tolist()  # one sync
-    blocks = [(start, min(S, start + rows), max(int(k), 1)) for start, k in zip(starts, keys)]
-    if sum((end - start) * keys for start, end, keys in blocks) > 0.9 * S * S:
+    blocks = [(start, min(S, start + rows), max(int(k), 1)) for start, k in zip(starts, keys, strict=True)]
+    if sum((end - start) * n for start, end, n in blocks) > 0.9 * S * S:
         return None
     return KeyExtents(attn_mask, tuple(blocks))
 

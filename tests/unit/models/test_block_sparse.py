@@ -78,7 +78,7 @@ def test_block_sparse_attention_equals_the_dense_masked_call(kind: str) -> None:
     dense_y, dense_g = _attention_and_grads(attn, x, mask)
     sparse_y, sparse_g = _attention_and_grads(attn, x, sparse)
     torch.testing.assert_close(sparse_y, dense_y, rtol=0, atol=1e-5)
-    for a, b in zip(sparse_g, dense_g):
+    for a, b in zip(sparse_g, dense_g, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
@@ -122,7 +122,7 @@ def test_neurolm_pretraining_step_is_unchanged(make_batch, monkeypatch) -> None:
     dense_loss, dense_grads = step()
     assert all(c is None for c in calls[-2:]) and len(sparse_grads) == len(dense_grads) > 10
     torch.testing.assert_close(sparse_loss, dense_loss, rtol=0, atol=1e-5)
-    for a, c in zip(sparse_grads, dense_grads):
+    for a, c in zip(sparse_grads, dense_grads, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
 
 
@@ -150,5 +150,5 @@ def test_activation_checkpointing_recomputes_the_same_block_sparse_attention() -
         run_blocks(blocks, xi, mask, activation_checkpointing=checkpointing).square().sum().backward()
         results.append([xi.grad] + [p.grad.clone() for p in blocks.parameters()])
         blocks.zero_grad()
-    for a, b in zip(*results):
+    for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
