@@ -1,4 +1,4 @@
-"""Why does stage 3 not learn my task? Two measurements on a stage-2 export and a task's shards, in one process
+"""Why does stage 3 not learn my task? Three measurements on a stage-2 export and a task's shards, in one process
 (no Ray, no DeepSpeed), as in docs/recipe.md §5:
 
 * ``features``: how much the frozen encoder's features differ between trials relative to their size (std across
@@ -6,7 +6,11 @@
   logistic regression on the mean-pooled features and on all tokens' features (fixed layout), scored on test.
 * ``train``: a single-process stand-in of stage 3 (same model, instruction layout, answer loss and constrained
   scoring as ``InstructStage``; plain AdamW, warm-up + cosine), printing one JSON line per evaluation with the
-  val/test balanced accuracy and the share of the most frequent answer (1.0 = one answer for every trial).
+  val/test balanced accuracy and the share of the most frequent answer (1.0 = one answer for every trial);
+  ``--mixup ALPHA`` mixes the GPT's EEG input and the answer loss between trials.
+* ``read``: which reader of the GPT's EEG input (frozen) learns the class from the train split when trained as
+  stage 3 trains: a linear map with weights per token, or attention pooling (the way the answer position reads
+  EEG tokens), each scored on test (docs/recipe.md §20).
 
     python scripts/probe_task.py features --init EXPORT --shards SHARDS/Blink --task Blink
     python scripts/probe_task.py train --init EXPORT --shards SHARDS/Blink --task Blink --lr 1e-3 --steps 800
@@ -91,6 +95,110 @@ def features(args, model, tokens) -> None:
     print(json.dumps(out))
 
 
+class AttentionRead(torch.nn.Module):
+    """How the answer position reads EEG tokens, reduced to one step: a learnt query per head attends over the
+    tokens (softmax over keys), the heads' values are concatenated and an MLP gives the class."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = torch.nn.Parameter(torch.randn(heads, width // heads) * 0.02)
+        self.key, self.value = torch.nn.Linear(width, width), torch.nn.Linear(width, width)
+        self.out = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(width, 4 * width), torch.nn.GELU(),
+                                       torch.nn.Linear(4 * width, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, width = x.shape
+        k = self.key(x).view(B, N, self.heads, -1)
+        v = self.value(x).view(B, N, self.heads, -1)
+        a = (torch.einsum("bnhe,he->bhn", k, self.query) / k.shape[-1] ** 0.5).softmax(-1)
+        return self.out(torch.einsum("bhn,bnhe->bhe", a, v).reshape(B, width))
+
+
+class LinearRead(torch.nn.Module):
+    """One weight per token and feature: a linear map of all tokens, each channel with its own weights."""
+
+    def __init__(self, tokens: int, width: int, dropout: float) -> None:
+        super().__init__()
+        self.drop, self.linear = torch.nn.Dropout(dropout), torch.nn.Linear(tokens * width, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.drop(x.flatten(1)))
+
+
+def read(args, model, tokens) -> None:
+    """Which reader of the GPT's EEG input learns the task from the train split? The tokens as the GPT's first
+    block sees them (encoder features + channel and position embeddings, LayerNorm'd), frozen and fixed-layout
+    (trials of one shape); readers trained as stage 3 trains (AdamW, ``--lr``, ``--weight-decay``, ``--dropout``,
+    ``--steps`` of ``--batch-size``, two-class tasks): a linear map with weights per token vs attention pooling
+    with 1 and 4 heads. One JSON line per reader, seed and evaluation: train loss, test balanced accuracy, AUROC."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    def inputs(split):
+        data = load_split(args.shards, split, tokens, args.eeg_max_len, True)
+        real = data["input_mask"].astype(bool)
+        if not (real == real[:1]).all() or not (data["input_chans"][:, real[0]] == data["input_chans"][:1, real[0]]).all():
+            raise SystemExit(f"read: the {split} trials differ in layout; this probe needs one shape")
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(real), 64):
+                b = {k: torch.as_tensor(data[k][i : i + 64]) for k in ("x", "input_chans", "input_time", "input_mask")}
+                f = model.encode_eeg(b["x"], b["input_chans"], b["input_time"], b["input_mask"].bool())
+                out.append(model.eeg_embeddings(f, b["input_chans"].long(), b["input_time"].long()))
+        x = torch.cat(out)[:, : int(real[0].sum())]
+        return torch.nn.functional.layer_norm(x, x.shape[-1:]), torch.as_tensor(data["label"]).long()
+
+    model.eval()
+    (xtr, ytr), (xte, yte) = inputs("train"), inputs("test")
+    n, width = xtr.shape[1:]
+    readers = {"linear": lambda: LinearRead(n, width, args.dropout),
+               "attention_1_head": lambda: AttentionRead(width, 1, args.dropout),
+               "attention_4_heads": lambda: AttentionRead(width, 4, args.dropout)}
+    for name, build in readers.items():
+        for seed in (args.seed, args.seed + 1):
+            torch.manual_seed(seed)
+            reader, rng = build(), np.random.default_rng(seed)
+            opt = torch.optim.AdamW(reader.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+            for step in range(args.steps):
+                idx = torch.as_tensor(rng.choice(len(ytr), args.batch_size, replace=False))
+                loss = torch.nn.functional.cross_entropy(reader(xtr[idx]), ytr[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+                    reader.eval()
+                    with torch.no_grad():
+                        p = reader(xte).softmax(-1)[:, 1].numpy()
+                        train_loss = float(torch.nn.functional.cross_entropy(reader(xtr), ytr))
+                    reader.train()
+                    print(json.dumps({"reader": name, "seed": seed, "step": step + 1, "train_loss": round(train_loss, 3),
+                                      "test_balanced_accuracy": round(float(balanced_accuracy_score(yte, p > 0.5)), 3),
+                                      "test_auroc": round(float(roc_auc_score(yte, p)), 3)}), flush=True)
+
+
+def mixup_loss(model, b, lam: float, perm: torch.Tensor) -> torch.Tensor:
+    """Mixup on the encoder's features (the GPT's EEG input): every trial's features mixed with those of another
+    trial of the batch (``lam`` and ``1 - lam``), the answer loss mixed the same way over the two answers. Trials
+    of one task share a layout (same channels and seconds), which the mixing needs."""
+    if not torch.equal(b["input_chans"], b["input_chans"][perm]) or not torch.equal(b["input_mask"], b["input_mask"][perm]):
+        raise ValueError("mixup needs trials of one layout")
+    encode = model.encode_eeg
+
+    def mixed(*args, **kwargs):
+        f = encode(*args, **kwargs)
+        return lam * f + (1 - lam) * f[perm]
+
+    model.encode_eeg = mixed
+    try:  # the two answers' losses on the same mixed input (the head on supervised positions only)
+        own = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
+                    text_targets=b["text_targets"]).loss
+        other = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
+                      text_targets=b["text_targets"][perm]).loss
+    finally:
+        del model.encode_eeg
+    return lam * own + (1 - lam) * other
+
+
 def train(args, model, tokens) -> None:
     torch.manual_seed(args.seed)
     data = load_split(args.shards, "train", tokens, args.eeg_max_len, False, args.trial_scale)
@@ -144,13 +252,16 @@ def train(args, model, tokens) -> None:
             b["x"] = b["x"] + args.noise_std * torch.randn_like(b["x"]) * b["input_mask"][..., None].to(b["x"].dtype)
         for group in opt.param_groups:
             group["lr"] = lr_at(step) * group["scale"]
-        out = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
-                    text_targets=b["text_targets"])
+        if args.mixup > 0:
+            loss = mixup_loss(model, b, float(rng.beta(args.mixup, args.mixup)), torch.as_tensor(rng.permutation(len(idx))))
+        else:
+            loss = model(b["x"], b["input_chans"], b["input_time"], b["input_mask"], text=b["text"],
+                         text_targets=b["text_targets"]).loss
         opt.zero_grad()
-        out.loss.backward()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(out.loss.detach()))
+        losses.append(float(loss.detach()))
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             (v, v_major, v_nll), (t, t_major, _) = score(val), score(test)
             print(json.dumps({"step": step + 1, "answer_loss": round(float(np.mean(losses[-args.eval_every:])), 4),
@@ -161,7 +272,7 @@ def train(args, model, tokens) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["features", "train"])
+    parser.add_argument("what", choices=["features", "train", "read"])
     parser.add_argument("--init", required=True, help="stage-2 export directory")
     parser.add_argument("--shards", required=True, help="a dataset's shard directory (train/val/test inside)")
     parser.add_argument("--task", required=True, help="built-in task name or task YAML file")
@@ -184,13 +295,15 @@ def main() -> None:
                              "added to the training trials at every step")
     parser.add_argument("--train-encoder", type=float, default=0.0, metavar="LR_SCALE",
                         help="also train the (official: frozen) encoder, at LR_SCALE x the lr; 0 = frozen")
+    parser.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                        help="mixup of the GPT's EEG input and the answer loss between trials, lambda ~ Beta(ALPHA, ALPHA); 0 = off")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="the GPT's dropout (blocks and embeddings) while training; the export's is 0")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokens = task_tokens(resolve_task(args.task))
     model = load_neurolm(args.init, **({"gpt": {"dropout": args.dropout}} if args.dropout else {}))
-    (features if args.what == "features" else train)(args, model, tokens)
+    {"features": features, "train": train, "read": read}[args.what](args, model, tokens)
 
 
 if __name__ == "__main__":
