@@ -340,6 +340,13 @@ class NeuroLMConfig(ModelConfig):
         description="Fix for docs/reference.md §6.3-8. Official (False): new ``wte`` rows (incl. [SEP]) and the "
         "channel embedding start at N(0, 1), about 7x GPT-2's token norms. True: N(0, 0.02).",
     )
+    channel_embed_init_std: float | None = Field(
+        default=None,
+        gt=0,
+        description="Std of the GPT's channel embedding at initialisation. None: as ``scaled_new_embedding_init`` "
+        "says (0.02 with it, the official 1.0 without). The channel embedding is how the GPT tells channels apart; "
+        "at 0.02 it is ~2 % of the EEG features' norm in the tiny model (docs/recipe.md §21).",
+    )
     activation_checkpointing: bool = Field(
         default=False,
         description="Recompute GPT block activations in the backward pass (memory for compute).",

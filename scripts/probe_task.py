@@ -297,12 +297,18 @@ def main() -> None:
                         help="also train the (official: frozen) encoder, at LR_SCALE x the lr; 0 = frozen")
     parser.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                         help="mixup of the GPT's EEG input and the answer loss between trials, lambda ~ Beta(ALPHA, ALPHA); 0 = off")
+    parser.add_argument("--channel-embed-std", type=float, default=None, metavar="STD",
+                        help="re-draw the GPT's channel embedding at N(0, STD) before anything (official NeuroLM 1.0; "
+                             "scaled_new_embedding_init 0.02)")
     parser.add_argument("--dropout", type=float, default=0.0,
                         help="the GPT's dropout (blocks and embeddings) while training; the export's is 0")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokens = task_tokens(resolve_task(args.task))
     model = load_neurolm(args.init, **({"gpt": {"dropout": args.dropout}} if args.dropout else {}))
+    if args.channel_embed_std is not None:
+        torch.manual_seed(args.seed)
+        torch.nn.init.normal_(model.channel_embed.weight, std=args.channel_embed_std)
     {"features": features, "train": train, "read": read}[args.what](args, model, tokens)
 
 

@@ -124,7 +124,8 @@ class NeuroLM(nn.Module):
         if isinstance(self.encoder.patch_embed, TemporalConv):
             self.encoder.patch_embed.track_stats = False  # patch_norm=dataset: the tokenizer's statistics, fixed
         self.channel_embed = nn.Embedding(config.channel_rows, d)
-        nn.init.normal_(self.channel_embed.weight, std=0.02 if config.scaled_new_embedding_init else 1.0)
+        std = config.channel_embed_init_std or (0.02 if config.scaled_new_embedding_init else 1.0)
+        nn.init.normal_(self.channel_embed.weight, std=std)
         if e != d:
             self.feature_proj: nn.Module = nn.Sequential(nn.Linear(e, d), nn.GELU())
             nn.init.trunc_normal_(self.feature_proj[0].weight, std=0.02)

@@ -103,6 +103,18 @@ def test_scaled_init_of_new_embedding_rows() -> None:
         assert low < chan_ratio < high
 
 
+def test_channel_embedding_init_std_overrides_the_scaled_init_of_that_table_only() -> None:
+    scaled = NeuroLM(NeuroLMConfig.preset("debug", scaled_new_embedding_init=True))
+    torch.manual_seed(0)
+    strong = NeuroLM(NeuroLMConfig.preset("debug", scaled_new_embedding_init=True, channel_embed_init_std=1.0))
+    assert 0.9 < strong.channel_embed.weight.std() < 1.1  # the official scale for the channel table ...
+    assert scaled.channel_embed.weight.std() < 0.03
+    wte = strong.gpt.wte.weight  # ... while the new token rows keep the scaled init
+    assert wte[GPT2_TEXT_VOCAB:].std() < 0.03
+    with pytest.raises(ValueError, match="channel_embed_init_std"):
+        NeuroLMConfig.preset("debug", channel_embed_init_std=0.0)
+
+
 def test_official_generation_mask_unmasks_padding_from_the_second_token(debug_lm, make_batch) -> None:
     b = make_batch([(3, 2), (3, 4)], 16)
     prompt = torch.tensor([[50257, 24361, 25, 1148]] * 2)
