@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,15 +9,10 @@ import torch
 from neurolm.data.layout import layout_batch
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_task.py"
-
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("probe_task", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def probe(load_script):
+    return load_script("probe_task")
 
 
 def _batch(n: int, channels: int = 3, seconds: int = 1, seed: int = 0) -> dict[str, torch.Tensor]:
