@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +85,11 @@ def _qualname(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
+_SWITCH_LOCK = threading.Lock()
+_switch_holders = 0  # threads inside weights_only_loads(); the switch is on while any is
+_switch_restore: contextlib.ExitStack | None = None
+
+
 @contextlib.contextmanager
 def weights_only_loads() -> Iterator[None]:
     """Every ``torch.load`` inside, DeepSpeed's own included, uses the weights-only unpickler with
@@ -91,19 +97,38 @@ def weights_only_loads() -> Iterator[None]:
 
     DeepSpeed's loaders call ``torch.load(..., weights_only=False)``; torch lets ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``
     override that explicit argument (read at each call), which is the one switch that reaches inside them.
+    The variable and torch's allow-list are process-wide, and the pipeline loads checkpoints from several threads
+    at once (ensemble members side by side), so the switch is counted: the first thread in turns it on, the last
+    one out restores what was there. Without the count, one thread leaving would turn it off under another's load
+    (that load unpickling freely) or leave it on for good.
     """
-    saved = {k: os.environ.get(k) for k in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
-    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
-    os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)
+    global _switch_holders, _switch_restore
+    with _SWITCH_LOCK:
+        if _switch_holders == 0:
+            restore = contextlib.ExitStack()
+            saved = {k: os.environ.get(k) for k in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+            restore.callback(_restore_environ, saved)
+            os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+            os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)
+            restore.enter_context(torch.serialization.safe_globals(deepspeed_safe_globals()))
+            _switch_restore = restore
+        _switch_holders += 1
     try:
-        with torch.serialization.safe_globals(deepspeed_safe_globals()):
-            yield
+        yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _SWITCH_LOCK:
+            _switch_holders -= 1
+            if _switch_holders == 0 and _switch_restore is not None:
+                restore, _switch_restore = _switch_restore, None
+                restore.close()
+
+
+def _restore_environ(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _sha256(path: Path) -> str:

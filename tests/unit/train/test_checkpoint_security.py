@@ -20,6 +20,7 @@ from neurolm.train.checkpoint import (
     CheckpointError,
     TrainState,
     consolidated_state_dict,
+    deepspeed_safe_globals,
     load_checkpoint,
     save_checkpoint,
     weights_only_loads,
@@ -101,6 +102,7 @@ def _weights(engine) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 def test_real_checkpoints_of_every_zero_stage_resume_and_export(tmp_path: Path, stage: int) -> None:
+    switch_before = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
     saved = _weights(_trained_checkpoint(tmp_path, stage))
     fresh = _engine(stage, seed=1)
     state = load_checkpoint(fresh, str(tmp_path), world_size=1)
@@ -111,7 +113,7 @@ def test_real_checkpoints_of_every_zero_stage_resume_and_export(tmp_path: Path, 
     for key, value in saved.items():
         torch.testing.assert_close(resumed[key], value)
         torch.testing.assert_close(exported[key], value)
-    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None  # the switch is scoped to the load
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == switch_before  # the switch is scoped to the load
 
 
 def _optim_file(directory: Path) -> Path:
@@ -170,3 +172,32 @@ def test_deepspeed_own_loaders_run_weights_only(tmp_path: Path) -> None:
         get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "ds"), tag="ds")
     assert not marker.exists()
     shutil.rmtree(ckpt)
+
+
+def test_weights_only_switch_holds_while_any_thread_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ensemble members export side by side in threads of one driver: one thread leaving must neither turn the
+    process-wide switch off under another's load nor leave it on after the last one."""
+    import threading
+
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    inside, leave = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def member() -> None:
+        with weights_only_loads():
+            inside.set()
+            leave.wait(30)
+            seen.append(os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD"))
+            seen.append(set(deepspeed_safe_globals()) <= set(torch.serialization.get_safe_globals()))
+
+    other = threading.Thread(target=member)
+    with weights_only_loads():  # this thread is first in and first out; the other is still loading after
+        other.start()
+        assert inside.wait(30)
+    leave.set()
+    other.join(30)
+    assert seen == ["1", True]
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
+    assert not set(deepspeed_safe_globals()) & set(torch.serialization.get_safe_globals())
