@@ -105,13 +105,13 @@ def weights_only_loads() -> Iterator[None]:
     global _switch_holders, _switch_restore
     with _SWITCH_LOCK:
         if _switch_holders == 0:
-            restore = contextlib.ExitStack()
-            saved = {k: os.environ.get(k) for k in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
-            restore.callback(_restore_environ, saved)
-            os.environ[_FORCE_WEIGHTS_ONLY] = "1"
-            os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)
-            restore.enter_context(torch.serialization.safe_globals(deepspeed_safe_globals()))
-            _switch_restore = restore
+            with contextlib.ExitStack() as restore:  # a failure half-way undoes what was set
+                saved = {k: os.environ.get(k) for k in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+                restore.callback(_restore_environ, saved)
+                os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+                os.environ.pop(_FORCE_NO_WEIGHTS_ONLY, None)
+                restore.enter_context(torch.serialization.safe_globals(deepspeed_safe_globals()))
+                _switch_restore = restore.pop_all()
         _switch_holders += 1
     try:
         yield

@@ -201,3 +201,22 @@ def test_weights_only_switch_holds_while_any_thread_loads(monkeypatch: pytest.Mo
     assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None
     assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") == "1"
     assert not set(deepspeed_safe_globals()) & set(torch.serialization.get_safe_globals())
+
+
+def test_weights_only_switch_undone_when_turning_it_on_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import neurolm.train.checkpoint as checkpoint
+
+    monkeypatch.delenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", raising=False)
+
+    def broken() -> list[object]:
+        raise ImportError("no deepspeed here")
+
+    working = checkpoint.deepspeed_safe_globals
+    monkeypatch.setattr(checkpoint, "deepspeed_safe_globals", broken)
+    with pytest.raises(ImportError), weights_only_loads():
+        pass
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None
+    monkeypatch.setattr(checkpoint, "deepspeed_safe_globals", working)
+    with weights_only_loads():  # the count was not left behind
+        assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") == "1"
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None
