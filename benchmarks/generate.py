@@ -1,7 +1,7 @@
 """Greedy generation throughput by path and precision; prints one JSON object.
 
     python benchmarks/generate.py [--preset base] [--batch 8] [--new-tokens 5] [--threads 2]
-        [--paths cache,nocache,bf16,bf16_autocast,evaluation]
+        [--paths cache,nocache,bf16,bf16_autocast,evaluation] [--flops]
 
 The EEG part is the official instruction layout (23 channels x 10 s = 230 tokens padded to 276) and the prompt
 is TUAB's; weights are random (throughput does not depend on them). Paths:
@@ -13,8 +13,10 @@ is TUAB's; weights are random (throughput does not depend on them). Paths:
 - ``evaluation``: what evaluation does per batch, option scoring and generation: with one shared
   :func:`~neurolm.models.generate.prefill` (now) and with one prefill each (before).
 
-Each path reports its best call of ``--repeats`` after a warm-up; the bf16 paths also report how far they are
-from fp32 (rows whose generated tokens are all equal, the first-step logits, the option probabilities).
+Each path reports its best call of ``--repeats`` after a warm-up; the bf16 paths also report how far they are from
+fp32 (rows whose generated tokens are all equal, the first-step logits, the option probabilities). ``--flops`` adds
+to the two fp32 paths the counted floating-point operations of one more call (``neurolm.runtime.flops``) and the
+rate the best call ran at.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from neurolm.data.layout import layout_instruction_batch
 from neurolm.data.tasks import get_task, tokenize_task
 from neurolm.models.generate import generate, option_probabilities, prefill, score_options
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
+from neurolm.runtime.flops import count_flops
 
 PATHS = ("cache", "nocache", "bf16", "bf16_autocast", "evaluation")
 
@@ -59,6 +62,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, from {PATHS}")
+    parser.add_argument("--flops", action="store_true",
+                        help="count the floating-point operations of one more fp32 call (docs/platform.md §14)")
     args = parser.parse_args()
     paths = args.paths.split(",")
     if unknown := set(paths) - set(PATHS):
@@ -82,13 +87,23 @@ def main() -> None:
         result["paths"][name] = {"call_s": round(seconds, 4), "sequences_per_s": round(args.batch / seconds, 3),
                                  "new_tokens_per_s": round(args.batch * new / seconds, 2), **extra}
 
+    def counted(fn: Callable[[], Any], seconds: float) -> dict[str, Any]:
+        """The counted floating-point operations of one more call, and the rate the timed call ran at."""
+        if not args.flops:
+            return {}
+        _, flops = count_flops(fn)
+        return {"flops": flops, "gflops_per_s": round(flops["total"] / seconds / 1e9, 1)}
+
     with torch.no_grad():
-        seconds, ref = best_of(lambda: generate(model, *inputs, max_new_tokens=new), args.repeats)
+        call = lambda: generate(model, *inputs, max_new_tokens=new)  # noqa: E731
+        seconds, ref = best_of(call, args.repeats)
         ref_probs = option_probabilities(score_options(model, *inputs, task_tokens.options).double())
-        record("cache", seconds)
+        record("cache", seconds, **counted(call, seconds))
         if "nocache" in paths:
-            seconds, out = best_of(lambda: generate(model, *inputs, max_new_tokens=new, use_cache=False), args.repeats)
-            record("nocache", seconds, same_tokens_as_cache=bool(torch.equal(out.tokens, ref.tokens)))
+            call = lambda: generate(model, *inputs, max_new_tokens=new, use_cache=False)  # noqa: E731
+            seconds, out = best_of(call, args.repeats)
+            record("nocache", seconds, same_tokens_as_cache=bool(torch.equal(out.tokens, ref.tokens)),
+                   **counted(call, seconds))
         variants: dict[str, tuple[NeuroLM, Callable[[], contextlib.AbstractContextManager[Any]], torch.dtype]] = {}
         if "bf16" in paths:
             variants["bf16"] = (copy.deepcopy(model).to(torch.bfloat16), contextlib.nullcontext, torch.bfloat16)

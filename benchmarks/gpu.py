@@ -8,8 +8,8 @@ producer thread, copied to the device from pinned memory. Weights are random (a 
 frozen encoder and the code head): throughput does not depend on them.
 
 - ``tokens_per_s``: real EEG + text tokens per second of wall time (as the trainer's ``perf/tokens_per_s``).
-- ``mfu``: counted training FLOPs (``neurolm.train.metrics.neurolm_flops_per_token``) per second over the
-  device's dense bf16 peak (``peak_flops_per_device``).
+- ``mfu``: training FLOPs per second over the device's dense bf16 peak (``peak_flops_per_device``), the FLOPs
+  counted on the first warm-up step (``neurolm.runtime.flops``, as the trainer's ``perf/mfu``).
 - ``data_wait_frac``: share of wall time the step loop waited for the next batch from the layout thread.
 
 Without a CUDA device it prints ``{"gpu": false, ...}`` and exits 0. ``--device cpu`` runs the same measurement
@@ -84,8 +84,10 @@ def measure(args: argparse.Namespace) -> dict:
     from neurolm.models.io import neurolm_from_tokenizer
     from neurolm.models.quantizer import l2norm
     from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig
+    from neurolm.runtime.flops import count_flops
     from neurolm.train.engine import build_engine, resolve_precision
     from neurolm.train.metrics import peak_flops_per_device
+    from neurolm.train.stage import StepOutput
     from neurolm.train.stages.pretrain import PretrainStage
 
     overrides = list(args.overrides)
@@ -114,8 +116,8 @@ def measure(args: argparse.Namespace) -> dict:
     total = args.warmup + args.steps
     engine = build_engine(model, cfg.deepspeed, cfg.optim, cfg.train, use_gpu, total_steps=total, steps_per_epoch=total)
     stage.after_engine(engine)
-    flops_per_token = stage.flops_per_token(engine.module)
     peak = peak_flops_per_device(device)
+    flops_per_token = 0.0
 
     batches: queue.Queue = queue.Queue(maxsize=max(cfg.data.prefetch_batches, 1))
     stop = threading.Event()
@@ -137,8 +139,16 @@ def measure(args: argparse.Namespace) -> dict:
             batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
             text = text.to(device, non_blocking=True)
             t1 = time.perf_counter()
-            out = stage.train_step(engine, batch, text, progress=step / total)
-            engine.backward(out.loss)
+            def forward_backward() -> StepOutput:
+                out = stage.train_step(engine, batch, text, progress=step / total)  # noqa: B023 (called at once)
+                engine.backward(out.loss)
+                return out
+
+            if step == 0:  # counted, not timed (warm-up): the counter slows every operation down
+                out, flops = count_flops(forward_backward)
+                flops_per_token = flops["total"] / max(out.tokens, 1)
+            else:
+                out = forward_backward()
             engine.step()
             sync()
             t2 = time.perf_counter()

@@ -17,7 +17,10 @@ does (``neurolm.runtime.memory.keep_freed_memory``). ``--precision bf16`` is the
 fast on CPUs with AMX).
 
     python benchmarks/steps.py [--stages vq,pretrain,instruct] [--precision fp32|bf16] [--zero 0]
-                               [--warmup 3] [--iters 2] [--threads 2]
+                               [--warmup 3] [--iters 2] [--threads 2] [--flops]
+
+``--flops`` adds the counted floating-point operations of one more step, by kind (``neurolm.runtime.flops``), and
+the rate the timed steps ran at.
 """
 
 from __future__ import annotations
@@ -103,7 +106,8 @@ def measure(kind: str, args: argparse.Namespace) -> dict:
     n = int(batch["x"].shape[0])
     total = args.warmup + args.iters
     engine = build_engine(model, DeepSpeedSection(precision=args.precision, zero_stage=args.zero), optim,
-                          TrainSection(micro_batch_size=n), False, total_steps=total, steps_per_epoch=total)  # fmt: skip
+                          TrainSection(micro_batch_size=n), False, total_steps=total + args.flops,
+                          steps_per_epoch=total + args.flops)  # fmt: skip
     stage.after_engine(engine)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     tensors = {k: torch.as_tensor(v) for k, v in batch.items()}
@@ -120,8 +124,21 @@ def measure(kind: str, args: argparse.Namespace) -> dict:
     timed = sorted(times[args.warmup :])
     mid = len(timed) // 2
     median = timed[mid] if len(timed) % 2 else (timed[mid - 1] + timed[mid]) / 2
-    return {"stage": kind, "step_s_median": median, "step_s": times[args.warmup :], "first_step_s": times[0],
-            "losses": losses, "eeg_samples": n, "tokens": out.tokens}  # fmt: skip
+    result = {"stage": kind, "step_s_median": median, "step_s": times[args.warmup :], "first_step_s": times[0],
+              "losses": losses, "eeg_samples": n, "tokens": out.tokens}  # fmt: skip
+    if args.flops:  # one more step, counted (not timed: the counter slows every operation down)
+        from neurolm.runtime.flops import count_flops
+
+        def step() -> None:
+            engine.backward(stage.train_step(engine, dict(tensors), text, progress=0.1).loss)
+            engine.step()
+
+        t0 = time.perf_counter()
+        _, flops = count_flops(step)
+        result["counted_step_s"] = time.perf_counter() - t0
+        result["flops"] = flops
+        result["gflops_per_s"] = flops["total"] / median / 1e9
+    return result
 
 
 def main() -> int:
@@ -133,6 +150,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--flops", action="store_true",
+                        help="count the floating-point operations of one more step (docs/platform.md §14)")
     args = parser.parse_args()
     stages = args.stages.split(",")
     unknown = sorted(set(stages) - {"vq", "pretrain", "instruct"})

@@ -27,11 +27,12 @@ import torch
 from neurolm import storage
 from neurolm.config import StageConfig, config_hash
 from neurolm.runtime import wandb_mode
+from neurolm.runtime.flops import count_flops
 from neurolm.runtime.memory import keep_freed_memory
 from neurolm.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from neurolm.train.engine import build_engine
 from neurolm.train.metrics import MetricAccumulator, peak_flops_per_device
-from neurolm.train.stage import Stage, WorkerContext
+from neurolm.train.stage import Stage, StepOutput, WorkerContext
 
 log = logging.getLogger("neurolm.train")
 
@@ -193,7 +194,8 @@ class Trainer:
         self.run = init_wandb(cfg, ctx.rank)
         # Every rank measures; the mean keeps MFU consistent across ranks (a CPU measurement is noisy).
         self.peak = ctx.all_reduce([peak_flops_per_device(ctx.device)])[0] / ctx.world_size
-        self.flops_per_token = stage.flops_per_token(self.model)
+        # perf/mfu's work per token: the counted FLOPs of this process's first micro-step (_micro_step)
+        self.flops_per_token, self._flops_counted = 0.0, False
         self.acc = MetricAccumulator()
         self.history = None
         if ctx.rank == 0:
@@ -298,10 +300,18 @@ class Trainer:
         keys = batch.pop("sample_key", None)
         if keys is not None:
             self._step_samples.extend(int(k) for k in keys)
-        out = self.stage.train_step(
-            self.engine, ctx.to_device(batch), text_tokens, progress=state.step / max(self.total_steps, 1)
-        )
-        self.engine.backward(out.loss)
+        def forward_backward() -> StepOutput:
+            out = self.stage.train_step(
+                self.engine, ctx.to_device(batch), text_tokens, progress=state.step / max(self.total_steps, 1)
+            )
+            self.engine.backward(out.loss)
+            return out
+
+        if self._flops_counted:
+            out = forward_backward()
+        else:  # once per process: MFU from what the step computes, not from a formula (docs/platform.md §14)
+            out, flops = count_flops(forward_backward)
+            self.flops_per_token, self._flops_counted = flops["total"] / max(out.tokens, 1), True
         self.engine.step()
         state.micro_in_epoch += 1
         state.text_batches = self.text.consumed if self.text is not None else 0

@@ -41,11 +41,6 @@ def peak_flops_per_device(device: torch.device) -> float:
     return measure_cpu_flops()
 
 
-def transformer_flops_per_token(n_params: int, n_layer: int, n_embd: int, seq_len: int) -> float:
-    """nanoGPT/PaLM estimate: 6N for the weights plus 12·L·d·T for attention (forward + backward)."""
-    return 6.0 * n_params + 12.0 * n_layer * n_embd * seq_len
-
-
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a list of floats over all ranks (identity without torch.distributed)."""
     import torch.distributed as dist
@@ -54,22 +49,6 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
-
-
-def neurolm_flops_per_token(model, seq_len: int, supervised_frac: float) -> float:
-    """Training FLOPs per token of a NeuroLM: 6·N over the trainable transformer weights (embedding lookups are
-    free), 12·L·d·T attention, the output head only where there is a loss (it runs on supervised positions
-    only), and one forward (2·N) of the frozen encoder."""
-    g = model.config.gpt
-    body = head = frozen = 0
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            frozen += p.numel()
-        elif "lm_head" in name:
-            head += p.numel()
-        elif not any(k in name for k in ("wte", "wpe", "channel_embed")):
-            body += p.numel()
-    return transformer_flops_per_token(body, g.n_layer, g.n_embd, seq_len) + 6.0 * head * supervised_frac + 2.0 * frozen
 
 
 class MetricAccumulator:

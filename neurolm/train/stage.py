@@ -186,10 +186,6 @@ class Stage(ABC):
 
         return mean_over_batches(batches(), ctx)
 
-    def flops_per_token(self, model: nn.Module) -> float:
-        """Training FLOPs per token (forward + backward) for MFU. Default: 6 per trainable parameter."""
-        return 6.0 * sum(p.numel() for p in model.parameters() if p.requires_grad)
-
     # -- after training ------------------------------------------------------------------------------------
     @abstractmethod
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:

@@ -25,7 +25,6 @@ from neurolm.data.layout import instruction_layout
 from neurolm.data.mixture import TaskSchedule, mixture_weights
 from neurolm.data.shards import count_rows
 from neurolm.data.tasks import Task, TaskTokens, tokenize_task
-from neurolm.train.metrics import neurolm_flops_per_token
 from neurolm.train.stage import Stage, StepOutput, WorkerContext
 from neurolm.vocab import EOT_ID
 
@@ -320,10 +319,6 @@ class InstructStage(Stage):
             yield batch
         if kept is not None:
             self._val_cache[task] = kept
-
-    def flops_per_token(self, model: nn.Module) -> float:
-        seq = self.cfg.eeg_max_len + self.cfg.text_max_len
-        return neurolm_flops_per_token(model, seq, supervised_frac=4.0 / seq)  # ~4 answer tokens per sample
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
         from neurolm.data.shards import split_preprocessing

@@ -10,7 +10,6 @@ from torch import nn
 from neurolm.config import ConfigError, PretrainJobConfig
 from neurolm.data.layout import make_layout_fn
 from neurolm.models.neurolm import NeuroLM, NeuroLMConfig
-from neurolm.train.metrics import neurolm_flops_per_token
 from neurolm.train.stage import Stage, StepOutput
 
 
@@ -62,9 +61,6 @@ class PretrainStage(Stage):
                     eeg_targets="next_code")
         loss = float(out.loss)
         return {"loss": loss, "eeg_accuracy": float(out.accuracy), "eeg_perplexity": float(torch.exp(out.loss))}
-
-    def flops_per_token(self, model: nn.Module) -> float:
-        return neurolm_flops_per_token(model, self.cfg.data.max_tokens, supervised_frac=1.0)
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
         from neurolm.models.io import save_pretrained

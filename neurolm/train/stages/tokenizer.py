@@ -10,7 +10,6 @@ from torch import nn
 from neurolm.config import ConfigError, TokenizerJobConfig
 from neurolm.data.layout import make_layout_fn
 from neurolm.models.tokenizer import NeuralTokenizer, TokenizerConfig, dann_alpha
-from neurolm.train.metrics import transformer_flops_per_token
 from neurolm.train.stage import Stage, StepOutput
 
 
@@ -76,12 +75,6 @@ class TokenizerStage(Stage):
     def eval_step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         out = self._forward(model, batch, None, 0.0)
         return {"loss": float(out.losses["vq_total"]), **{k: float(v) for k, v in out.losses.items()}}
-
-    def flops_per_token(self, model: nn.Module) -> float:
-        c = self.model_config
-        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        layers = c.encoder_layers + 2 * c.decoder_layers
-        return transformer_flops_per_token(n, layers, c.width, self.cfg.data.max_tokens)
 
     def export(self, state_dict: dict[str, torch.Tensor], out_dir: str, model_config: dict[str, Any]) -> None:
         from neurolm.models.io import save_pretrained

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -79,12 +80,19 @@ def _run(tmp_path: Path, name: str, *overrides: str) -> tuple[list[dict[str, Any
     return reports, times[1:], saved
 
 
-def test_a_stop_after_steps_flush_is_a_normal_flush(tmp_path: Path, process_group: None) -> None:
+def test_a_stop_after_steps_flush_is_a_normal_flush(
+    tmp_path: Path, process_group: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("neurolm.train.loop.peak_flops_per_device", lambda device: 1e9)
     reports, times, saved = _run(tmp_path, "stopped", "train.stop_after_steps=3")
     assert [r["step"] for r in reports] == [2, 3]  # step 2 by log_every; step 3 as the stop, once
     normal, stop = reports
     assert set(stop) == set(normal)  # the same metrics, no internals (_tokens/_samples) leaking out
     assert {"train/loss", "train/lr", "perf/samples_per_s", "perf/tokens_per_s", "perf/mfu"} <= set(stop)
+    # MFU from the counted FLOPs of the first micro-step: Linear(8, 1) on 3 rows is 48 FLOPs forward and 48 for
+    # the weight's gradient (the input needs none), over its 24 input values counted as tokens.
+    for flush in reports:
+        assert flush["perf/mfu"] == pytest.approx(96 / 24 * flush["perf/tokens_per_s"] / 1e9, rel=1e-9)
     # Real wall time: the stop flush covers one step (2 micro-steps of >= SLEEP_S each), and no more than the
     # time since the previous report.
     samples_per_flush = 3 * 2
