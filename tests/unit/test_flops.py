@@ -49,3 +49,21 @@ def test_convolutions_and_their_result():
     out, flops = count_flops(lambda: conv(x))
     assert torch.equal(out, conv(x))
     assert flops["convolution"] == flops["total"] == 2 * 3 * 8 * 1 * 15 * out.shape[-1]
+
+
+def test_activation_checkpointing_counts_the_recomputed_forward():
+    """With checkpointed blocks the backward runs each block's forward again: counted, as the hardware does it."""
+    from neurolm.models import layers
+
+    blocks = torch.nn.ModuleList([layers.Block(32, 4, bias=True) for _ in range(2)]).train()
+    x = torch.randn(2, 40, 32, requires_grad=True)
+    forward = count_flops(lambda: layers.run_blocks(blocks, x, None, True))[1]["total"]
+    counts = {
+        checkpointing: count_flops(
+            lambda c=checkpointing: layers.run_blocks(blocks, x, None, True, activation_checkpointing=c).sum().backward()
+        )[1]["total"]
+        for checkpointing in (False, True)
+    }
+    # PyTorch recomputes up to the last tensor the backward needs: not the MLP's output projection (80 rows, 128 -> 32)
+    mlp_out = 2 * (2 * (2 * 40) * 128 * 32)  # of both blocks
+    assert counts[True] == counts[False] + forward - mlp_out
