@@ -139,6 +139,7 @@ def measure(args: argparse.Namespace) -> dict:
             batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
             text = text.to(device, non_blocking=True)
             t1 = time.perf_counter()
+
             def forward_backward() -> StepOutput:
                 out = stage.train_step(engine, batch, text, progress=step / total)  # noqa: B023 (called at once)
                 engine.backward(out.loss)

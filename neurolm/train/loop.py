@@ -300,6 +300,7 @@ class Trainer:
         keys = batch.pop("sample_key", None)
         if keys is not None:
             self._step_samples.extend(int(k) for k in keys)
+
         def forward_backward() -> StepOutput:
             out = self.stage.train_step(
                 self.engine, ctx.to_device(batch), text_tokens, progress=state.step / max(self.total_steps, 1)
