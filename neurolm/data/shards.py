@@ -375,7 +375,7 @@ def read_shards(uri: str) -> pa.Table:
         raise ShardSchemaError(f"{uri}: no part-*.parquet shards found")
     tables = []
     for file in files:
-        fs, path = storage.resolve(file)
+        fs, path = storage.resolve(file, memory_map=True)
         try:
             table = pq.read_table(path, filesystem=fs)
         except (OSError, pa.ArrowInvalid) as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import glob
 import hashlib
+import io
 import json
 import sys
 from collections.abc import Callable, Iterable
@@ -71,10 +72,10 @@ def write_token_shards(
         for i, start in enumerate(range(0, len(rows), rows_per_shard)):
             chunk = np.ascontiguousarray(rows[start : start + rows_per_shard])
             table = pa.table({"tokens": pa.FixedShapeTensorArray.from_numpy_ndarray(chunk)})
-            fs, path = storage.resolve(storage.join(output, split, f"part-{i:05d}.parquet"))
-            if isinstance(fs, pa.fs.LocalFileSystem):
-                fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            pq.write_table(table, path, filesystem=fs, compression="zstd")
+            sink = io.BytesIO()
+            pq.write_table(table, sink, compression="zstd")
+            # Whole (a temp file and a rename): a run may be reading, memory-mapped, the shards this replaces.
+            storage.write_bytes(storage.join(output, split, f"part-{i:05d}.parquet"), sink.getvalue())
     return counts
 
 

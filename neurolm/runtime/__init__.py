@@ -156,9 +156,10 @@ def uri_list(value: str | list[str] | None) -> list[str]:
 
 def shard_files(uris: str | list[str]) -> tuple[Any, list[str], list[int]]:
     """The file system, the sorted Parquet shard paths of one or more directories (local or s3://) and their
-    sizes in bytes (from the same listing: no request per file)."""
+    sizes in bytes (from the same listing: no request per file). Local files are memory-mapped when read
+    (:func:`neurolm.storage.resolve`)."""
     uris = uri_list(uris)
-    fs, _ = storage.resolve(uris[0])
+    fs, _ = storage.resolve(uris[0], memory_map=True)
     paths, sizes = [], []
     for uri in uris:
         files = storage.list_file_sizes(uri, suffix=".parquet")

@@ -11,6 +11,7 @@ import hashlib
 from collections import Counter
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import torch
 
@@ -103,3 +104,24 @@ def test_shuffled_order_is_a_function_of_the_seed_and_resumes(eeg_shards: dict[s
     assert _sample_digests(other) != _sample_digests(first)
     assert all(isinstance(v, np.ndarray) for v in first[0].values())
     assert torch.from_numpy(first[0]["x"]).dtype == torch.float32
+
+
+def test_local_shards_read_memory_mapped_give_the_same_batches(eeg_shards: dict[str, str], tmp_path) -> None:
+    """The same shards copied to a local directory (read through memory maps, ``neurolm.storage.resolve``) reach
+    the worker exactly as from S3, in order and shuffled."""
+    from neurolm import storage
+
+    uri = eeg_shards["mmidb_train"]
+    local = str(tmp_path / "train")
+    for f in storage.list_files(uri, suffix=".parquet"):
+        storage.write_bytes(storage.join(local, f[len(uri) :].lstrip("/")), storage.read_bytes(f))
+    fs, _ = shard_paths(local)
+    assert fs.equals(pafs.LocalFileSystem(use_mmap=True))
+    transform = make_layout_fn(1024, targets=False, keep=(), truncate=True)
+    for kwargs in ({}, {"local_shuffle_buffer_size": 6, "local_shuffle_seed": 5}):
+        s3, mapped = (
+            _numpy(torch_batches(_ordered(read_shards(u)), transform, batch_size=BATCH, drop_last=True, **kwargs))
+            for u in (uri, local)
+        )
+        assert len(s3) == len(mapped) >= 4
+        assert _sample_digests(s3) == _sample_digests(mapped)
