@@ -18,6 +18,9 @@ CPU-s count the whole process tree (driver + every Ray process it started), over
 ``--rounds N`` repeats the Ray settings, alternating, for ratios within one run.
 
 ``--format 1`` rewrites the shards in the old format (fixed-shape tensor signal, zstd) to measure the change.
+``--timeline`` adds, per Ray setting, what ``ray.timeline()`` shows of the read tasks over the timed epochs: how
+many ran at once at most, the median time each took, the median wait between one's end and the next one's start,
+and the share of the time one was running (docs/platform.md §4: the read task is the chain the workers wait on).
 
     python benchmarks/ingest.py --edf RECORDING.edf [--format 2] [--settings inproc,raytrain:pipeline,raytrain:worker]
 """
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import shutil
@@ -219,6 +223,45 @@ def _summary(setting: str, spans: list[list[tuple[float, float, int]]], cpu: Tre
             "samples_per_cpu_s": samples / cpu_s if cpu_s else None}  # fmt: skip
 
 
+def read_task_timeline(start: float, end: float) -> dict:
+    """The read tasks that started between two wall times, from ``ray.timeline()`` (microseconds since the
+    epoch; a read task's events have category ``task::Read…``)."""
+    import ray
+
+    return summarize_spans(
+        sorted(
+            (e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6)
+            for e in ray.timeline()
+            if e.get("ph") == "X"
+            and str(e.get("cat", "")).startswith("task::Read")
+            and start <= e["ts"] / 1e6 <= end
+        )
+    )
+
+
+def summarize_spans(spans: list[tuple[float, float]]) -> dict:
+    """Tasks given as sorted (start, end) seconds: how many at once at most, the median duration, the median
+    wait from one's end to the next one's start (when they do not overlap) and the share of the time one ran."""
+    import numpy as np
+
+    if not spans:
+        return {"read_tasks": 0}
+    at_once = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    gaps = [b0 - a1 for (_, a1), (b0, _) in itertools.pairwise(spans) if b0 >= a1]
+    running, covered = spans[0], 0.0  # the union of the spans
+    for a, b in spans[1:]:
+        if a > running[1]:
+            covered += running[1] - running[0]
+            running = (a, b)
+        else:
+            running = (running[0], max(running[1], b))
+    covered += running[1] - running[0]
+    return {"read_tasks": len(spans), "read_tasks_at_once_max": at_once,
+            "read_task_ms_median": 1e3 * float(np.median([b - a for a, b in spans])),
+            "read_gap_ms_median": 1e3 * float(np.median(gaps)) if gaps else None,
+            "read_busy_fraction": covered / max(1e-9, max(b for _, b in spans) - spans[0][0])}  # fmt: skip
+
+
 def bench_raydata(rep: str, layout: str, args: argparse.Namespace) -> dict:
     """The Ray Data path consumed in the driver (no Train, no split)."""
     ds = _dataset(rep, layout, args.batch_format, args.block_mb)
@@ -229,7 +272,10 @@ def bench_raydata(rep: str, layout: str, args: argparse.Namespace) -> dict:
             for b in _iterate(ds, layout, args.batch_size, epoch):
                 m += b["x"].shape[0]
             spans.append((e0, time.time(), m))
-    return _summary(f"raydata (layout={layout}, driver iterates)", [spans], cpu)
+    out = _summary(f"raydata (layout={layout}, driver iterates)", [spans], cpu)
+    if args.timeline:
+        out.update(read_task_timeline(spans[1][0], spans[-1][1]))
+    return out
 
 
 def _options(args: argparse.Namespace):
@@ -255,7 +301,11 @@ def bench_raytrain(rep: str, layout: str, args: argparse.Namespace) -> dict:
             run_config=RunConfig(name="ingest", storage_path=os.path.join(args.work, "ray_runs")),
         ).fit()
     ranks = [json.loads(Path(f).read_text()) for f in sorted(glob.glob(os.path.join(out, "rank*.json")))]
-    return _summary(f"raytrain (layout={layout}, 2 workers x 0.5 CPU)", [r["spans"] for r in ranks], cpu)
+    result = _summary(f"raytrain (layout={layout}, 2 workers x 0.5 CPU)", [r["spans"] for r in ranks], cpu)
+    if args.timeline:
+        timed = [e for r in ranks for e in r["spans"][1:]]
+        result.update(read_task_timeline(min(e[0] for e in timed), max(e[1] for e in timed)))
+    return result
 
 
 def main() -> None:
@@ -277,6 +327,7 @@ def main() -> None:
         "--object-store-mb", type=int, default=477, help="the local Ray's object store (MB)"
     )  # 5e8 B
     p.add_argument("--block-mb", type=int, default=64, help="data.block_mb of path worker")
+    p.add_argument("--timeline", action="store_true", help="report the read tasks from ray.timeline()")
     p.add_argument("--out", help="also write the JSON here (Ray's raylet may print warnings to stdout)")
     args = p.parse_args()
     import torch
