@@ -10,12 +10,10 @@ this machine's CPUs; the best epoch is the least disturbed one):
   raytrain:P the training path: path P -> ``streaming_split`` -> 2 Train workers x 0.5 CPU iterating batches of 8,
              local shuffle 64, prefetch 2; throughput = all samples / (last end - first start) of an epoch.
 
-Paths P: ``worker`` (now, what the stages read: ``neurolm.runtime.read_shards(files=True)`` moves whole shard
-files in blocks of about ``--block-mb`` (``data.block_mb``); the worker decodes them, batches rows through its
-seeded shuffle buffer and lays them out, ``neurolm.train.ingest.torch_batches``), ``rows`` (before: the same
-blocks decoded by Ray Data's Parquet reader in the read task), ``worker1`` (rows, one block per shard file) and
-``pipeline`` (before that: Ray Data's default Parquet reader + the layout as a ``map_batches`` step +
-``iter_torch_batches``). Samples per
+Paths P: ``worker`` (now: ``neurolm.runtime.read_shards`` moves shard rows in blocks of about ``--block-mb``
+(``data.block_mb``), the worker batches rows through its seeded shuffle buffer and lays them out,
+``neurolm.train.ingest.torch_batches``), ``worker1`` (the same, one block per shard file) and ``pipeline`` (before:
+Ray Data's default Parquet reader + the layout as a ``map_batches`` step + ``iter_torch_batches``). Samples per
 CPU-s count the whole process tree (driver + every Ray process it started), over the timed epochs.
 ``--rounds N`` repeats the Ray settings, alternating, for ratios within one run.
 
@@ -128,17 +126,14 @@ def _iterate(source, layout: str, batch: int, seed: int):
 
 
 def _dataset(rep: str, layout: str, batch_format: str, block_mb: int):
-    """``pipeline``: the first path (Ray Data's default Parquet reader + the layout as a ``map_batches`` step);
-    ``worker``: ``neurolm.runtime.read_shards(files=True)`` (whole shard files; decoded and laid out on the
-    consumer) in blocks of about ``block_mb`` (``data.block_mb``); ``rows``: the same blocks as shard rows;
-    ``worker1``: rows, one block per file."""
+    """``pipeline``: the previous path (Ray Data's default Parquet reader + the layout as a ``map_batches`` step);
+    ``worker``: ``neurolm.runtime.read_shards`` (compact shard rows; the layout runs on the consumer) in blocks of
+    about ``block_mb`` (``data.block_mb``); ``worker1``: the same with one block per file."""
     import ray.data
 
     from neurolm.runtime import read_shards, shard_paths
 
     if layout == "worker":
-        return read_shards([rep], block_bytes=block_mb << 20, files=True)
-    if layout == "rows":
         return read_shards([rep], block_bytes=block_mb << 20)
     if layout == "worker1":
         return read_shards([rep])

@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from neurolm.data.layout import shard_columns
-from neurolm.data.shards import decode_shard_files, is_shard_files
 
 __all__ = ["shuffled_row_batches"]
 
@@ -67,8 +66,7 @@ def shuffled_row_batches(
     seed: int | None = None,
     drop_last: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Batches of ``batch_size`` shard rows from ``blocks`` (``pyarrow.Table`` or numpy dicts of shard rows, or
-    blocks of whole shard files, :func:`neurolm.data.shards.decode_shard_files`, decoded here).
+    """Batches of ``batch_size`` shard rows from ``blocks`` (``pyarrow.Table`` or numpy dicts of shard rows).
 
     Without ``shuffle_buffer``: in order. With it: once at least ``max(shuffle_buffer, batch_size)`` rows are
     buffered, each batch draws ``batch_size`` of them uniformly at random (``numpy.random.default_rng(seed)``);
@@ -105,13 +103,9 @@ def shuffled_row_batches(
         return taken
 
     for block in blocks:
-        if is_shard_files(block):  # decoded rows are this process's memory: nothing pins the block
-            columns = shard_columns(decode_shard_files(block))
-        else:
-            columns = shard_columns(block)
-            if rng is not None:  # rows outlive their block in the buffer: hold copies, not views (see _detached)
-                columns = _detached(columns)
-        del block
+        columns = shard_columns(block)
+        if rng is not None:  # rows outlive their block in the buffer: hold copies, not views (see _detached)
+            columns = _detached(columns)
         n = len(columns["signal"])
         if not n:
             continue

@@ -72,11 +72,6 @@ __all__ = [
     "parquet_bytes",
     "validate_table",
     "read_shards",
-    "FILE_COLUMN",
-    "PATH_COLUMN",
-    "shard_files_table",
-    "is_shard_files",
-    "decode_shard_files",
     "count_rows",
     "list_shards",
     "batch_to_signals",
@@ -85,9 +80,6 @@ __all__ = [
 ]
 
 SIGNAL_COLUMN = "signal"
-# A block of whole shard files (neurolm.runtime.read_shards(files=True)): one row per file, decoded on the worker.
-PATH_COLUMN = "path"
-FILE_COLUMN = "parquet"
 MANIFEST_NAME = "_manifest.json"
 RECORDS_DIR = "_records"
 
@@ -384,52 +376,15 @@ def read_shards(uri: str) -> pa.Table:
     tables = []
     for file in files:
         fs, path = storage.resolve(file, memory_map=True)
-        tables.append(_validated(file, path, fs))
-    return _concat(tables)
-
-
-def _validated(name: str, source: Any, filesystem: Any = None) -> pa.Table:
-    """The shard table in ``source`` (a path on ``filesystem``, or a buffer), validated; errors name ``name``."""
-    try:
-        table = pq.read_table(source, filesystem=filesystem)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise ShardSchemaError(f"{name}: not a readable Parquet file ({err})") from err
-    validate_table(table, name)
-    return table
-
-
-def _concat(tables: list[pa.Table]) -> pa.Table:
-    """Shard tables as one (their signal as flat binary rows when their shapes or formats differ)."""
+        try:
+            table = pq.read_table(path, filesystem=fs)
+        except (OSError, pa.ArrowInvalid) as err:
+            raise ShardSchemaError(f"{file}: not a readable Parquet file ({err})") from err
+        validate_table(table, file)
+        tables.append(table)
     if len({t.schema.field(SIGNAL_COLUMN).type for t in tables}) > 1:
         tables = [_to_binary_signal(t) for t in tables]
     return pa.concat_tables(tables, promote_options="none") if len(tables) > 1 else tables[0]
-
-
-def shard_files_table(paths: Sequence[str], files: Sequence[pa.Buffer]) -> pa.Table:
-    """Whole shard files as one table, a row per file (``PATH_COLUMN``, ``FILE_COLUMN``): what a read task of
-    ``neurolm.runtime.read_shards(files=True)`` puts in the object store. No copy of the file bytes."""
-    chunks = [
-        pa.LargeBinaryArray.from_buffers(
-            pa.large_binary(), 1, [None, pa.py_buffer(np.array([0, f.size], dtype=np.int64).tobytes()), f]
-        )
-        for f in files
-    ]
-    return pa.table(
-        {PATH_COLUMN: pa.array(list(paths), pa.string()), FILE_COLUMN: pa.chunked_array(chunks, pa.large_binary())}
-    )
-
-
-def is_shard_files(block: Any) -> bool:
-    """Whether ``block`` holds whole shard files (:func:`shard_files_table`) rather than shard rows."""
-    return isinstance(block, pa.Table) and FILE_COLUMN in block.column_names
-
-
-def decode_shard_files(block: pa.Table) -> pa.Table:
-    """The shard rows of a block of whole shard files, file after file: what reading those files gives
-    (:func:`read_shards`), each validated (errors name the file). The rows are new memory, none of the block's."""
-    names = block.column(PATH_COLUMN).to_pylist()
-    values = [v.as_buffer() for chunk in block.column(FILE_COLUMN).chunks for v in chunk]
-    return _concat([_validated(name, pa.BufferReader(value)) for name, value in zip(names, values, strict=True)])
 
 
 def _binary_rows(chunk: pa.Array, n_channels: np.ndarray, n_seconds: np.ndarray | None) -> list[np.ndarray]:

@@ -191,36 +191,22 @@ def read_tasks(sizes: list[int], block_bytes: int | None) -> int:
 _DATASOURCE_SWITCH = threading.Lock()
 
 
-def read_shards(uris: str | list[str], *, block_bytes: int | None = None, files: bool = False):
+def read_shards(uris: str | list[str], *, block_bytes: int | None = None):
     """A streaming Ray Dataset over the Parquet shards of one or more directories (local or s3://), in file
     order: one read task and one block per shard file, or per group of consecutive files of about
     ``block_bytes`` (:func:`read_tasks`).
 
-    Default: the blocks hold the shards' rows, read through Ray Data's V1 Parquet datasource (issue 11,
-    docs/platform.md §4): the V2 one (Ray 2.60's default) provisions a pool of ``FooterReader`` actors on every
-    execution, i.e. every epoch, and on a small node the new worker processes (~1 CPU-s of imports each) cost
-    more than reading the epoch's shards. The files are listed here once; ``override_num_blocks`` keeps V1 from
-    cutting each file's block into many small ones to reach its default of 200 blocks, and V1 gives each task a
-    contiguous run of files. Every block costs a read task, a trip through the split coordinator and a fetch on
-    the worker: grouping the 30 MB files of 1024-token samples two to a block took 2 Train workers from ~800 to
-    ~1050 samples/s.
-
-    ``files=True``: the blocks hold the same groups of files whole, undecoded, a row per file
-    (:func:`neurolm.data.shards.shard_files_table`), for consumers that decode them
-    (:func:`neurolm.data.shards.decode_shard_files`, as :func:`neurolm.data.batching.shuffled_row_batches` does):
-    the read task, which the Train workers wait on, then only moves bytes into the object store (one copy, none
-    from a local file's page cache) instead of decoding them there too, and the worker's decoded rows are its
-    own memory, so its shuffle buffer holds them without copying them out of the object store. Decoded, a block
-    is the block of the default path, row for row (docs/platform.md §4).
+    Read through Ray Data's V1 Parquet datasource (issue 11, docs/platform.md "Ingest"): the V2 one (Ray 2.60's
+    default) provisions a pool of ``FooterReader`` actors on every execution, i.e. every epoch, and on a small
+    node the new worker processes (~1 CPU-s of imports each) cost more than reading the epoch's shards. The
+    files are listed here once; ``override_num_blocks`` keeps V1 from cutting each file's block into many small
+    ones to reach its default of 200 blocks, and V1 gives each task a contiguous run of files. Every block costs
+    a read task, a trip through the split coordinator and a fetch on the worker: grouping the 30 MB files of
+    1024-token samples two to a block took 2 Train workers from ~800 to ~1050 samples/s.
     """
     import ray.data
 
     fs, paths, sizes = shard_files(uris)
-    if files:
-        from neurolm.runtime.file_blocks import ShardFiles
-
-        source = ShardFiles(fs, paths, sizes, read_tasks(sizes, block_bytes))
-        return ray.data.read_datasource(source, override_num_blocks=len(source.groups))
     ctx = ray.data.DataContext.get_current()
     with _DATASOURCE_SWITCH:  # the context is the process's: a pipeline's side-by-side runs read from threads
         v2, ctx.use_datasource_v2 = ctx.use_datasource_v2, False  # read_parquet picks the datasource when called

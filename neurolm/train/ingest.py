@@ -3,12 +3,10 @@
 The stage's layout (:meth:`neurolm.train.stage.Stage.batch_transform`, a pure function on Arrow or numpy batches)
 used to run as a ``map_batches`` step inside the Ray Data pipeline. There it produced a new ~800 KB Arrow tensor
 row per 1024-token sample, which Ray Data stored, split and re-collated on the worker, whose local shuffle then
-concatenated and copied its buffer again. Now the pipeline is a read → ``streaming_split`` (no task but the read;
-:func:`neurolm.runtime.read_shards`); the read tasks move the shard files whole (``files=True``) and the worker
-takes whole blocks without a copy, decodes them (into its own memory), draws micro-batches of rows through its own
-seeded shuffle buffer (:mod:`neurolm.data.batching`) and lays each out straight into the arrays that become the
-batch's tensors (``torch.from_numpy``, no copy). Each sample is copied three times on its way: into the object
-store, out of the Parquet encoding on the worker, into the batch (docs/platform.md §4).
+concatenated and copied its buffer again. Now the pipeline is ``read_parquet`` → ``streaming_split`` (no task but
+the read; :func:`neurolm.runtime.read_shards`), the worker takes whole blocks without a copy, draws micro-batches
+of row views through its own seeded shuffle buffer (:mod:`neurolm.data.batching`) and lays each out straight into
+the arrays that become the batch's tensors (``torch.from_numpy``, no copy). Each sample is copied once (twice with a shuffle buffer, which holds copies: :mod:`neurolm.data.batching`).
 
 Every sample reaches the model bit for bit as before; the shuffled order is another permutation, still a pure
 function of the seed and the (ordered) block sequence, so the trainer's fast-forward after a resume skips the
@@ -44,10 +42,8 @@ def torch_batches(
     With ``transform``, the shard holds shard rows: Ray Data hands over whole blocks (``batch_size=None``, no
     copy; one block fetched ahead unless ``prefetch_batches`` is 0: a block holds many micro-batches, and every
     block a worker holds sits in its node's object store beside Ray Data's own budget, which does not count it),
-    :func:`neurolm.data.batching.shuffled_row_batches` decodes blocks of whole shard files
-    (``read_shards(files=True)``, what the stages read) and draws micro-batches of rows through the seeded local
-    shuffle buffer (decoded rows, or copies of a block's rows, so that each block is let go once buffered), and
-    ``transform`` lays each out into the
+    :func:`neurolm.data.batching.shuffled_row_batches` draws micro-batches of rows through the seeded local
+    shuffle buffer (which holds copies, so that each block is let go once buffered), and ``transform`` lays each out into the
     arrays that become the batch's tensors (``torch.from_numpy``, no copy). Without, the rows are the inputs
     (Ray Data's own batching and shuffle)."""
     if transform is None:

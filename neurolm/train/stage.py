@@ -123,17 +123,14 @@ class Stage(ABC):
         """The Ray datasets every worker gets a share of, and facts for the workers (``info["rows"]``: the
         training samples, which size an epoch). Default: ``train`` and, when configured, ``val``, as shard rows:
         Ray Data moves the compact rows and each worker lays them out with :meth:`batch_transform` (issue 11:
-        laying out in a ``map_batches`` step made Ray Data move, store and re-collate the 5x larger layout). With
-        a layout, Ray Data moves the shard files whole and the worker decodes them too (``read_shards(files=True)``:
-        the read task, which the workers wait on, then only moves bytes)."""
+        laying out in a ``map_batches`` step made Ray Data move, store and re-collate the 5x larger layout)."""
         # From the Parquet footers of the files read_shards lists: no Ray Data execution (3-5 s per stage).
         train = self.cfg.data.train
         info = {"rows": sum(count_rows(uri) for uri in ([train] if isinstance(train, str) else train))}
         block = self.cfg.data.block_mb << 20  # fewer, larger blocks: less Ray work per sample (read_tasks)
-        files = self.batch_transform() is not None  # decoded where they are laid out (torch_batches)
-        datasets = {"train": read_shards(train, block_bytes=block, files=files)}
+        datasets = {"train": read_shards(train, block_bytes=block)}
         if self.cfg.data.val:
-            datasets["val"] = read_shards(self.cfg.data.val, block_bytes=block, files=files)
+            datasets["val"] = read_shards(self.cfg.data.val, block_bytes=block)
         return datasets, info
 
     def torch_batches(self, shard: Any, **kwargs: Any) -> Iterable[dict[str, torch.Tensor]]:
