@@ -106,8 +106,8 @@ def measure(kind: str, args: argparse.Namespace) -> dict:
     n = int(batch["x"].shape[0])
     total = args.warmup + args.iters
     engine = build_engine(model, DeepSpeedSection(precision=args.precision, zero_stage=args.zero), optim,
-                          TrainSection(micro_batch_size=n), False, total_steps=total + args.flops,
-                          steps_per_epoch=total + args.flops)  # fmt: skip
+                          TrainSection(micro_batch_size=n), False, total_steps=total + int(args.flops),
+                          steps_per_epoch=total + int(args.flops))  # fmt: skip
     stage.after_engine(engine)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     tensors = {k: torch.as_tensor(v) for k, v in batch.items()}
